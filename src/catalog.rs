@@ -1,0 +1,237 @@
+//! Every SPI query against the extension's own tables.
+//!
+//! Reads that feed shared memory or the policy cache run against the *latest* snapshot (not the
+//! transaction's), so that a REPEATABLE READ caller never installs stale totals or a stale policy
+//! for everybody else.
+
+use crate::error::{CpError, CpResult};
+use crate::quota::Totals;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (the PostgreSQL epoch).
+pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+pub fn now_unix_us() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }.saturating_add(PG_EPOCH_OFFSET_US)
+}
+
+pub enum Arg<'a> {
+    Text(&'a str),
+    TimestampUnixUs(i64),
+}
+
+/// One row of a latest-snapshot query, read while SPI is still connected.
+pub struct Row {
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+}
+
+impl Row {
+    fn datum(&self, col: i32) -> Option<pg_sys::Datum> {
+        let mut isnull = false;
+        let d = unsafe { pg_sys::SPI_getbinval(self.tuple, self.desc, col, &mut isnull) };
+        (!isnull).then_some(d)
+    }
+    pub fn i64(&self, col: i32) -> i64 {
+        self.datum(col).map(|d| d.value() as i64).unwrap_or(0)
+    }
+    pub fn bool(&self, col: i32) -> Option<bool> {
+        self.datum(col).map(|d| d.value() != 0)
+    }
+    pub fn text(&self, col: i32) -> Option<String> {
+        self.datum(col).and_then(|d| unsafe { String::from_datum(d, false) })
+    }
+}
+
+/// Runs a read-only query against a fresh snapshot and maps each row with `f`.
+pub fn query_latest<R>(sql: &CStr, args: &[Arg], mut f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
+    Spi::connect(|_client| unsafe {
+        let mut types: Vec<pg_sys::Oid> = Vec::with_capacity(args.len());
+        let mut values: Vec<pg_sys::Datum> = Vec::with_capacity(args.len());
+        for a in args {
+            match a {
+                Arg::Text(s) => {
+                    types.push(pg_sys::TEXTOID);
+                    values.push(s.into_datum().ok_or_else(|| CpError::Internal("text datum".into()))?);
+                }
+                Arg::TimestampUnixUs(t) => {
+                    types.push(pg_sys::TIMESTAMPTZOID);
+                    values.push(pg_sys::Datum::from(t.saturating_sub(PG_EPOCH_OFFSET_US)));
+                }
+            }
+        }
+        let nulls = vec![b' ' as std::ffi::c_char; args.len()];
+        let plan = pg_sys::SPI_prepare(sql.as_ptr(), args.len() as i32, types.as_mut_ptr());
+        if plan.is_null() {
+            return Err(CpError::Internal(format!("SPI_prepare failed for {sql:?}")));
+        }
+        // Make this statement's earlier writes visible, then read at the latest snapshot.
+        pg_sys::CommandCounterIncrement();
+        let snap = pg_sys::GetLatestSnapshot();
+        let rc = pg_sys::SPI_execute_snapshot(
+            plan,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            snap,
+            std::ptr::null_mut(),
+            true,
+            false,
+            0,
+        );
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            return Err(CpError::Internal(format!("SPI_execute_snapshot returned {rc}")));
+        }
+        let tt = pg_sys::SPI_tuptable;
+        let n = pg_sys::SPI_processed as usize;
+        let mut out = Vec::with_capacity(n);
+        if !tt.is_null() {
+            for i in 0..n {
+                let row = Row { tuple: *(*tt).vals.add(i), desc: (*tt).tupdesc };
+                out.push(f(&row));
+            }
+        }
+        pg_sys::SPI_freeplan(plan);
+        Ok(out)
+    })
+}
+
+/// A subject's row joined with its profile (the tenant's own profile of that name, else the
+/// shared preset).
+pub struct SubjectRow {
+    pub profile_name: String,
+    pub active: bool,
+    pub overrides: Option<String>,
+    pub org_id: Option<String>,
+    pub profile_json: Option<String>,
+}
+
+pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>> {
+    let rows = query_latest(
+        c"SELECT s.profile, s.active, s.overrides::text, s.org_id, to_jsonb(p)::text
+            FROM control_plane.subjects s
+            LEFT JOIN LATERAL (
+                 SELECT p.* FROM control_plane.profiles p
+                  WHERE p.name OPERATOR(pg_catalog.=) s.profile
+                    AND p.tenant_id IN (s.tenant_id, '*')
+                  ORDER BY p.tenant_id OPERATOR(pg_catalog.=) '*'
+                  LIMIT 1) p ON true
+           WHERE s.tenant_id OPERATOR(pg_catalog.=) $1 AND s.subject_id OPERATOR(pg_catalog.=) $2",
+        &[Arg::Text(tenant), Arg::Text(subject)],
+        |r| SubjectRow {
+            profile_name: r.text(1).unwrap_or_default(),
+            active: r.bool(2).unwrap_or(false),
+            overrides: r.text(3),
+            org_id: r.text(4),
+            profile_json: r.text(5),
+        },
+    )?;
+    Ok(rows.into_iter().next())
+}
+
+/// The profile a tenant's new subjects get, as JSON: the tenant's own default, else the shared one.
+pub fn default_profile(tenant: &str) -> CpResult<Option<(String, String)>> {
+    let rows = query_latest(
+        c"SELECT p.name, to_jsonb(p)::text FROM control_plane.profiles p
+           WHERE p.is_default AND p.tenant_id IN ($1, '*')
+           ORDER BY p.tenant_id OPERATOR(pg_catalog.=) '*' LIMIT 1",
+        &[Arg::Text(tenant)],
+        |r| (r.text(1).unwrap_or_default(), r.text(2).unwrap_or_default()),
+    )?;
+    Ok(rows.into_iter().next())
+}
+
+/// Enrolls an unknown subject in the tenant's default profile. Returns false when the tenant has
+/// no default profile.
+pub fn enroll(tenant: &str, subject: &str) -> CpResult<bool> {
+    let Some((profile, _)) = default_profile(tenant)? else { return Ok(false) };
+    Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO control_plane.subjects (tenant_id, subject_id, profile) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id, subject_id) DO NOTHING",
+            None,
+            &[tenant.into(), subject.into(), profile.as_str().into()],
+        )
+        .map(|_| ())
+    })
+    .map_err(|e| CpError::Internal(format!("enrolling subject: {e}")))?;
+    Ok(true)
+}
+
+/// Committed usage of a subject in one day and its month, read from the ledger.
+pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, i64)) -> CpResult<Totals> {
+    let rows = query_latest(
+        c"SELECT count(*) FILTER (WHERE created_at >= $3 AND created_at < $4),
+                 coalesce(sum(input_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                 coalesce(sum(output_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                 count(*),
+                 coalesce(sum(input_tokens), 0)::bigint,
+                 coalesce(sum(output_tokens), 0)::bigint
+            FROM control_plane.usage_events
+           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
+             AND created_at >= $5 AND created_at < $6",
+        &[
+            Arg::Text(tenant),
+            Arg::Text(subject),
+            Arg::TimestampUnixUs(day.0),
+            Arg::TimestampUnixUs(day.1),
+            Arg::TimestampUnixUs(month.0),
+            Arg::TimestampUnixUs(month.1),
+        ],
+        |r| Totals {
+            day_requests: r.i64(1),
+            day_input: r.i64(2),
+            day_output: r.i64(3),
+            month_requests: r.i64(4),
+            month_input: r.i64(5),
+            month_output: r.i64(6),
+            held_requests: 0,
+            held_tokens: 0,
+        },
+    )?;
+    rows.into_iter().next().ok_or_else(|| CpError::Internal("ledger aggregate returned no row".into()))
+}
+
+/// A new ledger row.
+pub struct UsageRow<'a> {
+    pub tenant: &'a str,
+    pub subject: &'a str,
+    pub org_id: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub input: i64,
+    pub output: i64,
+    pub reservation_id: Option<pgrx::Uuid>,
+    pub idempotency_key: Option<&'a str>,
+    pub metadata: Option<pgrx::JsonB>,
+    pub at_unix_us: i64,
+}
+
+pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
+    let at = TimestampWithTimeZone::try_from(u.at_unix_us - PG_EPOCH_OFFSET_US)
+        .map_err(|_| CpError::Internal("timestamp out of range".into()))?;
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "INSERT INTO control_plane.usage_events
+                 (tenant_id, subject_id, org_id, model, input_tokens, output_tokens,
+                  reservation_id, idempotency_key, metadata, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            None,
+            &[
+                u.tenant.into(),
+                u.subject.into(),
+                u.org_id.into(),
+                u.model.into(),
+                u.input.into(),
+                u.output.into(),
+                u.reservation_id.into(),
+                u.idempotency_key.into(),
+                u.metadata.into(),
+                at.into(),
+            ],
+        )?;
+        t.first().get_one::<i64>()
+    })
+    .map_err(|e| CpError::Internal(format!("inserting usage: {e}")))?
+    .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
+}

@@ -1,0 +1,85 @@
+//! One error type for the extension, each variant with its SQLSTATE, message, detail and hint.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+
+#[derive(Debug, Clone)]
+pub enum CpError {
+    /// The library was not loaded through `shared_preload_libraries`.
+    NotPreloaded,
+    /// 22004: a required argument is NULL.
+    NullValue { what: &'static str },
+    /// 22023: an argument is out of range or malformed.
+    InvalidParameter { message: String, detail: Option<String>, hint: Option<String> },
+    /// 55000: the catalog is not in a state that allows the call (no default profile, ...).
+    NotInPrerequisiteState { message: String, detail: Option<String>, hint: Option<String> },
+    /// 0A000: a feature the extension refuses (two-phase commit with pending usage).
+    NotSupported { message: String, hint: Option<String> },
+    /// XX000: an invariant broke; never expected.
+    Internal(String),
+}
+
+impl CpError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        CpError::InvalidParameter { message: message.into(), detail: None, hint: None }
+    }
+    pub fn invalid_with(message: impl Into<String>, detail: impl Into<String>, hint: Option<&str>) -> Self {
+        CpError::InvalidParameter {
+            message: message.into(),
+            detail: Some(detail.into()),
+            hint: hint.map(str::to_string),
+        }
+    }
+    pub fn state(message: impl Into<String>, detail: Option<String>, hint: Option<&str>) -> Self {
+        CpError::NotInPrerequisiteState { message: message.into(), detail, hint: hint.map(str::to_string) }
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            CpError::NotPreloaded => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CpError::NullValue { .. } => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            CpError::InvalidParameter { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            CpError::NotInPrerequisiteState { .. } => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CpError::NotSupported { .. } => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            CpError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+}
+
+impl From<CpError> for ErrorReport {
+    fn from(e: CpError) -> ErrorReport {
+        let code = e.sqlstate();
+        let (msg, detail, hint): (String, Option<String>, Option<String>) = match e {
+            CpError::NotPreloaded => (
+                "control_plane is not loaded through shared_preload_libraries".into(),
+                Some("control_plane keeps its counters in shared memory, which only a preloaded library can allocate.".into()),
+                Some("Add control_plane to shared_preload_libraries in postgresql.conf and restart the server.".into()),
+            ),
+            CpError::NullValue { what } => (format!("{what} must not be null"), None, None),
+            CpError::InvalidParameter { message, detail, hint } => (message, detail, hint),
+            CpError::NotInPrerequisiteState { message, detail, hint } => (message, detail, hint),
+            CpError::NotSupported { message, hint } => (message, None, hint),
+            CpError::Internal(m) => (
+                format!("control_plane internal error: {m}"),
+                None,
+                Some("This is a bug; please report it with the server log.".into()),
+            ),
+        };
+        let mut r = ErrorReport::new(code, msg, "control_plane");
+        if let Some(d) = detail {
+            r = r.set_detail(d);
+        }
+        if let Some(h) = hint {
+            r = r.set_hint(h);
+        }
+        r
+    }
+}
+
+pub type CpResult<T> = Result<T, CpError>;
+
+/// Raises the error (does not return).
+pub fn raise(e: CpError) -> ! {
+    ErrorReport::from(e).report(pgrx::PgLogLevel::ERROR);
+    unreachable!("ERROR-level reports do not return")
+}

@@ -1,0 +1,96 @@
+//! Every setting of the extension. All names start with `control_plane.`; the prefix is reserved,
+//! so a misspelt `SET control_plane.x` fails.
+
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::{CStr, CString};
+
+/// `control_plane.max_subjects` (postmaster): how many (database, tenant, subject) entries the
+/// shared-memory index holds at least. Each costs 160 bytes of shared memory (128-byte entry at a
+/// load of at most 80 %).
+pub static MAX_SUBJECTS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+
+/// `control_plane.max_reservations` (postmaster): reservations (admitted requests not yet recorded
+/// or released) held at once across the server. 96 bytes each.
+pub static MAX_RESERVATIONS: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+
+/// `control_plane.reservation_timeout` (seconds, user): how long an admission holds its request
+/// and tokens before it expires and is given back.
+pub static RESERVATION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
+
+/// `control_plane.warn_threshold` (percent, user): an admission that leaves a quota at or above
+/// this share used is returned with decision `warn` (still allowed).
+pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
+
+/// `control_plane.tenant` (user): the tenant every function acts in.
+pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"control_plane.max_subjects",
+        c"Subjects the shared-memory index holds at least (server start).",
+        c"Each entry takes 128 bytes; 1.25 slots are allocated per subject. When a lock partition is full, entries without open reservations are evicted (their totals are rebuilt from the ledger); if none can be, admissions are denied with reason capacity.",
+        &MAX_SUBJECTS,
+        1_024,
+        50_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.max_reservations",
+        c"Open reservations held at once across the server (server start).",
+        c"When every slot is taken by an unexpired reservation, admissions are denied with reason capacity.",
+        &MAX_RESERVATIONS,
+        1_024,
+        10_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.reservation_timeout",
+        c"Seconds an admission holds its request and tokens before it expires.",
+        c"An expired reservation is given back by cp_cleanup() or when its subject is next denied; recording usage against it afterwards still records the usage.",
+        &RESERVATION_TIMEOUT,
+        1,
+        7 * 86_400,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.warn_threshold",
+        c"Percent of a quota used at which an admission returns decision warn.",
+        c"",
+        &WARN_THRESHOLD,
+        1,
+        100,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"control_plane.tenant",
+        c"The tenant that control_plane functions act in.",
+        c"Set it per transaction (SET LOCAL or set_config(..., true)) in multi-tenant applications.",
+        &TENANT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    unsafe {
+        pg_sys::MarkGUCPrefixReserved(c"control_plane".as_ptr());
+    }
+}
+
+/// The current tenant, validated. Reads the GUC's C string in place (no allocation).
+pub fn tenant() -> Result<String, crate::error::CpError> {
+    use crate::error::CpError;
+    let raw = unsafe { *TENANT.as_ptr() };
+    if raw.is_null() {
+        return Err(CpError::invalid_with("control_plane.tenant is not set", "the tenant must be a non-empty name", Some("SET control_plane.tenant = 'name';")));
+    }
+    // SAFETY: the GUC machinery keeps the string alive until the setting changes, which cannot
+    // happen during the function call that reads it.
+    let s = unsafe { CStr::from_ptr(raw) }
+        .to_str()
+        .map_err(|_| CpError::invalid("control_plane.tenant is not valid UTF-8"))?;
+    crate::api::check_name("control_plane.tenant", s)?;
+    Ok(s.to_string())
+}

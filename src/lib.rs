@@ -1,0 +1,54 @@
+//! control_plane: usage limits for AI/LLM applications, enforced inside PostgreSQL.
+//!
+//! Pure decision logic lives in `calendar`, `policy`, `quota` and `key` (no pgrx types);
+//! the rest is glue: settings, shared memory, SPI, transaction callbacks and the SQL surface.
+
+use pgrx::prelude::*;
+
+#[cfg(not(panic = "unwind"))]
+compile_error!("control_plane must be built with panic = \"unwind\"");
+
+::pgrx::pg_module_magic!(name, version);
+
+pub mod calendar;
+pub mod key;
+pub mod policy;
+pub mod quota;
+
+mod api;
+mod catalog;
+mod error;
+mod gucs;
+mod policy_cache;
+mod shmem;
+mod xact;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+// Tables, presets, triggers and the stats view; they reference the functions above.
+extension_sql_file!("sql/schema.sql", name = "schema", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    if unsafe { pg_sys::IsBinaryUpgrade } {
+        return;
+    }
+    gucs::init();
+    // Loaded without the preload (for example by CREATE EXTENSION): the SQL functions then
+    // refuse to run with an error whose hint says to preload the library.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem::init();
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'control_plane'", "control_plane.max_subjects = 20000"]
+    }
+}

@@ -1,0 +1,322 @@
+//! Effective policy: a profile's limits merged with a subject's overrides.
+//!
+//! Pure Rust over `serde_json::Value`: the SQL layer hands over `to_jsonb(profile row)` and the
+//! subject's `overrides`, and gets back a [`Policy`] or a [`PolicyError`] that names the bad key.
+
+use serde_json::{Map, Value};
+
+/// Every numeric limit a profile has. `NULL` (None) means unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Limit {
+    RequestsPerMinute,
+    RequestsPerHour,
+    RequestsPerDay,
+    RequestsPerMonth,
+    TokensPerMinute,
+    InputTokensPerDay,
+    OutputTokensPerDay,
+    InputTokensPerMonth,
+    OutputTokensPerMonth,
+    MaxConcurrent,
+    DailyBudgetCents,
+    MonthlyBudgetCents,
+}
+
+pub const LIMIT_COUNT: usize = 12;
+
+impl Limit {
+    pub const ALL: [Limit; LIMIT_COUNT] = [
+        Limit::RequestsPerMinute,
+        Limit::RequestsPerHour,
+        Limit::RequestsPerDay,
+        Limit::RequestsPerMonth,
+        Limit::TokensPerMinute,
+        Limit::InputTokensPerDay,
+        Limit::OutputTokensPerDay,
+        Limit::InputTokensPerMonth,
+        Limit::OutputTokensPerMonth,
+        Limit::MaxConcurrent,
+        Limit::DailyBudgetCents,
+        Limit::MonthlyBudgetCents,
+    ];
+
+    /// The column name in `control_plane.profiles` and the key in `overrides`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::RequestsPerMinute => "requests_per_minute",
+            Limit::RequestsPerHour => "requests_per_hour",
+            Limit::RequestsPerDay => "requests_per_day",
+            Limit::RequestsPerMonth => "requests_per_month",
+            Limit::TokensPerMinute => "tokens_per_minute",
+            Limit::InputTokensPerDay => "input_tokens_per_day",
+            Limit::OutputTokensPerDay => "output_tokens_per_day",
+            Limit::InputTokensPerMonth => "input_tokens_per_month",
+            Limit::OutputTokensPerMonth => "output_tokens_per_month",
+            Limit::MaxConcurrent => "max_concurrent",
+            Limit::DailyBudgetCents => "daily_budget_cents",
+            Limit::MonthlyBudgetCents => "monthly_budget_cents",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Limit> {
+        Limit::ALL.iter().copied().find(|l| l.name() == name)
+    }
+}
+
+/// Keys of `overrides` that hold model lists rather than numbers.
+pub const MODEL_LIST_KEYS: [&str; 2] = ["allowed_models", "blocked_models"];
+
+/// What went wrong while reading a profile or validating overrides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub message: String,
+    pub detail: String,
+}
+
+impl PolicyError {
+    fn new(message: impl Into<String>, detail: impl Into<String>) -> Self {
+        PolicyError { message: message.into(), detail: detail.into() }
+    }
+}
+
+/// The limits that apply to one subject.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Policy {
+    pub limits: [Option<i64>; LIMIT_COUNT],
+    pub allowed_models: Option<Vec<String>>,
+    pub blocked_models: Option<Vec<String>>,
+    /// `features` jsonb of the profile: `{"name": false}` switches a feature off.
+    pub features: Map<String, Value>,
+    pub profile_active: bool,
+}
+
+/// Why a request is refused before any counter is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    ModelBlocked,
+    ModelNotAllowed,
+    FeatureDisabled,
+}
+
+impl Gate {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Gate::ModelBlocked => "model_blocked",
+            Gate::ModelNotAllowed => "model_not_allowed",
+            Gate::FeatureDisabled => "feature_disabled",
+        }
+    }
+}
+
+fn limit_value(key: &str, v: &Value) -> Result<Option<i64>, PolicyError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_i64() {
+            Some(x) if x >= 0 => Ok(Some(x)),
+            _ => Err(PolicyError::new(
+                format!("limit \"{key}\" must be a non-negative integer or null"),
+                format!("got {n}"),
+            )),
+        },
+        other => Err(PolicyError::new(
+            format!("limit \"{key}\" must be a non-negative integer or null"),
+            format!("got {}", type_name(other)),
+        )),
+    }
+}
+
+fn model_list(key: &str, v: &Value) -> Result<Option<Vec<String>>, PolicyError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(PolicyError::new(
+                    format!("\"{key}\" must be an array of model names or null"),
+                    format!("it holds {}", type_name(other)),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        other => Err(PolicyError::new(
+            format!("\"{key}\" must be an array of model names or null"),
+            format!("got {}", type_name(other)),
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks a subject's `overrides`: an object whose keys are limit names or model-list keys.
+pub fn validate_overrides(overrides: &Value) -> Result<(), PolicyError> {
+    let obj = match overrides {
+        Value::Object(o) => o,
+        Value::Null => return Ok(()),
+        other => {
+            return Err(PolicyError::new("overrides must be a JSON object", format!("got {}", type_name(other))))
+        }
+    };
+    for (k, v) in obj {
+        if Limit::from_name(k).is_some() {
+            limit_value(k, v)?;
+        } else if MODEL_LIST_KEYS.contains(&k.as_str()) {
+            model_list(k, v)?;
+        } else {
+            return Err(PolicyError::new(
+                format!("unknown key \"{k}\" in overrides"),
+                format!(
+                    "allowed keys: {}, {}",
+                    Limit::ALL.iter().map(|l| l.name()).collect::<Vec<_>>().join(", "),
+                    MODEL_LIST_KEYS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Reads a profile row given as `to_jsonb(profiles)`.
+    pub fn from_profile(profile: &Value) -> Result<Policy, PolicyError> {
+        let obj = profile
+            .as_object()
+            .ok_or_else(|| PolicyError::new("profile must be a JSON object", type_name(profile)))?;
+        let mut p = Policy { profile_active: true, ..Policy::default() };
+        for (i, l) in Limit::ALL.iter().enumerate() {
+            if let Some(v) = obj.get(l.name()) {
+                p.limits[i] = limit_value(l.name(), v)?;
+            }
+        }
+        if let Some(v) = obj.get("allowed_models") {
+            p.allowed_models = model_list("allowed_models", v)?;
+        }
+        if let Some(v) = obj.get("blocked_models") {
+            p.blocked_models = model_list("blocked_models", v)?;
+        }
+        if let Some(Value::Object(f)) = obj.get("features") {
+            p.features = f.clone();
+        }
+        if let Some(Value::Bool(a)) = obj.get("is_active") {
+            p.profile_active = *a;
+        }
+        Ok(p)
+    }
+
+    /// Replaces every limit that `overrides` names (a present key with `null` means unlimited).
+    pub fn apply_overrides(&mut self, overrides: &Value) -> Result<(), PolicyError> {
+        validate_overrides(overrides)?;
+        let Some(obj) = overrides.as_object() else { return Ok(()) };
+        for (k, v) in obj {
+            if let Some(l) = Limit::from_name(k) {
+                self.limits[l as usize] = limit_value(k, v)?;
+            } else if k == "allowed_models" {
+                self.allowed_models = model_list(k, v)?;
+            } else if k == "blocked_models" {
+                self.blocked_models = model_list(k, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn limit(&self, l: Limit) -> Option<i64> {
+        self.limits[l as usize]
+    }
+
+    /// Model and feature gates. A request that names no model is not checked against the model
+    /// lists; an empty `allowed_models` array allows no model at all.
+    pub fn gate(&self, model: Option<&str>, feature: Option<&str>) -> Option<Gate> {
+        if let Some(m) = model {
+            if self.blocked_models.as_ref().is_some_and(|b| b.iter().any(|x| x == m)) {
+                return Some(Gate::ModelBlocked);
+            }
+            if self.allowed_models.as_ref().is_some_and(|a| !a.iter().any(|x| x == m)) {
+                return Some(Gate::ModelNotAllowed);
+            }
+        }
+        if let Some(f) = feature {
+            if matches!(self.features.get(f), Some(Value::Bool(false))) {
+                return Some(Gate::FeatureDisabled);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_round_trip() {
+        for l in Limit::ALL {
+            assert_eq!(Limit::from_name(l.name()), Some(l));
+            assert_eq!(Limit::ALL[l as usize], l);
+        }
+        assert_eq!(Limit::from_name("requests_per_fortnight"), None);
+    }
+
+    #[test]
+    fn profile_and_overrides_merge() {
+        let profile = json!({"name": "free", "requests_per_day": 100, "input_tokens_per_month": 100000,
+                             "allowed_models": ["a", "b"], "features": {"video": false}, "is_active": true});
+        let mut p = Policy::from_profile(&profile).unwrap();
+        assert_eq!(p.limit(Limit::RequestsPerDay), Some(100));
+        assert_eq!(p.limit(Limit::RequestsPerMonth), None);
+        p.apply_overrides(&json!({"requests_per_day": 5, "input_tokens_per_month": null, "blocked_models": ["b"]}))
+            .unwrap();
+        assert_eq!(p.limit(Limit::RequestsPerDay), Some(5));
+        assert_eq!(p.limit(Limit::InputTokensPerMonth), None);
+        assert_eq!(p.gate(Some("a"), None), None);
+        assert_eq!(p.gate(Some("b"), None), Some(Gate::ModelBlocked));
+        assert_eq!(p.gate(Some("c"), None), Some(Gate::ModelNotAllowed));
+        assert_eq!(p.gate(None, Some("video")), Some(Gate::FeatureDisabled));
+        assert_eq!(p.gate(None, Some("blog")), None);
+    }
+
+    #[test]
+    fn bad_overrides_are_named() {
+        let e = validate_overrides(&json!({"requests_per_dya": 5})).unwrap_err();
+        assert!(e.message.contains("requests_per_dya"), "{e:?}");
+        let e = validate_overrides(&json!({"requests_per_day": -1})).unwrap_err();
+        assert!(e.message.contains("non-negative"), "{e:?}");
+        let e = validate_overrides(&json!({"requests_per_day": "5"})).unwrap_err();
+        assert!(e.detail.contains("string"), "{e:?}");
+        let e = validate_overrides(&json!({"requests_per_day": 1.5})).unwrap_err();
+        assert!(e.detail.contains("1.5"), "{e:?}");
+        let e = validate_overrides(&json!({"allowed_models": [1]})).unwrap_err();
+        assert!(e.message.contains("allowed_models"), "{e:?}");
+        assert!(validate_overrides(&json!([1])).is_err());
+        assert!(validate_overrides(&json!({})).is_ok());
+        assert!(validate_overrides(&json!({"max_concurrent": 0, "allowed_models": null})).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_override_wins(idx in 0usize..LIMIT_COUNT, v in proptest::option::of(0i64..i64::MAX), base in proptest::option::of(0i64..1_000_000)) {
+            let l = Limit::ALL[idx];
+            let mut p = Policy::from_profile(&json!({ l.name(): base })).unwrap();
+            p.apply_overrides(&json!({ l.name(): v })).unwrap();
+            prop_assert_eq!(p.limit(l), v);
+        }
+
+        #[test]
+        fn negative_limits_never_pass(idx in 0usize..LIMIT_COUNT, v in i64::MIN..0) {
+            let l = Limit::ALL[idx];
+            prop_assert!(validate_overrides(&json!({ l.name(): v })).is_err());
+            prop_assert!(Policy::from_profile(&json!({ l.name(): v })).is_err());
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Per-backend cache of effective policies, keyed by subject fingerprint and tagged with the
+//! shared policy generation. A committed change to profiles or subjects bumps the generation
+//! (see `xact`), and every backend drops its cache at its next call: no time-based expiry.
+
+use crate::catalog;
+use crate::error::{CpError, CpResult};
+use crate::key::Key;
+use crate::policy::Policy;
+use crate::shmem;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Entries kept per backend before the cache is emptied and refilled.
+const MAX_ENTRIES: usize = 200_000;
+
+pub struct Cached {
+    pub profile: String,
+    pub active: bool,
+    pub org_id: Option<String>,
+    pub policy: Policy,
+}
+
+#[derive(Default)]
+struct Cache {
+    generation: u64,
+    map: HashMap<Key, Rc<Cached>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static ENROLLING: Cell<bool> = const { Cell::new(false) };
+}
+
+pub fn clear() {
+    CACHE.with_borrow_mut(|c| c.map.clear());
+}
+
+/// True while `cp_admit` inserts an unknown subject: that insert changes no cached policy and
+/// must not invalidate every backend's cache.
+pub fn enrolling() -> bool {
+    ENROLLING.get()
+}
+
+fn build(row: catalog::SubjectRow, subject: &str) -> CpResult<Cached> {
+    let Some(pj) = row.profile_json else {
+        return Err(CpError::state(
+            format!("profile \"{}\" of subject \"{subject}\" does not exist", row.profile_name),
+            None,
+            Some("Assign the subject an existing profile in control_plane.subjects."),
+        ));
+    };
+    let parse = |s: &str, what: &str| {
+        serde_json::from_str::<serde_json::Value>(s)
+            .map_err(|e| CpError::Internal(format!("{what} is not valid JSON: {e}")))
+    };
+    let bad = |e: crate::policy::PolicyError| CpError::state(e.message, Some(e.detail), None);
+    let mut policy = Policy::from_profile(&parse(&pj, "profile")?).map_err(bad)?;
+    if let Some(o) = row.overrides.as_deref() {
+        policy.apply_overrides(&parse(o, "overrides")?).map_err(bad)?;
+    }
+    Ok(Cached { profile: row.profile_name, active: row.active, org_id: row.org_id, policy })
+}
+
+/// The subject's effective policy. An unknown subject is enrolled in the tenant's default profile
+/// when `enroll` is set; otherwise `None` is returned for it.
+pub fn get(key: &Key, tenant: &str, subject: &str, enroll: bool) -> CpResult<Option<Rc<Cached>>> {
+    let sh = shmem::shared()?;
+    let generation = sh.policy_generation();
+    let hit = CACHE.with_borrow_mut(|c| {
+        if c.generation != generation {
+            c.map.clear();
+            c.generation = generation;
+        }
+        c.map.get(key).cloned()
+    });
+    if hit.is_some() {
+        return Ok(hit);
+    }
+    let row = match catalog::load_subject(tenant, subject)? {
+        Some(r) => r,
+        None if !enroll => return Ok(None),
+        None => {
+            struct Reset;
+            impl Drop for Reset {
+                fn drop(&mut self) {
+                    ENROLLING.set(false);
+                }
+            }
+            ENROLLING.set(true);
+            let reset = Reset;
+            let enrolled = catalog::enroll(tenant, subject)?;
+            drop(reset);
+            if !enrolled {
+                return Err(CpError::state(
+                    format!("tenant \"{tenant}\" has no default profile"),
+                    Some(format!("subject \"{subject}\" is unknown and cannot be enrolled")),
+                    Some("Mark one profile is_default (the preset \"free\" is the default unless it was changed)."),
+                ));
+            }
+            catalog::load_subject(tenant, subject)?
+                .ok_or_else(|| CpError::Internal(format!("subject \"{subject}\" vanished while being enrolled")))?
+        }
+    };
+    let cached = Rc::new(build(row, subject)?);
+    CACHE.with_borrow_mut(|c| {
+        if c.generation == generation {
+            if c.map.len() >= MAX_ENTRIES {
+                c.map.clear();
+            }
+            c.map.insert(*key, cached.clone());
+        }
+    });
+    Ok(Some(cached))
+}

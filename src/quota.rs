@@ -1,0 +1,246 @@
+//! Calendar-quota decisions: checking one request against a policy and the running totals.
+//!
+//! Pure Rust. The totals come from the shared-memory index of the usage ledger; this module only
+//! decides. Rules (documented in the README):
+//! - a request counts as one request against `requests_per_day` / `requests_per_month`;
+//! - its token estimate is held against `input_tokens_per_day` / `input_tokens_per_month`, and at
+//!   least one input token must remain (a request with no estimate still sends a prompt);
+//! - at least one output token must remain under `output_tokens_per_day` / `_per_month`;
+//! - what earlier admissions hold (requests and tokens not yet recorded or released) counts as used.
+
+use crate::calendar::Window;
+use crate::policy::{Limit, Policy};
+
+/// Running totals of one subject: committed usage in the current windows plus open holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Totals {
+    pub day_requests: i64,
+    pub day_input: i64,
+    pub day_output: i64,
+    pub month_requests: i64,
+    pub month_input: i64,
+    pub month_output: i64,
+    pub held_requests: i64,
+    pub held_tokens: i64,
+}
+
+/// The quota dimensions, each with its limit, window and how it is measured.
+pub const QUOTA_LIMITS: [Limit; 6] = [
+    Limit::RequestsPerDay,
+    Limit::RequestsPerMonth,
+    Limit::InputTokensPerDay,
+    Limit::InputTokensPerMonth,
+    Limit::OutputTokensPerDay,
+    Limit::OutputTokensPerMonth,
+];
+
+pub fn window_of(l: Limit) -> Option<Window> {
+    match l {
+        Limit::RequestsPerDay | Limit::InputTokensPerDay | Limit::OutputTokensPerDay | Limit::DailyBudgetCents => {
+            Some(Window::Day)
+        }
+        Limit::RequestsPerMonth
+        | Limit::InputTokensPerMonth
+        | Limit::OutputTokensPerMonth
+        | Limit::MonthlyBudgetCents => Some(Window::Month),
+        _ => None,
+    }
+}
+
+impl Totals {
+    /// Committed usage plus holds in one quota dimension.
+    pub fn used(&self, l: Limit) -> i64 {
+        match l {
+            Limit::RequestsPerDay => self.day_requests.saturating_add(self.held_requests),
+            Limit::RequestsPerMonth => self.month_requests.saturating_add(self.held_requests),
+            Limit::InputTokensPerDay => self.day_input.saturating_add(self.held_tokens),
+            Limit::InputTokensPerMonth => self.month_input.saturating_add(self.held_tokens),
+            Limit::OutputTokensPerDay => self.day_output,
+            Limit::OutputTokensPerMonth => self.month_output,
+            _ => 0,
+        }
+    }
+
+    /// Committed usage only (no holds).
+    pub fn committed(&self, l: Limit) -> i64 {
+        match l {
+            Limit::RequestsPerDay => self.day_requests,
+            Limit::RequestsPerMonth => self.month_requests,
+            Limit::InputTokensPerDay => self.day_input,
+            Limit::InputTokensPerMonth => self.month_input,
+            Limit::OutputTokensPerDay => self.day_output,
+            Limit::OutputTokensPerMonth => self.month_output,
+            _ => 0,
+        }
+    }
+}
+
+/// What one admission needs in a dimension, and what it holds there if admitted.
+fn need(l: Limit, tokens: i64) -> (i64, i64) {
+    match l {
+        Limit::RequestsPerDay | Limit::RequestsPerMonth => (1, 1),
+        Limit::InputTokensPerDay | Limit::InputTokensPerMonth => (tokens.max(1), tokens),
+        Limit::OutputTokensPerDay | Limit::OutputTokensPerMonth => (1, 0),
+        _ => (0, 0),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaVerdict {
+    /// Admitted. `tightest` is the dimension with the smallest share left after this admission,
+    /// with what remains in it; `warn` when that share used reaches the warning threshold.
+    Allow { tightest: Option<(Limit, i64)>, warn: bool },
+    /// Refused by `limit`; `retry_after_ms` is the time to the end of its window, or `None` when
+    /// the request can never fit (it asks for more than the limit itself).
+    Deny { limit: Limit, remaining: i64, retry_after_ms: Option<i64> },
+}
+
+/// Checks a request for `tokens` against every calendar quota. All-or-nothing: the caller holds
+/// only after an `Allow`. When several dimensions refuse, the one that frees last is reported.
+pub fn check(policy: &Policy, totals: &Totals, tokens: i64, now_us: i64, warn_pct: i64) -> QuotaVerdict {
+    let mut deny: Option<(Limit, i64, Option<i64>)> = None;
+    let mut tightest: Option<(Limit, i64, i64)> = None; // (limit, remaining after, limit value)
+    for l in QUOTA_LIMITS {
+        let Some(cap) = policy.limit(l) else { continue };
+        let used = totals.used(l);
+        let (needed, held) = need(l, tokens);
+        let remaining = cap.saturating_sub(used).max(0);
+        if needed > remaining {
+            let retry = if needed > cap {
+                None
+            } else {
+                window_of(l).map(|w| w.ms_until_end(now_us))
+            };
+            let later = match (&deny, retry) {
+                (None, _) => true,
+                (Some((_, _, None)), _) => false,
+                (Some(_), None) => true,
+                (Some((_, _, Some(a))), Some(b)) => b > *a,
+            };
+            if later {
+                deny = Some((l, remaining, retry));
+            }
+            continue;
+        }
+        let after = remaining - held;
+        // smallest share left: after/cap compared without division
+        let tighter = match tightest {
+            None => true,
+            Some((_, a, c)) => (after as i128) * (c as i128) < (a as i128) * (cap as i128),
+        };
+        if tighter {
+            tightest = Some((l, after, cap));
+        }
+    }
+    if let Some((limit, remaining, retry_after_ms)) = deny {
+        return QuotaVerdict::Deny { limit, remaining, retry_after_ms };
+    }
+    let warn = tightest.is_some_and(|(_, after, cap)| {
+        let used_after = (cap - after) as i128;
+        cap > 0 && used_after * 100 >= (cap as i128) * (warn_pct as i128)
+    });
+    QuotaVerdict::Allow { tightest: tightest.map(|(l, a, _)| (l, a)), warn }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::calendar::{days_from_civil, US_PER_DAY};
+    use proptest::prelude::*;
+
+    fn policy(pairs: &[(Limit, i64)]) -> Policy {
+        let mut p = Policy { profile_active: true, ..Policy::default() };
+        for (l, v) in pairs {
+            p.limits[*l as usize] = Some(*v);
+        }
+        p
+    }
+
+    fn noon() -> i64 {
+        days_from_civil(2026, 11, 22) * US_PER_DAY + US_PER_DAY / 2
+    }
+
+    #[test]
+    fn unlimited_allows() {
+        let v = check(&Policy::default(), &Totals::default(), 1_000_000, noon(), 80);
+        assert_eq!(v, QuotaVerdict::Allow { tightest: None, warn: false });
+    }
+
+    #[test]
+    fn request_quota_denies_at_limit_until_midnight() {
+        let p = policy(&[(Limit::RequestsPerDay, 3)]);
+        let t = Totals { day_requests: 2, ..Totals::default() };
+        assert_eq!(
+            check(&p, &t, 0, noon(), 80),
+            QuotaVerdict::Allow { tightest: Some((Limit::RequestsPerDay, 0)), warn: true }
+        );
+        let t = Totals { day_requests: 2, held_requests: 1, ..Totals::default() };
+        assert_eq!(
+            check(&p, &t, 0, noon(), 80),
+            QuotaVerdict::Deny { limit: Limit::RequestsPerDay, remaining: 0, retry_after_ms: Some(43_200_000) }
+        );
+    }
+
+    #[test]
+    fn month_wins_over_day_when_both_refuse() {
+        let p = policy(&[(Limit::RequestsPerDay, 1), (Limit::RequestsPerMonth, 1)]);
+        let t = Totals { day_requests: 1, month_requests: 1, ..Totals::default() };
+        match check(&p, &t, 0, noon(), 80) {
+            QuotaVerdict::Deny { limit, .. } => assert_eq!(limit, Limit::RequestsPerMonth),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn too_large_never_fits() {
+        let p = policy(&[(Limit::InputTokensPerDay, 100)]);
+        assert_eq!(
+            check(&p, &Totals::default(), 101, noon(), 80),
+            QuotaVerdict::Deny { limit: Limit::InputTokensPerDay, remaining: 100, retry_after_ms: None }
+        );
+        assert!(matches!(check(&p, &Totals::default(), 100, noon(), 80), QuotaVerdict::Allow { .. }));
+    }
+
+    #[test]
+    fn exhausted_tokens_deny_even_without_estimate() {
+        let p = policy(&[(Limit::InputTokensPerDay, 100), (Limit::OutputTokensPerMonth, 50)]);
+        let t = Totals { day_input: 100, ..Totals::default() };
+        assert!(matches!(check(&p, &t, 0, noon(), 80), QuotaVerdict::Deny { limit: Limit::InputTokensPerDay, .. }));
+        let t = Totals { month_output: 50, ..Totals::default() };
+        assert!(matches!(check(&p, &t, 0, noon(), 80), QuotaVerdict::Deny { limit: Limit::OutputTokensPerMonth, .. }));
+        let p0 = policy(&[(Limit::RequestsPerDay, 0)]);
+        assert!(matches!(
+            check(&p0, &Totals::default(), 0, noon(), 80),
+            QuotaVerdict::Deny { retry_after_ms: None, .. }
+        ));
+    }
+
+    proptest! {
+        /// Admitting one request at a time and holding what the verdict says never exceeds a limit,
+        /// and admits exactly the number the limit allows.
+        #[test]
+        fn sequential_admissions_are_exact(cap in 0i64..200, tokens in 0i64..50, tcap in proptest::option::of(0i64..5_000)) {
+            let mut pairs = vec![(Limit::RequestsPerDay, cap)];
+            if let Some(tc) = tcap { pairs.push((Limit::InputTokensPerMonth, tc)); }
+            let p = policy(&pairs);
+            let mut t = Totals::default();
+            let mut admitted = 0;
+            for _ in 0..400 {
+                match check(&p, &t, tokens, noon(), 80) {
+                    QuotaVerdict::Allow { .. } => { admitted += 1; t.held_requests += 1; t.held_tokens += tokens; }
+                    QuotaVerdict::Deny { .. } => {}
+                }
+            }
+            let by_tokens = match tcap { None => i64::MAX, Some(tc) if tokens == 0 => if tc > 0 { i64::MAX } else { 0 }, Some(tc) => tc / tokens };
+            prop_assert_eq!(admitted, cap.min(by_tokens).min(400));
+        }
+
+        #[test]
+        fn extreme_values_do_not_overflow(cap in proptest::num::i64::ANY, used in proptest::num::i64::ANY, held in proptest::num::i64::ANY, tokens in 0i64..i64::MAX) {
+            let p = policy(&[(Limit::InputTokensPerDay, cap.max(0)), (Limit::RequestsPerDay, cap.max(0))]);
+            let t = Totals { day_input: used, held_tokens: held, day_requests: used, held_requests: held, ..Totals::default() };
+            let _ = check(&p, &t, tokens, noon(), 80);
+        }
+    }
+}

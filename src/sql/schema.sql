@@ -1,0 +1,184 @@
+-- control_plane schema: plans (profiles), subjects, the usage ledger, triggers and the stats view.
+-- Loaded by extension_sql_file!(.., finalize): the functions it names already exist.
+--
+-- Every table carries tenant_id. Shared presets have tenant_id '*' and are visible to every
+-- tenant; a tenant's own profile of the same name takes precedence for that tenant.
+
+-- ------------------------------------------------------------------------------------ profiles
+
+CREATE TABLE control_plane.profiles (
+    tenant_id               text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant'),
+    name                    text        NOT NULL CHECK (name OPERATOR(pg_catalog.<>) ''),
+    description             text,
+    requests_per_minute     bigint      CHECK (requests_per_minute >= 0),
+    requests_per_hour       bigint      CHECK (requests_per_hour >= 0),
+    requests_per_day        bigint      CHECK (requests_per_day >= 0),
+    requests_per_month      bigint      CHECK (requests_per_month >= 0),
+    tokens_per_minute       bigint      CHECK (tokens_per_minute >= 0),
+    input_tokens_per_day    bigint      CHECK (input_tokens_per_day >= 0),
+    output_tokens_per_day   bigint      CHECK (output_tokens_per_day >= 0),
+    input_tokens_per_month  bigint      CHECK (input_tokens_per_month >= 0),
+    output_tokens_per_month bigint      CHECK (output_tokens_per_month >= 0),
+    max_concurrent          bigint      CHECK (max_concurrent >= 0),
+    daily_budget_cents      bigint      CHECK (daily_budget_cents >= 0),
+    monthly_budget_cents    bigint      CHECK (monthly_budget_cents >= 0),
+    allowed_models          text[],
+    blocked_models          text[],
+    default_model           text,
+    fallback_model          text,
+    features                jsonb       NOT NULL DEFAULT '{}'
+                                        CHECK (pg_catalog.jsonb_typeof(features) OPERATOR(pg_catalog.=) 'object'),
+    is_default              boolean     NOT NULL DEFAULT false,
+    is_active               boolean     NOT NULL DEFAULT true,
+    created_at              timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at              timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, name)
+);
+COMMENT ON TABLE control_plane.profiles IS
+    'Plans. NULL limits mean unlimited. tenant_id ''*'' rows are presets shared by every tenant.';
+
+-- At most one default profile per tenant (and one shared default).
+CREATE UNIQUE INDEX profiles_one_default ON control_plane.profiles (tenant_id) WHERE is_default;
+
+INSERT INTO control_plane.profiles
+    (tenant_id, name, description, is_default,
+     requests_per_minute, requests_per_hour, requests_per_day, requests_per_month,
+     tokens_per_minute, input_tokens_per_day, output_tokens_per_day,
+     input_tokens_per_month, output_tokens_per_month, max_concurrent,
+     daily_budget_cents, monthly_budget_cents, allowed_models)
+VALUES
+    ('*', 'free',       'Free tier',        true,
+        5,    40,     100,      2000,     10000,     20000,     10000,      100000,      50000,    2,     10,     100,
+        ARRAY['gpt-4o-mini', 'claude-3-5-haiku', 'gemini-1.5-flash']),
+    ('*', 'starter',    'Starter plan',     false,
+       20,   300,    1000,     20000,     40000,    200000,    100000,     2000000,    1000000,    4,    100,    2000, NULL),
+    ('*', 'pro',        'Pro plan',         false,
+       60,  1500,    5000,    100000,    150000,   1000000,    500000,    20000000,   10000000,   10,   1000,   20000, NULL),
+    ('*', 'business',   'Business plan',    false,
+      300, 10000,   50000,   1000000,   1000000,  10000000,   5000000,   200000000,  100000000,   50,  10000,  200000, NULL),
+    ('*', 'enterprise', 'Enterprise plan',  false,
+     1000, 50000,  500000,  10000000,   5000000, 100000000,  50000000,  2000000000, 1000000000,  200, 100000, 2000000, NULL),
+    ('*', 'unlimited',  'No limits',        false,
+     NULL,  NULL,    NULL,      NULL,      NULL,      NULL,      NULL,        NULL,       NULL, NULL,   NULL,    NULL, NULL);
+
+-- ------------------------------------------------------------------------------------ subjects
+
+CREATE TABLE control_plane.subjects (
+    tenant_id  text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant'),
+    subject_id text        NOT NULL CHECK (subject_id OPERATOR(pg_catalog.<>) ''
+                                           AND pg_catalog.octet_length(subject_id) <= 256),
+    profile    text        NOT NULL,
+    org_id     text,
+    overrides  jsonb       NOT NULL DEFAULT '{}'
+                           CONSTRAINT subjects_overrides_valid CHECK (control_plane._check_overrides(overrides)),
+    active     boolean     NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, subject_id)
+);
+COMMENT ON TABLE control_plane.subjects IS
+    'Who is limited: a profile, an optional organisation, per-subject overrides of any limit, an active flag.';
+CREATE INDEX subjects_profile ON control_plane.subjects (profile);
+
+-- A subject's profile must exist for its tenant (its own, or a shared preset).
+CREATE FUNCTION control_plane._subjects_profile_exists() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM control_plane.profiles p
+                    WHERE p.name OPERATOR(pg_catalog.=) NEW.profile
+                      AND p.tenant_id IN (NEW.tenant_id, '*')) THEN
+        RAISE EXCEPTION 'profile "%" does not exist', NEW.profile
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = format('subject "%s" of tenant "%s" names it', NEW.subject_id, NEW.tenant_id),
+                  HINT = 'Use a preset (free, starter, pro, business, enterprise, unlimited) or a profile of the tenant.';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER subjects_profile_exists BEFORE INSERT OR UPDATE OF profile, tenant_id ON control_plane.subjects
+    FOR EACH ROW EXECUTE FUNCTION control_plane._subjects_profile_exists();
+
+-- A profile that subjects still use cannot be deleted or renamed (unless a shared preset of the
+-- same name takes over for them).
+CREATE FUNCTION control_plane._profiles_in_use() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.name = NEW.name AND OLD.tenant_id = NEW.tenant_id THEN
+        RETURN NEW;
+    END IF;
+    SELECT count(*) INTO n FROM control_plane.subjects s
+     WHERE s.profile = OLD.name
+       AND (OLD.tenant_id = '*' OR s.tenant_id = OLD.tenant_id)
+       AND NOT EXISTS (SELECT 1 FROM control_plane.profiles p
+                        WHERE p.name = OLD.name AND p.tenant_id IN (s.tenant_id, '*')
+                          AND (p.tenant_id, p.name) <> (OLD.tenant_id, OLD.name));
+    IF n > 0 THEN
+        RAISE EXCEPTION 'profile "%" is in use', OLD.name
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = format('%s subject(s) of tenant "%s" use it', n, OLD.tenant_id),
+                  HINT = 'Move those subjects to another profile first.';
+    END IF;
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER profiles_in_use BEFORE DELETE OR UPDATE OF name, tenant_id ON control_plane.profiles
+    FOR EACH ROW EXECUTE FUNCTION control_plane._profiles_in_use();
+
+-- A committed change to profiles or subjects is obeyed by the next cp_admit in every backend.
+CREATE FUNCTION control_plane._policy_changed_trigger() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM control_plane._policy_changed();
+    RETURN NULL;
+END $$;
+CREATE TRIGGER profiles_policy_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+CREATE TRIGGER subjects_policy_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.subjects
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+
+-- -------------------------------------------------------------------------------- usage_events
+
+CREATE TABLE control_plane.usage_events (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id       text        NOT NULL,
+    subject_id      text        NOT NULL,
+    org_id          text,
+    model           text,
+    feature         text,
+    input_tokens    bigint      NOT NULL CHECK (input_tokens >= 0),
+    output_tokens   bigint      NOT NULL CHECK (output_tokens >= 0),
+    cost_micros     bigint      CHECK (cost_micros >= 0),
+    duration_ms     bigint      CHECK (duration_ms >= 0),
+    reservation_id  uuid,
+    idempotency_key text,
+    metadata        jsonb,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE control_plane.usage_events IS
+    'The append-only usage ledger: the truth that the shared-memory totals index.';
+CREATE INDEX usage_events_subject_time ON control_plane.usage_events (tenant_id, subject_id, created_at);
+
+CREATE FUNCTION control_plane._usage_events_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'control_plane.usage_events is append-only'
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'Record a correcting usage event instead of changing one.';
+END $$;
+CREATE TRIGGER usage_events_append_only BEFORE UPDATE ON control_plane.usage_events
+    FOR EACH ROW EXECUTE FUNCTION control_plane._usage_events_append_only();
+
+-- ---------------------------------------------------------------------------------------- stats
+
+CREATE VIEW control_plane.stats AS SELECT name, value FROM control_plane.cp_stats();
+COMMENT ON VIEW control_plane.stats IS 'Shared-memory use and decision counters since server start.';
+
+-- ------------------------------------------------------------------------------ dump and grants
+
+SELECT pg_catalog.pg_extension_config_dump('control_plane.profiles', $$WHERE tenant_id <> '*'$$);
+SELECT pg_catalog.pg_extension_config_dump('control_plane.subjects', '');
+SELECT pg_catalog.pg_extension_config_dump('control_plane.usage_events', '');
+
+GRANT USAGE ON SCHEMA control_plane TO PUBLIC;
+GRANT SELECT ON control_plane.stats TO PUBLIC;

@@ -1,0 +1,145 @@
+//! Work that reaches shared memory only when the transaction commits.
+//!
+//! `cp_record_usage` queues its ledger row here; the commit callback adds it to the totals and
+//! settles the reservation. An abort (or the rollback of the subtransaction that queued it) drops
+//! the work and gives the reservation back to its owner. Admin changes to profiles and subjects
+//! queue a bump of the policy generation, applied after commit so that no backend can cache the
+//! old rows under the new generation.
+
+use crate::key::Key;
+use crate::shmem;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+
+pub struct Pending {
+    pub subid: pg_sys::SubTransactionId,
+    pub key: Key,
+    pub db: u32,
+    pub at_unix_us: i64,
+    pub input: i64,
+    pub output: i64,
+    /// The reservation this row settles: (slot index, tokens held).
+    pub reservation: Option<(usize, i64)>,
+}
+
+#[derive(Default)]
+struct State {
+    registered: bool,
+    pending: Vec<Pending>,
+    /// Subtransactions that changed policy rows (a rolled-back one changes nothing).
+    policy_changed: Vec<pg_sys::SubTransactionId>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn ensure_registered(st: &mut State) {
+    if !st.registered {
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+        }
+        st.registered = true;
+    }
+}
+
+pub fn current_subid() -> pg_sys::SubTransactionId {
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+pub fn push(p: Pending) {
+    STATE.with_borrow_mut(|st| {
+        ensure_registered(st);
+        st.pending.push(p);
+    });
+}
+
+/// Called by the policy triggers: forget the local cache now, bump the generation at commit.
+pub fn policy_changed() {
+    crate::policy_cache::clear();
+    let subid = current_subid();
+    STATE.with_borrow_mut(|st| {
+        ensure_registered(st);
+        st.policy_changed.push(subid);
+    });
+}
+
+fn undo(p: &Pending) {
+    if let (Some((idx, _)), Ok(sh)) = (p.reservation, shmem::shared()) {
+        sh.untake(idx);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_PREPARE => {
+            let busy = STATE.with_borrow(|st| !st.pending.is_empty());
+            if busy {
+                crate::error::raise(crate::error::CpError::NotSupported {
+                    message: "cannot PREPARE a transaction that recorded control_plane usage".into(),
+                    hint: Some("Record usage outside two-phase transactions.".into()),
+                });
+            }
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            // Must not raise: the transaction is already committed.
+            let (work, changed) =
+                STATE.with_borrow_mut(|st| (std::mem::take(&mut st.pending), !std::mem::take(&mut st.policy_changed).is_empty()));
+            let Ok(sh) = shmem::shared() else { return };
+            let now = crate::catalog::now_unix_us();
+            for p in &work {
+                sh.apply_commit(&p.key, p.db, p.at_unix_us, p.input, p.output, p.reservation.map(|r| r.1), now);
+                if let Some((idx, _)) = p.reservation {
+                    sh.free_taken(idx);
+                    sh.bump(shmem::Stat::Settled);
+                }
+            }
+            if changed {
+                sh.bump_policy_generation();
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            let (work, changed) =
+                STATE.with_borrow_mut(|st| (std::mem::take(&mut st.pending), !std::mem::take(&mut st.policy_changed).is_empty()));
+            work.iter().for_each(undo);
+            if changed {
+                crate::policy_cache::clear();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => {
+            let (dropped, changed) = STATE.with_borrow_mut(|st| {
+                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.pending).into_iter().partition(|p| p.subid == my_subid);
+                st.pending = kept;
+                let before = st.policy_changed.len();
+                st.policy_changed.retain(|s| *s != my_subid);
+                (gone, before != st.policy_changed.len())
+            });
+            dropped.iter().for_each(undo);
+            if changed {
+                crate::policy_cache::clear();
+            }
+        }
+        SUBXACT_EVENT_COMMIT_SUB => STATE.with_borrow_mut(|st| {
+            st.pending.iter_mut().filter(|p| p.subid == my_subid).for_each(|p| p.subid = parent_subid);
+            st.policy_changed.iter_mut().filter(|s| **s == my_subid).for_each(|s| *s = parent_subid);
+        }),
+        _ => {}
+    }
+}
