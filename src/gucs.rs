@@ -92,5 +92,12 @@ pub fn tenant() -> Result<String, crate::error::CpError> {
         .to_str()
         .map_err(|_| CpError::invalid("control_plane.tenant is not valid UTF-8"))?;
     crate::api::check_name("control_plane.tenant", s)?;
+    if s == "*" {
+        return Err(CpError::invalid_with(
+            "control_plane.tenant must not be \"*\"",
+            "\"*\" marks the presets shared by every tenant",
+            None,
+        ));
+    }
     Ok(s.to_string())
 }

@@ -1,16 +1,320 @@
 //! In-database tests (`cargo pgrx test`). Each runs in a transaction that is rolled back, so
-//! usage recorded here never commits; shared memory is not rolled back, so every test uses its
-//! own subjects.
+//! usage recorded here never commits (commit effects are covered by the integration tests);
+//! shared memory is not rolled back, so every test uses its own subjects.
 
 use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
     use pgrx::prelude::*;
+    use pgrx::JsonB;
+    use serde_json::Value;
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn json(sql: &str) -> Value {
+        match Spi::get_one::<JsonB>(sql) {
+            Ok(Some(JsonB(v))) => v,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    /// One `cp_admit` row as JSON.
+    fn admit(subject: &str, tokens: i64, model: Option<&str>) -> Value {
+        let m = model.map_or("NULL".to_string(), |m| format!("'{m}'"));
+        json(&format!("SELECT to_jsonb(a) FROM control_plane.cp_admit('{subject}', {tokens}, {m}) a"))
+    }
+
+    /// The SQLSTATE a statement fails with, or "ok".
+    fn sqlstate(sql: &str) -> String {
+        run("CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS
+             $$ BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$");
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    fn set_overrides(subject: &str, overrides: &str) {
+        run(&format!(
+            "INSERT INTO control_plane.subjects (tenant_id, subject_id, profile, overrides)
+             VALUES (current_setting('control_plane.tenant'), '{subject}', 'free', '{overrides}')
+             ON CONFLICT (tenant_id, subject_id) DO UPDATE SET overrides = EXCLUDED.overrides"
+        ));
+    }
 
     #[pg_test]
-    fn presets_exist() {
+    fn presets_escalate_and_free_is_default() {
         let n = Spi::get_one::<i64>("SELECT count(*) FROM control_plane.profiles WHERE tenant_id = '*'").unwrap();
         assert_eq!(n, Some(6));
+        let d = Spi::get_one::<String>("SELECT name FROM control_plane.profiles WHERE is_default").unwrap();
+        assert_eq!(d.as_deref(), Some("free"));
+        let ordered = Spi::get_one::<bool>(
+            "SELECT bool_and(a.requests_per_day < b.requests_per_day AND a.input_tokens_per_month < b.input_tokens_per_month)
+               FROM (VALUES ('free','starter'),('starter','pro'),('pro','business'),('business','enterprise')) v(x, y)
+               JOIN control_plane.profiles a ON a.name = v.x JOIN control_plane.profiles b ON b.name = v.y",
+        )
+        .unwrap();
+        assert_eq!(ordered, Some(true));
+        let unlimited = Spi::get_one::<bool>(
+            "SELECT num_nulls(requests_per_minute, requests_per_hour, requests_per_day, requests_per_month,
+                    tokens_per_minute, input_tokens_per_day, output_tokens_per_day, input_tokens_per_month,
+                    output_tokens_per_month, max_concurrent, daily_budget_cents, monthly_budget_cents) = 12
+               FROM control_plane.profiles WHERE name = 'unlimited'",
+        )
+        .unwrap();
+        assert_eq!(unlimited, Some(true));
+    }
+
+    #[pg_test]
+    fn unknown_subject_is_enrolled_in_the_default_profile() {
+        let a = admit("pgt_enroll", 10, None);
+        assert_eq!(a["allowed"], true, "{a}");
+        assert_eq!(a["decision"], "allow");
+        assert!(a["reservation_id"].is_string());
+        let p = Spi::get_one::<String>("SELECT profile FROM control_plane.subjects WHERE subject_id = 'pgt_enroll'").unwrap();
+        assert_eq!(p.as_deref(), Some("free"));
+    }
+
+    #[pg_test]
+    fn request_quota_admits_exactly_n_then_denies_until_midnight() {
+        set_overrides("pgt_rpd", r#"{"requests_per_day": 3}"#);
+        for i in 0..3 {
+            let a = admit("pgt_rpd", 0, None);
+            assert_eq!(a["allowed"], true, "admission {i}: {a}");
+        }
+        let d = admit("pgt_rpd", 0, None);
+        assert_eq!(d["allowed"], false, "{d}");
+        assert_eq!(d["decision"], "deny");
+        assert_eq!(d["reason"], "quota_exceeded");
+        assert_eq!(d["limit_name"], "requests_per_day");
+        assert_eq!(d["remaining"], 0);
+        assert!(d["reservation_id"].is_null());
+        let retry = d["retry_after_ms"].as_i64().unwrap();
+        let to_midnight = Spi::get_one::<i64>(
+            "SELECT ceil(extract(epoch FROM (date_trunc('day', clock_timestamp() AT TIME ZONE 'UTC') + interval '1 day'
+                     - clock_timestamp() AT TIME ZONE 'UTC')) * 1000)::bigint",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(retry > 0 && retry <= to_midnight + 1000 && retry >= to_midnight - 5000, "{retry} vs {to_midnight}");
+    }
+
+    #[pg_test]
+    fn a_denial_consumes_nothing() {
+        set_overrides("pgt_atomic", r#"{"requests_per_day": 3, "input_tokens_per_day": 100}"#);
+        assert_eq!(admit("pgt_atomic", 80, None)["allowed"], true);
+        let d = admit("pgt_atomic", 50, None);
+        assert_eq!(d["limit_name"], "input_tokens_per_day", "{d}");
+        assert_eq!(d["remaining"], 20);
+        // the denied request took neither a request nor tokens
+        assert_eq!(admit("pgt_atomic", 20, None)["allowed"], true);
+        let d = admit("pgt_atomic", 0, None);
+        assert_eq!(d["limit_name"], "input_tokens_per_day", "{d}");
+        let s = json("SELECT control_plane.cp_quota_status('pgt_atomic')");
+        assert_eq!(s["quotas"]["requests_per_day"]["held"], 2, "{s}");
+        assert_eq!(s["quotas"]["input_tokens_per_day"]["held"], 100, "{s}");
+    }
+
+    #[pg_test]
+    fn a_request_larger_than_the_limit_gets_no_retry_time() {
+        set_overrides("pgt_large", r#"{"input_tokens_per_month": 1000}"#);
+        let d = admit("pgt_large", 1001, None);
+        assert_eq!(d["reason"], "quota_exceeded", "{d}");
+        assert_eq!(d["limit_name"], "input_tokens_per_month");
+        assert!(d["retry_after_ms"].is_null());
+    }
+
+    #[pg_test]
+    fn release_gives_back_once() {
+        set_overrides("pgt_release", r#"{"requests_per_day": 1}"#);
+        let a = admit("pgt_release", 5, None);
+        let id = a["reservation_id"].as_str().unwrap().to_string();
+        assert_eq!(admit("pgt_release", 0, None)["allowed"], false);
+        let rel = format!("SELECT control_plane.cp_release('{id}')");
+        assert_eq!(Spi::get_one::<bool>(&rel).unwrap(), Some(true));
+        assert_eq!(Spi::get_one::<bool>(&rel).unwrap(), Some(false));
+        assert_eq!(admit("pgt_release", 0, None)["allowed"], true);
+        let unknown = "SELECT control_plane.cp_release('00000000-0000-4000-8000-000000000000')";
+        assert_eq!(Spi::get_one::<bool>(unknown).unwrap(), Some(false));
+        let huge = "SELECT control_plane.cp_release('ffffffff-0000-4000-8000-000000000000')";
+        assert_eq!(Spi::get_one::<bool>(huge).unwrap(), Some(false));
+    }
+
+    #[pg_test]
+    fn models_and_features_gate_before_counters() {
+        // free allows a short list of models
+        assert_eq!(admit("pgt_models", 0, Some("gpt-4o-mini"))["allowed"], true);
+        let d = admit("pgt_models", 0, Some("gpt-4o"));
+        assert_eq!(d["reason"], "model_not_allowed", "{d}");
+        set_overrides("pgt_models", r#"{"blocked_models": ["gpt-4o-mini"]}"#);
+        assert_eq!(admit("pgt_models", 0, Some("gpt-4o-mini"))["reason"], "model_blocked");
+        run("UPDATE control_plane.profiles SET features = '{\"video\": false}' WHERE name = 'free'");
+        let d = json("SELECT to_jsonb(a) FROM control_plane.cp_admit('pgt_models', feature => 'video') a");
+        assert_eq!(d["reason"], "feature_disabled", "{d}");
+        let ok = json("SELECT to_jsonb(a) FROM control_plane.cp_admit('pgt_models', feature => 'blog') a");
+        assert_eq!(ok["allowed"], true, "{ok}");
+    }
+
+    #[pg_test]
+    fn inactive_subjects_and_profiles_are_denied() {
+        assert_eq!(admit("pgt_inactive", 0, None)["allowed"], true);
+        run("UPDATE control_plane.subjects SET active = false WHERE subject_id = 'pgt_inactive'");
+        assert_eq!(admit("pgt_inactive", 0, None)["reason"], "inactive");
+        run("INSERT INTO control_plane.profiles (name, is_active, requests_per_day) VALUES ('pgt_off', false, 10)");
+        run("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('pgt_off_user', 'pgt_off')");
+        assert_eq!(admit("pgt_off_user", 0, None)["reason"], "profile_inactive");
+    }
+
+    #[pg_test]
+    fn admin_changes_apply_to_the_next_admission() {
+        assert_eq!(admit("pgt_change", 0, None)["allowed"], true);
+        run("UPDATE control_plane.profiles SET requests_per_day = 1 WHERE name = 'free'");
+        let d = admit("pgt_change", 0, None);
+        assert_eq!(d["limit_name"], "requests_per_day", "{d}");
+        run("UPDATE control_plane.subjects SET profile = 'pro' WHERE subject_id = 'pgt_change'");
+        assert_eq!(admit("pgt_change", 0, None)["allowed"], true);
+    }
+
+    #[pg_test]
+    fn tenant_profiles_shadow_presets_and_tenants_are_isolated() {
+        run("SET LOCAL control_plane.tenant = 'pgt_acme'");
+        run("INSERT INTO control_plane.profiles (name, requests_per_day, is_default) VALUES ('house', 1, true)");
+        let a = admit("pgt_u", 0, None);
+        assert_eq!(a["allowed"], true, "{a}");
+        assert_eq!(admit("pgt_u", 0, None)["limit_name"], "requests_per_day");
+        let id = a["reservation_id"].as_str().unwrap().to_string();
+        run("SET LOCAL control_plane.tenant = 'pgt_other'");
+        let s = json("SELECT control_plane.cp_quota_status('pgt_u')");
+        assert_eq!(s["enrolled"], false, "{s}");
+        assert_eq!(s["profile"], "free");
+        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(), Some(false));
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM control_plane.subjects WHERE subject_id = 'pgt_u'").unwrap();
+        assert_eq!(n, Some(1), "status must not enroll");
+        run("SET LOCAL control_plane.tenant = 'pgt_acme'");
+        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(), Some(true));
+    }
+
+    #[pg_test]
+    fn record_usage_settles_its_reservation_and_an_aborted_record_gives_it_back() {
+        let a = admit("pgt_record", 100, None);
+        let id = a["reservation_id"].as_str().unwrap().to_string();
+        let r = json(&format!(
+            "SELECT to_jsonb(r) FROM control_plane.cp_record_usage('pgt_record', 90, 20, reservation_id => '{id}') r"
+        ));
+        assert_eq!(r["reservation_settled"], true, "{r}");
+        assert!(r["event_id"].as_i64().unwrap() > 0);
+        // taken by this (still open) transaction: it cannot be released meanwhile
+        assert_eq!(sqlstate(&format!("SELECT control_plane.cp_release('{id}')")), "55000");
+        // a record whose subtransaction fails gives the reservation back
+        let b = admit("pgt_record", 10, None);
+        let id2 = b["reservation_id"].as_str().unwrap().to_string();
+        run(&format!(
+            "DO $$ BEGIN
+                 PERFORM control_plane.cp_record_usage('pgt_record', 1, 1, reservation_id => '{id2}');
+                 RAISE EXCEPTION 'boom';
+             EXCEPTION WHEN OTHERS THEN NULL; END $$"
+        ));
+        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id2}')")).unwrap(), Some(true));
+        // a reservation of another subject is refused
+        let c = admit("pgt_record_other", 0, None);
+        let id3 = c["reservation_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            sqlstate(&format!("SELECT control_plane.cp_record_usage('pgt_record', 1, 1, reservation_id => '{id3}')")),
+            "22023"
+        );
+        // unknown reservation ids (forgotten by a restart) still record the usage
+        let u = json(
+            "SELECT to_jsonb(r) FROM control_plane.cp_record_usage('pgt_record', 1, 1,
+                 reservation_id => '00000001-0000-4000-8000-000000000000') r",
+        );
+        assert_eq!(u["reservation_settled"], false, "{u}");
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM control_plane.usage_events WHERE subject_id = 'pgt_record'").unwrap();
+        assert_eq!(n, Some(2));
+    }
+
+    #[pg_test]
+    fn quota_status_reports_every_dimension() {
+        set_overrides("pgt_status", r#"{"requests_per_day": 10}"#);
+        admit("pgt_status", 250, None);
+        let s = json("SELECT control_plane.cp_quota_status('pgt_status')");
+        assert_eq!(s["profile"], "free", "{s}");
+        assert_eq!(s["enrolled"], true);
+        let q = &s["quotas"]["requests_per_day"];
+        assert_eq!(q["limit"], 10, "{s}");
+        assert_eq!(q["used"], 0);
+        assert_eq!(q["held"], 1);
+        assert_eq!(q["remaining"], 9);
+        assert_eq!(q["percent"], 10.0);
+        for k in [
+            "requests_per_month",
+            "input_tokens_per_day",
+            "output_tokens_per_day",
+            "input_tokens_per_month",
+            "output_tokens_per_month",
+        ] {
+            assert!(s["quotas"][k].is_object(), "{k} missing in {s}");
+        }
+        assert_eq!(s["quotas"]["input_tokens_per_month"]["held"], 250);
+        assert!(s["period"]["day"]["start"].as_str().unwrap().ends_with("T00:00:00Z"));
+        assert!(s["period"]["month"]["start"].as_str().unwrap().ends_with("-01T00:00:00Z"));
+        assert_eq!(s["rate_limits"]["requests_per_minute"], 5);
+    }
+
+    #[pg_test]
+    fn bad_input_gets_a_clean_sqlstate() {
+        let cases = [
+            ("SELECT * FROM control_plane.cp_admit(NULL)", "22004"),
+            ("SELECT * FROM control_plane.cp_admit('')", "22023"),
+            ("SELECT * FROM control_plane.cp_admit(repeat('x', 300))", "22023"),
+            ("SELECT * FROM control_plane.cp_admit('pgt_bad', -1)", "22023"),
+            ("SELECT * FROM control_plane.cp_admit('pgt_bad', NULL)", "22004"),
+            ("SELECT * FROM control_plane.cp_admit('pgt_bad', 9223372036854775807)", "22023"),
+            ("SELECT * FROM control_plane.cp_admit('pgt_bad', 0, '')", "22023"),
+            ("SELECT * FROM control_plane.cp_record_usage('pgt_bad', -5, 0)", "22023"),
+            ("SELECT * FROM control_plane.cp_record_usage('pgt_bad', 1, NULL)", "22004"),
+            ("SELECT * FROM control_plane.cp_record_usage(NULL, 1, 1)", "22004"),
+            ("SELECT control_plane.cp_release(NULL)", "22004"),
+            ("SELECT control_plane.cp_quota_status(NULL)", "22004"),
+            ("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('pgt_bad2', 'platinum')", "23503"),
+            ("UPDATE control_plane.profiles SET requests_per_day = -1 WHERE name = 'pro'", "23514"),
+            ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad3', 'free', '{\"requests_per_dya\": 1}')", "22023"),
+            ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad4', 'free', '{\"requests_per_day\": \"ten\"}')", "22023"),
+            ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad5', 'free', '{\"requests_per_day\": -3}')", "22023"),
+            ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad6', 'free', '[1]')", "22023"),
+            ("DELETE FROM control_plane.profiles WHERE name = 'free'", "23503"),
+            ("UPDATE control_plane.usage_events SET input_tokens = 0", "ok"),
+            ("SET control_plane.no_such_setting = 1", "42602"),
+        ];
+        run("SELECT * FROM control_plane.cp_admit('pgt_bad_user')"); // makes 'free' in use
+        for (sql, want) in cases {
+            assert_eq!(sqlstate(sql), want, "{sql}");
+        }
+        run("SELECT control_plane.cp_record_usage('pgt_bad_user', 1, 1)");
+        assert_eq!(sqlstate("UPDATE control_plane.usage_events SET input_tokens = 0"), "55000");
+        run("SET LOCAL control_plane.tenant = ''");
+        assert_eq!(sqlstate("SELECT * FROM control_plane.cp_admit('x')"), "22023");
+        run("SET LOCAL control_plane.tenant = '*'");
+        assert_eq!(sqlstate("SELECT * FROM control_plane.cp_admit('x')"), "22023");
+    }
+
+    #[pg_test]
+    fn no_default_profile_fails_closed() {
+        run("UPDATE control_plane.profiles SET is_default = false");
+        assert_eq!(sqlstate("SELECT * FROM control_plane.cp_admit('pgt_nodefault')"), "55000");
+    }
+
+    #[pg_test]
+    fn stats_view_reports_capacity_and_counters() {
+        admit("pgt_stats", 0, None);
+        let cap = Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'entries_capacity'").unwrap();
+        assert!(cap.unwrap() >= 20_000, "{cap:?}");
+        let allowed = Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'admits_allowed'").unwrap();
+        assert!(allowed.unwrap() >= 1);
+        let parts = Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'lock_partitions'").unwrap();
+        assert_eq!(parts, Some(64));
+        let c = json("SELECT control_plane.cp_cleanup()");
+        assert!(c["reservations_expired"].is_i64(), "{c}");
     }
 }

@@ -315,8 +315,9 @@ mod unit {
         #[test]
         fn negative_limits_never_pass(idx in 0usize..LIMIT_COUNT, v in i64::MIN..0) {
             let l = Limit::ALL[idx];
-            prop_assert!(validate_overrides(&json!({ l.name(): v })).is_err());
-            prop_assert!(Policy::from_profile(&json!({ l.name(): v })).is_err());
+            let o = json!({ l.name(): v });
+            prop_assert!(validate_overrides(&o).is_err());
+            prop_assert!(Policy::from_profile(&o).is_err());
         }
     }
 }
