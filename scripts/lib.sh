@@ -1,0 +1,60 @@
+# Shared helpers for the setup, demo, test and bench scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+CP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_MAJOR="${PG_MAJOR:-15}"
+PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
+PG_CONFIG="${PG_BIN}/pg_config"
+PGRX_VERSION="$(sed -n 's/^pgrx = "=\(.*\)"$/\1/p' "$CP_ROOT/Cargo.toml")"
+
+log() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+# Runs a command as the postgres OS user (PostgreSQL refuses to run as root).
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then sudo -u postgres -- "$@"; else "$@"; fi
+}
+
+# Builds the extension in release mode and installs it into the system's PostgreSQL.
+# Never do this while a cluster that loaded the library is running (stop it first).
+cp_install() {
+    log "building and installing control_plane (release) into PostgreSQL ${PG_MAJOR}"
+    (cd "$CP_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+}
+
+# cp_cluster_start DIR PORT [postgresql.conf lines...]
+# A throwaway cluster in DIR, listening on 127.0.0.1:PORT and on a socket in DIR, with
+# control_plane preloaded unless the caller passes its own shared_preload_libraries line.
+cp_cluster_start() {
+    local dir="$1" port="$2"
+    shift 2
+    cp_cluster_stop "$dir" || true
+    rm -rf "$dir"
+    install -d -m 700 "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+    as_pg "$PG_BIN/initdb" -D "$dir" -A trust -U postgres --locale=C.UTF-8 >"$dir.initdb.log" 2>&1 \
+        || { cat "$dir.initdb.log"; return 1; }
+    {
+        printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n" "$port" "$dir"
+        printf "max_connections = 200\nfsync = off\nlog_min_messages = warning\n"
+        local preload="shared_preload_libraries = 'control_plane'"
+        for line in "$@"; do
+            case "$line" in shared_preload_libraries*) preload="$line" ;; *) printf '%s\n' "$line" ;; esac
+        done
+        printf '%s\n' "$preload"
+    } | as_pg tee -a "$dir/postgresql.conf" >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
+        || { cat "$dir/server.log"; return 1; }
+}
+
+cp_cluster_stop() {
+    local dir="$1"
+    [ -f "$dir/postmaster.pid" ] || return 0
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# psql against a cluster started by cp_cluster_start: cp_psql DIR PORT [psql args...]
+cp_psql() {
+    local dir="$1" port="$2"
+    shift 2
+    "$PG_BIN/psql" -X -h "$dir" -p "$port" -U postgres "$@"
+}

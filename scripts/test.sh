@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sets everything up and runs every test layer:
+#   1. Rust unit and property tests + #[pg_test]s      (cargo pgrx test)
+#   2. golden SQL tests with pg_regress                  (tests/pg_regress)
+#   3. integration tests over real connections           (tests/integration)
+# Each layer that needs a server gets a throwaway cluster with control_plane preloaded.
+# Usage: scripts/test.sh [--bless]   (--bless copies pg_regress results over expected/)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+bless="${1:-}"
+
+bash "$CP_ROOT/scripts/setup.sh"
+cd "$CP_ROOT"
+
+REGRESS_DIR=/tmp/cp-regress
+IT_DIR=/tmp/cp-it
+NOPRELOAD_DIR=/tmp/cp-nopreload
+cleanup() {
+    for d in "$REGRESS_DIR" "$IT_DIR" "$NOPRELOAD_DIR"; do cp_cluster_stop "$d"; done
+}
+trap cleanup EXIT
+
+log "1/3 unit, property and #[pg_test] tests"
+install -d -o postgres -g postgres /tmp/control_plane-pgtest 2>/dev/null || install -d /tmp/control_plane-pgtest
+if [ "$(id -u)" = 0 ]; then
+    cargo pgrx test "pg${PG_MAJOR}" --runas postgres --pgdata /tmp/control_plane-pgtest
+else
+    cargo pgrx test "pg${PG_MAJOR}" --pgdata /tmp/control_plane-pgtest
+fi
+
+cleanup
+cp_install
+
+log "2/3 golden SQL tests (pg_regress)"
+cp_cluster_start "$REGRESS_DIR" 55432
+OUT="$(mktemp -d /tmp/cp-regress-out.XXXXXX)"
+tests=$(cd tests/pg_regress/sql && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | grep -v '^setup$' | sort)
+if ! "/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress" \
+        --host="$REGRESS_DIR" --port=55432 --user=postgres --dbname=cp_regress \
+        --inputdir=tests/pg_regress --outputdir="$OUT" --bindir="$PG_BIN" \
+        setup $tests; then
+    if [ "$bless" = "--bless" ]; then
+        cp "$OUT"/results/*.out tests/pg_regress/expected/
+        echo "blessed: copied results into tests/pg_regress/expected/"
+    else
+        cat "$OUT/regression.diffs" || true
+        exit 1
+    fi
+fi
+
+log "3/3 integration tests (many real connections, restarts, crash recovery)"
+cp_cluster_start "$IT_DIR" 55434 "control_plane.max_subjects = 1024" "control_plane.max_reservations = 8192" \
+    "max_prepared_transactions = 10"
+cp_cluster_start "$NOPRELOAD_DIR" 55435 "shared_preload_libraries = ''"
+cp_psql "$IT_DIR" 55434 -q -c "CREATE DATABASE cp_it" -c "\\c cp_it" -c "CREATE EXTENSION control_plane"
+cp_psql "$NOPRELOAD_DIR" 55435 -q -c "CREATE DATABASE cp_it"
+export CP_DSN="host=$IT_DIR port=55434 user=postgres dbname=cp_it"
+export CP_NOPRELOAD_DSN="host=$NOPRELOAD_DIR port=55435 user=postgres dbname=cp_it"
+export CP_PGDATA="$IT_DIR" CP_PG_BIN="$PG_BIN"
+cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1

@@ -1,0 +1,94 @@
+//! Helpers for the integration tests: connections to the cluster that scripts/test.sh starts.
+//! These tests never link the extension; they talk to it over the wire like an application.
+
+use postgres::{Client, NoTls};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run these tests through scripts/test.sh"))
+}
+
+pub fn connect() -> Client {
+    Client::connect(&env("CP_DSN"), NoTls).expect("connect to the test cluster")
+}
+
+/// Connects, retrying while the server restarts.
+pub fn connect_retrying() -> Client {
+    let start = Instant::now();
+    loop {
+        match Client::connect(&env("CP_DSN"), NoTls) {
+            Ok(c) => return c,
+            Err(e) if start.elapsed() < Duration::from_secs(60) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("server did not come back: {e}"),
+        }
+    }
+}
+
+/// A prefix unique to this run, so the tests can run again against the same cluster.
+pub fn run_id() -> String {
+    let ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("it{}", ns % 1_000_000_000_000)
+}
+
+/// Puts `subject` on `profile` with `overrides` (JSON text).
+pub fn enroll(c: &mut Client, subject: &str, profile: &str, overrides: &str) {
+    c.execute(
+        "INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ($1, $2, $3::text::jsonb)
+         ON CONFLICT (tenant_id, subject_id) DO UPDATE SET profile = EXCLUDED.profile, overrides = EXCLUDED.overrides",
+        &[&subject, &profile, &overrides],
+    )
+    .expect("enroll");
+}
+
+pub struct Admission {
+    pub allowed: bool,
+    pub reason: Option<String>,
+    pub limit_name: Option<String>,
+    pub reservation_id: Option<String>,
+}
+
+pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
+    let r = c
+        .query_one(
+            "SELECT allowed, reason, limit_name, reservation_id::text FROM control_plane.cp_admit($1, $2)",
+            &[&subject, &tokens],
+        )
+        .expect("cp_admit");
+    Admission { allowed: r.get(0), reason: r.get(1), limit_name: r.get(2), reservation_id: r.get(3) }
+}
+
+/// (used, held) of one quota dimension from cp_quota_status.
+pub fn quota(c: &mut Client, subject: &str, dim: &str) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT (s->'quotas'->$2->>'used')::bigint, (s->'quotas'->$2->>'held')::bigint
+               FROM control_plane.cp_quota_status($1) s",
+            &[&subject, &dim],
+        )
+        .expect("cp_quota_status");
+    (r.get(0), r.get(1))
+}
+
+/// Runs pg_ctl against the test cluster (as the postgres OS user when we are root).
+pub fn pg_ctl(args: &[&str]) {
+    let bin = format!("{}/pg_ctl", env("CP_PG_BIN"));
+    let data = env("CP_PGDATA");
+    let mut cmd = if is_root() {
+        let mut c = Command::new("sudo");
+        c.args(["-u", "postgres", "--", &bin]);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.args(["-D", &data, "-l", &format!("{data}/server.log"), "-w", "-t", "60"]).args(args);
+    let out = cmd.output().expect("run pg_ctl");
+    assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}

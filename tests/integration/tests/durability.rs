@@ -1,0 +1,76 @@
+//! The ledger is the truth: after a fast restart and after a crash (immediate stop), the totals
+//! that cp_admit checks equal the ledger again.
+
+use control_plane_integration::*;
+use postgres::Client;
+
+fn ledger(c: &mut Client, s: &str) -> (i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT count(*), coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint
+               FROM control_plane.usage_events
+              WHERE subject_id = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+            &[&s],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+fn index(c: &mut Client, s: &str) -> (i64, i64, i64) {
+    (
+        quota(c, s, "requests_per_day").0,
+        quota(c, s, "input_tokens_per_day").0,
+        quota(c, s, "output_tokens_per_day").0,
+    )
+}
+
+#[test]
+fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
+    let id = run_id();
+    let subjects: Vec<String> = (0..6).map(|i| format!("{id}_d{i}")).collect();
+    let mut c = connect();
+    for (i, s) in subjects.iter().enumerate() {
+        enroll(&mut c, s, "unlimited", r#"{"requests_per_day": 1000}"#);
+        let mut tx = c.transaction().unwrap();
+        for k in 0..(5 + i as i64) {
+            tx.query_one("SELECT * FROM control_plane.cp_record_usage($1, $2, $3)", &[s, &(10 * k + 1), &(k + 2)]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    // an open reservation at the time of the crash
+    let open = admit(&mut c, &subjects[0], 500).reservation_id.unwrap();
+    for s in &subjects {
+        assert_eq!(index(&mut c, s), ledger(&mut c, s), "{s} before restart");
+    }
+    drop(c);
+
+    pg_ctl(&["restart", "-m", "fast"]);
+    let mut c = connect_retrying();
+    for s in &subjects {
+        assert_eq!(index(&mut c, s), ledger(&mut c, s), "{s} after fast restart");
+    }
+    assert_eq!(quota(&mut c, &subjects[0], "requests_per_day").1, 0, "reservations do not survive a restart");
+    drop(c);
+
+    // rebuild some totals, record more, then crash
+    let mut c = connect();
+    for s in &subjects[..3] {
+        c.query_one("SELECT * FROM control_plane.cp_record_usage($1, 3, 4)", &[s]).unwrap();
+    }
+    drop(c);
+    pg_ctl(&["stop", "-m", "immediate"]);
+    pg_ctl(&["start"]);
+    let mut c = connect_retrying();
+    for s in &subjects {
+        assert_eq!(index(&mut c, s), ledger(&mut c, s), "{s} after crash restart");
+    }
+    // usage of a reservation the restart forgot is still recorded
+    let r = c
+        .query_one(
+            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 1, 1, reservation_id => $2::text::uuid)",
+            &[&subjects[0], &open],
+        )
+        .unwrap();
+    assert!(!r.get::<_, bool>(0));
+    assert_eq!(index(&mut c, &subjects[0]), ledger(&mut c, &subjects[0]));
+}

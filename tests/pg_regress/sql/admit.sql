@@ -1,0 +1,29 @@
+-- Admission against calendar quotas: exactly N admitted, then a denial with the reason, the
+-- limit and the time to the end of the window; a denial consumes nothing.
+INSERT INTO control_plane.subjects (subject_id, profile, overrides)
+VALUES ('alice', 'free', '{"requests_per_day": 3, "input_tokens_per_day": 1000}');
+
+SELECT allowed, decision, reason, limit_name, remaining, retry_after_ms IS NULL AS no_retry,
+       reservation_id IS NOT NULL AS reserved
+  FROM control_plane.cp_admit('alice', 100, model => 'gpt-4o-mini');
+SELECT allowed, decision, limit_name, remaining FROM control_plane.cp_admit('alice', 100);
+-- too many tokens for what is left: denied, and nothing is taken
+SELECT allowed, decision, reason, limit_name, remaining,
+       retry_after_ms BETWEEN 1 AND 86400000 AS retry_within_a_day
+  FROM control_plane.cp_admit('alice', 900);
+SELECT allowed, decision, reason, limit_name, remaining FROM control_plane.cp_admit('alice', 100);
+SELECT allowed, decision, reason, limit_name, remaining,
+       retry_after_ms BETWEEN 1 AND 86400000 AS retry_within_a_day,
+       reservation_id IS NULL AS nothing_reserved
+  FROM control_plane.cp_admit('alice', 0);
+
+-- a request that can never fit gets no retry time
+SELECT allowed, reason, limit_name, retry_after_ms FROM control_plane.cp_admit('alice', 5000);
+
+-- models and inactive subjects
+SELECT allowed, reason FROM control_plane.cp_admit('bob', 0, model => 'some-big-model');
+UPDATE control_plane.subjects SET active = false WHERE subject_id = 'bob';
+SELECT allowed, reason FROM control_plane.cp_admit('bob', 0, model => 'gpt-4o-mini');
+
+-- unknown subjects are enrolled in the default profile
+SELECT subject_id, profile, active FROM control_plane.subjects ORDER BY subject_id;
