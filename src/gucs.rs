@@ -25,7 +25,19 @@ pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
 /// `control_plane.tenant` (user): the tenant every function acts in.
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
 
-pub fn init() {
+/// Defines the settings. Server-start settings exist only when the library is preloaded
+/// (PostgreSQL refuses to create them later).
+pub fn init(preloading: bool) {
+    if preloading {
+        define_startup_gucs();
+    }
+    define_session_gucs();
+    unsafe {
+        pg_sys::MarkGUCPrefixReserved(c"control_plane".as_ptr());
+    }
+}
+
+fn define_startup_gucs() {
     GucRegistry::define_int_guc(
         c"control_plane.max_subjects",
         c"Subjects the shared-memory index holds at least (server start).",
@@ -46,6 +58,9 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+fn define_session_gucs() {
     GucRegistry::define_int_guc(
         c"control_plane.reservation_timeout",
         c"Seconds an admission holds its request and tokens before it expires.",
@@ -74,9 +89,6 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
-    unsafe {
-        pg_sys::MarkGUCPrefixReserved(c"control_plane".as_ptr());
-    }
 }
 
 /// The current tenant, validated. Reads the GUC's C string in place (no allocation).

@@ -34,10 +34,11 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pg_sys::IsBinaryUpgrade } {
         return;
     }
-    gucs::init();
     // Loaded without the preload (for example by CREATE EXTENSION): the SQL functions then
     // refuse to run with an error whose hint says to preload the library.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloading);
+    if preloading {
         shmem::init();
     }
 }

@@ -13,7 +13,7 @@ SELECT control_plane.cp_release(:'r2') AS released, control_plane.cp_release(:'r
 SELECT allowed FROM control_plane.cp_admit('carol', 0);
 
 SELECT s->>'profile' AS profile,
-       s->'quotas'->'requests_per_day' - 'window' AS requests_per_day,
+       (s->'quotas'->'requests_per_day') - 'window' AS requests_per_day,
        s->'quotas'->'input_tokens_per_day' AS input_tokens_per_day,
        s->'quotas'->'output_tokens_per_day' AS output_tokens_per_day,
        s->'rate_limits' AS rate_limits
