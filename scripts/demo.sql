@@ -29,10 +29,12 @@ SELECT * FROM control_plane.cp_record_usage('user_123', 1200, 340, model => 'gpt
 
 \echo
 \echo '== 4. More requests arrive: admitted until the daily quota denies one =='
+-- (the "+ 0 * n" makes the call depend on the row: a function in FROM whose arguments are
+--  constant is called once and its row reused for every row of generate_series)
 SELECT n AS request, a.allowed, a.decision, a.reason, a.limit_name, a.remaining,
        a.retry_after_ms, (a.retry_after_ms || ' milliseconds')::interval AS retry_after
   FROM generate_series(2, 6) n
- CROSS JOIN LATERAL control_plane.cp_admit('user_123', 1500, model => 'gpt-4o-mini') a;
+ CROSS JOIN LATERAL control_plane.cp_admit('user_123', 1500 + 0 * n, model => 'gpt-4o-mini') a;
 
 \echo
 \echo '== 5. A model the free plan does not include =='

@@ -11,6 +11,7 @@ bless="${1:-}"
 
 bash "$CP_ROOT/scripts/setup.sh"
 cd "$CP_ROOT"
+SUMMARY="$(mktemp /tmp/cp-test-summary.XXXXXX)"
 
 REGRESS_DIR=/tmp/cp-regress
 IT_DIR=/tmp/cp-it
@@ -22,11 +23,9 @@ trap cleanup EXIT
 
 log "1/3 unit, property and #[pg_test] tests"
 install -d -o postgres -g postgres /tmp/control_plane-pgtest 2>/dev/null || install -d /tmp/control_plane-pgtest
-if [ "$(id -u)" = 0 ]; then
-    cargo pgrx test "pg${PG_MAJOR}" --runas postgres --pgdata /tmp/control_plane-pgtest
-else
-    cargo pgrx test "pg${PG_MAJOR}" --pgdata /tmp/control_plane-pgtest
-fi
+runas=()
+[ "$(id -u)" = 0 ] && runas=(--runas postgres)
+cargo pgrx test "pg${PG_MAJOR}" "${runas[@]}" --pgdata /tmp/control_plane-pgtest 2>&1 | tee -a "$SUMMARY"
 
 cleanup
 cp_install
@@ -41,7 +40,7 @@ fi
 if ! "/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress" \
         --host="$REGRESS_DIR" --port=55432 --user=postgres --dbname=cp_regress \
         --inputdir=tests/pg_regress --outputdir="$OUT" --bindir="$PG_BIN" \
-        setup $tests; then
+        setup $tests 2>&1 | tee -a "$SUMMARY"; then
     if [ "$bless" = "--bless" ]; then
         cp "$OUT"/results/*.out tests/pg_regress/expected/
         echo "blessed: copied results into tests/pg_regress/expected/"
@@ -60,4 +59,10 @@ cp_psql "$NOPRELOAD_DIR" 55435 -q -c "CREATE DATABASE cp_it"
 export CP_DSN="host=$IT_DIR port=55434 user=postgres dbname=cp_it"
 export CP_NOPRELOAD_DSN="host=$NOPRELOAD_DIR port=55435 user=postgres dbname=cp_it"
 export CP_PGDATA="$IT_DIR" CP_PG_BIN="$PG_BIN"
-cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
+cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=1 2>&1 | tee -a "$SUMMARY"
+
+# One closing line over every layer: cargo's "N passed; M failed" and pg_regress's "All N tests passed".
+awk '/test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }
+     /All [0-9]+ tests passed/ { for (i = 1; i <= NF; i++) if ($(i) == "All") p += $(i + 1) }
+     END { printf "\nall layers: %d passed, %d failed\n", p, f }' "$SUMMARY"
+rm -f "$SUMMARY"
