@@ -59,7 +59,7 @@ cp_psql "$NOPRELOAD_DIR" 55435 -q -c "CREATE DATABASE cp_it"
 export CP_DSN="host=$IT_DIR port=55434 user=postgres dbname=cp_it"
 export CP_NOPRELOAD_DSN="host=$NOPRELOAD_DIR port=55435 user=postgres dbname=cp_it"
 export CP_PGDATA="$IT_DIR" CP_PG_BIN="$PG_BIN"
-cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=1 2>&1 | tee -a "$SUMMARY"
+CARGO_TARGET_DIR="$CP_ROOT/target/integration" cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=1 2>&1 | tee -a "$SUMMARY"
 
 # One closing line over every layer: cargo's "N passed; M failed" and pg_regress's "All N tests passed".
 awk '/test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }

@@ -271,37 +271,70 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
 }
 
 
-/// One admission decision for `subject` in the current tenant: checks every limit that applies
-/// and, if admitted, holds the request and its token estimate until `cp_record_usage` or
-/// `cp_release` (or expiry).
-#[pg_extern(volatile, parallel_unsafe)]
-fn cp_admit(
-    subject: Option<&str>,
-    tokens: default!(Option<i64>, 0),
-    model: default!(Option<&str>, "NULL"),
-    feature: default!(Option<&str>, "NULL"),
-) -> Result<TableIterator<
-        'static,
-        (
-    name!(allowed, bool),
-    name!(decision, String),
-    name!(reason, Option<String>),
-    name!(limit_name, Option<String>),
-    name!(remaining, Option<i64>),
-    name!(retry_after_ms, Option<i64>),
-    name!(reservation_id, Option<Uuid>),
-),
-    >, ErrorReport> {
-    let d = admit(subject, tokens, model, feature)?;
-    Ok(TableIterator::once((
-        d.allowed,
-        d.decision.to_string(),
-        d.reason.map(str::to_string),
-        d.limit_name.map(str::to_string),
-        d.remaining,
-        d.retry_after_ms,
-        d.reservation_id,
-    )))
+/// `pg_finfo` record of `cp_admit_fast` (version-1 calling convention).
+#[no_mangle]
+pub extern "C" fn pg_finfo_cp_admit_fast() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `control_plane.cp_admit(subject, tokens, model, feature) RETURNS control_plane.admission`
+/// (declared in `src/sql/schema.sql`). One admission decision for `subject` in the current
+/// tenant: checks every limit that applies and, if admitted, holds the request and its token
+/// estimate until `cp_record_usage` or `cp_release` (or expiry).
+///
+/// Written against the raw calling convention and returning a named composite type: this is
+/// the hot path, and a set-returning function with OUT parameters makes PostgreSQL rebuild the
+/// result descriptor from the catalog on every call.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn cp_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let subject: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 0) };
+    let tokens: Option<i64> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 1) };
+    let model: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 2) };
+    let feature: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 3) };
+    let d = match admit(subject, tokens, model, feature) {
+        Ok(d) => d,
+        Err(e) => crate::error::raise(e),
+    };
+    unsafe { admission_datum(fcinfo, &d) }.unwrap_or_else(|e| crate::error::raise(e))
+}
+
+/// Forms the `control_plane.admission` row.
+unsafe fn admission_datum(fcinfo: pg_sys::FunctionCallInfo, d: &Decision) -> CpResult<pg_sys::Datum> {
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        let mut typid = pg_sys::get_fn_expr_rettype(flinfo);
+        if typid == pg_sys::InvalidOid {
+            typid = pg_sys::get_func_rettype((*flinfo).fn_oid);
+        }
+        let desc = pg_sys::lookup_rowtype_tupdesc(typid, -1);
+        if (*desc).natts != 7 {
+            pg_sys::DecrTupleDescRefCount(desc);
+            return Err(CpError::Internal("control_plane.admission does not have 7 attributes".into()));
+        }
+        let text = |s: Option<&str>| s.and_then(|s| s.into_datum());
+        let cols: [Option<pg_sys::Datum>; 7] = [
+            d.allowed.into_datum(),
+            text(Some(d.decision)),
+            text(d.reason),
+            text(d.limit_name),
+            d.remaining.and_then(|v| v.into_datum()),
+            d.retry_after_ms.and_then(|v| v.into_datum()),
+            d.reservation_id.and_then(|u| u.into_datum()),
+        ];
+        let mut values = [pg_sys::Datum::from(0usize); 7];
+        let mut nulls = [true; 7];
+        for (i, c) in cols.into_iter().enumerate() {
+            if let Some(v) = c {
+                values[i] = v;
+                nulls[i] = false;
+            }
+        }
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::DecrTupleDescRefCount(desc);
+        Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+    }
 }
 
 // ------------------------------------------------------------------------ cp_record_usage

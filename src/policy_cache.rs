@@ -21,10 +21,30 @@ pub struct Cached {
     pub policy: Policy,
 }
 
+/// Keys are already uniform 128-bit hashes: mixing their words is enough.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(29) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 #[derive(Default)]
 struct Cache {
     generation: u64,
-    map: HashMap<Key, Rc<Cached>>,
+    map: KeyMap<Rc<Cached>>,
 }
 
 thread_local! {

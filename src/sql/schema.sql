@@ -169,6 +169,31 @@ END $$;
 CREATE TRIGGER usage_events_append_only BEFORE UPDATE ON control_plane.usage_events
     FOR EACH ROW EXECUTE FUNCTION control_plane._usage_events_append_only();
 
+-- ------------------------------------------------------------------------------------- cp_admit
+
+CREATE TYPE control_plane.admission AS (
+    allowed        boolean,
+    decision       text,
+    reason         text,
+    limit_name     text,
+    remaining      bigint,
+    retry_after_ms bigint,
+    reservation_id uuid
+);
+COMMENT ON TYPE control_plane.admission IS 'One admission decision, returned by cp_admit.';
+
+-- Implemented in Rust against the raw calling convention (src/api.rs, cp_admit_fast).
+CREATE FUNCTION control_plane.cp_admit(
+    subject text,
+    tokens  bigint DEFAULT 0,
+    model   text   DEFAULT NULL,
+    feature text   DEFAULT NULL
+) RETURNS control_plane.admission
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'cp_admit_fast';
+COMMENT ON FUNCTION control_plane.cp_admit(text, bigint, text, text) IS
+    'One admission decision: checks every limit and holds the request and its token estimate if admitted.';
+
 -- ---------------------------------------------------------------------------------------- stats
 
 CREATE VIEW control_plane.stats AS SELECT name, value FROM control_plane.cp_stats();
