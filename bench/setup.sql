@@ -1,7 +1,39 @@
--- A plan whose quotas are checked on every call but never deny during a benchmark.
-INSERT INTO control_plane.profiles (name, requests_per_day, requests_per_month, input_tokens_per_day,
+-- Benchmark plans and subjects (psql variable :subjects = number of "many" subjects).
+-- bench_rate: rate limits only; bench_all: every dimension (rates, concurrency, quotas).
+-- Limits are checked on every call and never deny during a run.
+INSERT INTO control_plane.profiles (name, requests_per_second, requests_per_minute, requests_per_hour, tokens_per_minute)
+VALUES ('bench_rate', 1e12, 1e12, 1e12, 1e15);
+INSERT INTO control_plane.profiles (name, requests_per_second, requests_per_minute, requests_per_hour, tokens_per_minute,
+                                    max_concurrent, requests_per_day, requests_per_month, input_tokens_per_day,
                                     input_tokens_per_month, output_tokens_per_day, output_tokens_per_month)
-VALUES ('bench', 1e15, 1e15, 1e15, 1e15, 1e15, 1e15);
+VALUES ('bench_all', 1e12, 1e12, 1e12, 1e15, 1e9, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15);
 INSERT INTO control_plane.subjects (subject_id, profile)
-SELECT 'bench_' || g, 'bench' FROM generate_series(1, :subjects) g
-UNION ALL SELECT 'bench_hot', 'bench';
+SELECT 'r_' || g, 'bench_rate' FROM generate_series(1, :subjects) g
+UNION ALL SELECT 'a_' || g, 'bench_all' FROM generate_series(1, :subjects) g
+UNION ALL VALUES ('r_hot', 'bench_rate'), ('a_hot', 'bench_all');
+
+-- The hand-written limiter that applications write today: one row per key, SELECT ... FOR
+-- UPDATE, refill, update, commit.
+CREATE TABLE bench_bucket (key text PRIMARY KEY, tokens float8 NOT NULL, updated_at timestamptz NOT NULL);
+INSERT INTO bench_bucket SELECT 'k_' || g, 1e9, clock_timestamp() FROM generate_series(1, :subjects) g;
+INSERT INTO bench_bucket VALUES ('k_hot', 1e9, clock_timestamp());
+CREATE FUNCTION bench_take(k text, rate float8, burst float8) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    b record;
+    now_ts timestamptz := clock_timestamp();
+    t float8;
+BEGIN
+    SELECT tokens, updated_at INTO b FROM bench_bucket WHERE key = k FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO bench_bucket VALUES (k, burst - 1, now_ts) ON CONFLICT (key) DO NOTHING;
+        RETURN true;
+    END IF;
+    t := least(burst, b.tokens + extract(epoch FROM now_ts - b.updated_at) * rate);
+    IF t >= 1 THEN
+        UPDATE bench_bucket SET tokens = t - 1, updated_at = now_ts WHERE key = k;
+        RETURN true;
+    END IF;
+    UPDATE bench_bucket SET tokens = t, updated_at = now_ts WHERE key = k;
+    RETURN false;
+END $$;

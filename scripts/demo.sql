@@ -7,16 +7,16 @@ CREATE EXTENSION IF NOT EXISTS control_plane;
 
 \echo
 \echo '== 1. The plans (presets installed with the extension; NULL = unlimited) =='
-SELECT name, is_default, requests_per_minute AS rpm, requests_per_day AS rpd,
+SELECT name, is_default, requests_per_second AS rps, requests_per_minute AS rpm, requests_per_day AS rpd,
        input_tokens_per_month AS in_tok_month, output_tokens_per_month AS out_tok_month,
        daily_budget_cents AS daily_cents, max_concurrent
   FROM control_plane.profiles ORDER BY requests_per_day NULLS LAST;
 
 \echo
 \echo '== 2. user_123 (unknown so far) asks to call gpt-4o-mini with about 1500 tokens =='
-\echo '   The demo gives user_123 a daily quota of 5 requests on top of the free plan.'
+\echo '   The demo gives user_123 a daily quota of 5 requests and 10 requests a second on top of the free plan.'
 INSERT INTO control_plane.subjects (subject_id, profile, overrides)
-VALUES ('user_123', 'free', '{"requests_per_day": 5}');
+VALUES ('user_123', 'free', '{"requests_per_day": 5, "requests_per_second": 10}');
 SELECT allowed, decision, reason, limit_name, remaining, retry_after_ms, reservation_id
   FROM control_plane.cp_admit('user_123', 1500, model => 'gpt-4o-mini') \gset
 SELECT :'allowed' AS allowed, :'decision' AS decision, :'limit_name' AS limit_name,
@@ -37,18 +37,28 @@ SELECT n AS request, a.allowed, a.decision, a.reason, a.limit_name, a.remaining,
  CROSS JOIN LATERAL control_plane.cp_admit('user_123', 1500 + 0 * n, model => 'gpt-4o-mini') a;
 
 \echo
-\echo '== 5. A model the free plan does not include =='
+\echo '== 5. Rate limits: the free plan allows one request per second; the retry time is exact =='
+SELECT allowed, decision, reason FROM control_plane.cp_admit('user_789', 100, model => 'gpt-4o-mini');
+SELECT allowed, decision, reason, limit_name, retry_after_ms
+  FROM control_plane.cp_admit('user_789', 100, model => 'gpt-4o-mini') \gset
+SELECT :'allowed' AS allowed, :'reason' AS reason, :'limit_name' AS limit_name, :'retry_after_ms' AS retry_after_ms;
+\echo '   ... waiting retry_after_ms, then asking again:'
+SELECT pg_sleep(:retry_after_ms / 1000.0) \gset
+SELECT allowed, decision, limit_name, remaining FROM control_plane.cp_admit('user_789', 100, model => 'gpt-4o-mini');
+
+\echo
+\echo '== 6. A model the free plan does not include =='
 SELECT allowed, decision, reason FROM control_plane.cp_admit('user_456', 100, model => 'gpt-4o');
 
 \echo
-\echo '== 6. cp_quota_status(''user_123''): used = recorded, held = admitted and not yet recorded =='
+\echo '== 7. cp_quota_status(''user_123''): used = recorded, held = admitted and not yet recorded =='
 SELECT jsonb_pretty(control_plane.cp_quota_status('user_123')) AS quota_status;
 
 \echo
-\echo '== 7. An admin moves user_123 to the pro plan; the very next admission obeys =='
+\echo '== 8. An admin moves user_123 to the pro plan; the very next admission obeys =='
 UPDATE control_plane.subjects SET profile = 'pro', overrides = '{}' WHERE subject_id = 'user_123';
 SELECT allowed, decision, limit_name, remaining FROM control_plane.cp_admit('user_123', 1500, model => 'gpt-4o');
 
 \echo
-\echo '== 8. Shared-memory use and decision counters (control_plane.stats) =='
+\echo '== 9. Shared-memory use and decision counters (control_plane.stats) =='
 SELECT name, value FROM control_plane.stats;

@@ -15,9 +15,10 @@ SUMMARY="$(mktemp /tmp/cp-test-summary.XXXXXX)"
 
 REGRESS_DIR=/tmp/cp-regress
 IT_DIR=/tmp/cp-it
+SMALL_DIR=/tmp/cp-small
 NOPRELOAD_DIR=/tmp/cp-nopreload
 cleanup() {
-    for d in "$REGRESS_DIR" "$IT_DIR" "$NOPRELOAD_DIR"; do cp_cluster_stop "$d"; done
+    for d in "$REGRESS_DIR" "$IT_DIR" "$SMALL_DIR" "$NOPRELOAD_DIR"; do cp_cluster_stop "$d"; done
 }
 trap cleanup EXIT
 
@@ -51,12 +52,16 @@ if ! "/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress" \
 fi
 
 log "3/3 integration tests (many real connections, restarts, crash recovery)"
-cp_cluster_start "$IT_DIR" 55434 "control_plane.max_subjects = 1024" "control_plane.max_reservations = 8192" \
-    "max_prepared_transactions = 10"
+cp_cluster_start "$IT_DIR" 55434 "max_prepared_transactions = 10"
+cp_cluster_start "$SMALL_DIR" 55436 "control_plane.max_subjects = 1024" "control_plane.max_reservations = 8192"
 cp_cluster_start "$NOPRELOAD_DIR" 55435 "shared_preload_libraries = ''"
-cp_psql "$IT_DIR" 55434 -q -c "CREATE DATABASE cp_it" -c "\\c cp_it" -c "CREATE EXTENSION control_plane"
+for c in "$IT_DIR 55434" "$SMALL_DIR 55436"; do
+    # shellcheck disable=SC2086
+    cp_psql $c -q -c "CREATE DATABASE cp_it" -c "\\c cp_it" -c "CREATE EXTENSION control_plane"
+done
 cp_psql "$NOPRELOAD_DIR" 55435 -q -c "CREATE DATABASE cp_it"
 export CP_DSN="host=$IT_DIR port=55434 user=postgres dbname=cp_it"
+export CP_SMALL_DSN="host=$SMALL_DIR port=55436 user=postgres dbname=cp_it"
 export CP_NOPRELOAD_DSN="host=$NOPRELOAD_DIR port=55435 user=postgres dbname=cp_it"
 export CP_PGDATA="$IT_DIR" CP_PG_BIN="$PG_BIN"
 CARGO_TARGET_DIR="$CP_ROOT/target/integration" cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=1 2>&1 | tee -a "$SUMMARY"

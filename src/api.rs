@@ -1,14 +1,15 @@
 //! The SQL surface: thin wrappers that validate arguments, call the pure decision code and move
 //! shared memory.
 
-use crate::calendar::{civil_from_days, day_index, month_index, Window, US_PER_DAY, US_PER_SEC};
+use crate::admission::{self, DenyKind, Verdict};
+use crate::calendar::{civil_from_days, Window, US_PER_DAY, US_PER_SEC};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::gucs;
 use crate::key::Key;
 use crate::policy::{Limit, Policy};
 use crate::policy_cache::{self, Cached};
-use crate::quota::{self, QuotaVerdict, Totals, QUOTA_LIMITS};
+use crate::quota::{self, Totals, QUOTA_LIMITS};
 use crate::shmem::{self, Seen, Shared, Stat, Taken};
 use crate::xact;
 use pgrx::pg_sys;
@@ -151,7 +152,7 @@ fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
 
 /// Loads a subject's totals from the ledger into shared memory unless they are there already.
 /// Returns false when the index is full and nothing can be evicted.
-fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> CpResult<bool> {
+fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, evict_busy: bool) -> CpResult<bool> {
     ledger_lock(db, key, pg_sys::ExclusiveLock, true);
     let now = now_unix_us();
     let result = match sh.with_entry(key, db, now, |_| ()) {
@@ -159,7 +160,7 @@ fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> CpRe
         Seen::Missing => catalog::ledger_totals(tenant, subject, Window::Day.bounds(now), Window::Month.bounds(now))
             .map(|totals| {
                 sh.bump(Stat::Rebuilds);
-                sh.install(key, db, day_index(now), month_index(now), totals, now).is_ok()
+                sh.install(key, db, totals, now, evict_busy).is_ok()
             }),
     };
     ledger_lock(db, key, pg_sys::ExclusiveLock, false);
@@ -172,7 +173,7 @@ fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> Cp
         if let Seen::Found(t) = sh.with_entry(key, db, now_unix_us(), |s| s.totals) {
             return Ok(Some(t));
         }
-        if !rebuild(sh, key, db, tenant, subject)? {
+        if !rebuild(sh, key, db, tenant, subject, gucs::ON_FULL.get() == gucs::OnFull::EvictLru)? {
             return Ok(None);
         }
     }
@@ -190,8 +191,7 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
     let tenant = gucs::tenant()?;
     let db = database();
     let key = Key::of(db, &tenant, subject);
-    let pol = policy_cache::get(&key, &tenant, subject, true)?
-        .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
+    let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject)?;
 
     if !pol.active {
         sh.bump(Stat::DeniedInactive);
@@ -215,15 +215,18 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
     let warn_pct = gucs::WARN_THRESHOLD.get() as i64;
     let mut expired_once = false;
     for _ in 0..4 {
-        let seen = sh.admit(&key, db, now, tokens, expires_at, |t| {
-            let v = quota::check(&pol.policy, t, tokens, now, warn_pct);
-            let ok = matches!(v, QuotaVerdict::Allow { .. });
-            (v, ok)
+        let seen = sh.admit(&key, db, now, tokens, expires_at, stamp, |state| {
+            let v = admission::decide(&pol.policy, state, tokens, now, warn_pct);
+            let tat = match v {
+                Verdict::Allow { tat, .. } => Some(tat),
+                Verdict::Deny { .. } => None,
+            };
+            (v, tat)
         });
         let a = match seen {
             Seen::Found(a) => a,
             Seen::Missing => {
-                match rebuild(sh, &key, db, &tenant, subject) {
+                match rebuild(sh, &key, db, &tenant, subject, gucs::ON_FULL.get() == gucs::OnFull::EvictLru) {
                     Ok(true) => continue,
                     Ok(false) => {
                         sh.unclaim(slot);
@@ -238,7 +241,7 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
             }
         };
         match a.verdict {
-            QuotaVerdict::Allow { tightest, warn } => {
+            Verdict::Allow { tightest, warn, .. } => {
                 let id = reservation_uuid(slot);
                 sh.publish(slot, id, db, key, tenant_fingerprint(db, &tenant), tokens, expires_at);
                 sh.bump(Stat::Allowed);
@@ -252,17 +255,25 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
                     reservation_id: Some(Uuid::from_bytes(id)),
                 });
             }
-            QuotaVerdict::Deny { limit, remaining, retry_after_ms } => {
+            Verdict::Deny { kind, limit, remaining, mut retry_after_ms } => {
                 let holds = a.totals.held_requests > 0 || a.totals.held_tokens > 0;
-                if holds && !expired_once && a.next_expiry != 0 && a.next_expiry <= now {
+                if holds && !expired_once && a.next_expiry != 0 && a.next_expiry <= now && kind != DenyKind::Rate {
                     // Some of what blocks us may be reservations past their time: give them back.
                     expired_once = true;
                     sh.expire_reservations(now, Some((&key, db)));
                     continue;
                 }
                 sh.unclaim(slot);
-                sh.bump(Stat::DeniedQuota);
-                return Ok(Decision::deny("quota_exceeded", Some(limit.name()), Some(remaining), retry_after_ms));
+                sh.bump(match kind {
+                    DenyKind::Quota => Stat::DeniedQuota,
+                    DenyKind::Rate => Stat::DeniedRate,
+                    DenyKind::Concurrency => Stat::DeniedConcurrency,
+                });
+                if kind == DenyKind::Concurrency && a.next_expiry > now {
+                    // At the latest, the oldest open request expires then.
+                    retry_after_ms = Some(((a.next_expiry - now) + 999) / 1_000);
+                }
+                return Ok(Decision::deny(kind.reason(), Some(limit.name()), Some(remaining), retry_after_ms));
             }
         }
     }
@@ -524,10 +535,12 @@ pub fn status_json(tenant: &str, subject: &str, enrolled: Option<&Cached>, polic
         "quotas": quotas,
         "held": {"requests": t.held_requests, "tokens": t.held_tokens},
         "rate_limits": {
+            "requests_per_second": lim(Limit::RequestsPerSecond),
             "requests_per_minute": lim(Limit::RequestsPerMinute),
             "requests_per_hour": lim(Limit::RequestsPerHour),
             "tokens_per_minute": lim(Limit::TokensPerMinute),
             "max_concurrent": lim(Limit::MaxConcurrent),
+            "in_flight": t.held_requests,
         },
         "budgets": {
             "daily_budget_cents": lim(Limit::DailyBudgetCents),

@@ -19,6 +19,7 @@ pub fn now_unix_us() -> i64 {
 
 pub enum Arg<'a> {
     Text(&'a str),
+    Int(i64),
     TimestampUnixUs(i64),
 }
 
@@ -35,7 +36,10 @@ impl Row {
         (!isnull).then_some(d)
     }
     pub fn i64(&self, col: i32) -> i64 {
-        self.datum(col).map(|d| d.value() as i64).unwrap_or(0)
+        self.i64_opt(col).unwrap_or(0)
+    }
+    pub fn i64_opt(&self, col: i32) -> Option<i64> {
+        self.datum(col).map(|d| d.value() as i64)
     }
     pub fn bool(&self, col: i32) -> Option<bool> {
         self.datum(col).map(|d| d.value() != 0)
@@ -55,6 +59,10 @@ pub fn query_latest<R>(sql: &CStr, args: &[Arg], mut f: impl FnMut(&Row) -> R) -
                 Arg::Text(s) => {
                     types.push(pg_sys::TEXTOID);
                     values.push(s.into_datum().ok_or_else(|| CpError::Internal("text datum".into()))?);
+                }
+                Arg::Int(v) => {
+                    types.push(pg_sys::INT8OID);
+                    values.push(pg_sys::Datum::from(*v));
                 }
                 Arg::TimestampUnixUs(t) => {
                     types.push(pg_sys::TIMESTAMPTZOID);
@@ -105,11 +113,12 @@ pub struct SubjectRow {
     pub overrides: Option<String>,
     pub org_id: Option<String>,
     pub profile_json: Option<String>,
+    pub profile_id: Option<i32>,
 }
 
 pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>> {
     let rows = query_latest(
-        c"SELECT s.profile, s.active, s.overrides::text, s.org_id, to_jsonb(p)::text
+        c"SELECT s.profile, s.active, nullif(s.overrides, '{}')::text, s.org_id, to_jsonb(p)::text, p.id::bigint
             FROM control_plane.subjects s
             LEFT JOIN LATERAL (
                  SELECT p.* FROM control_plane.profiles p
@@ -125,9 +134,20 @@ pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>>
             overrides: r.text(3),
             org_id: r.text(4),
             profile_json: r.text(5),
+            profile_id: r.i64_opt(6).map(|v| v as i32),
         },
     )?;
     Ok(rows.into_iter().next())
+}
+
+/// One profile row as JSON, by id.
+pub fn load_profile(id: i32) -> CpResult<Option<String>> {
+    let rows = query_latest(
+        c"SELECT to_jsonb(p)::text FROM control_plane.profiles p WHERE p.id OPERATOR(pg_catalog.=) $1",
+        &[Arg::Int(id as i64)],
+        |r| r.text(1),
+    )?;
+    Ok(rows.into_iter().next().flatten())
 }
 
 /// The profile a tenant's new subjects get, as JSON: the tenant's own default, else the shared one.

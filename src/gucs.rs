@@ -22,6 +22,23 @@ pub static RESERVATION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 /// this share used is returned with decision `warn` (still allowed).
 pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
 
+/// What `cp_admit` does when a new subject's lock partition is full and no entry can be evicted
+/// without losing anything (every entry holds open reservations or rate state that has not
+/// refilled yet).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OnFull {
+    /// Deny the new subject with reason `capacity` (fail closed).
+    #[name = c"deny"]
+    Deny,
+    /// Evict the least recently used entry without open reservations, forgetting its rate state
+    /// (its buckets restart full).
+    #[name = c"evict_lru"]
+    EvictLru,
+}
+
+/// `control_plane.on_full` (reload).
+pub static ON_FULL: GucSetting<OnFull> = GucSetting::<OnFull>::new(OnFull::Deny);
+
 /// `control_plane.tenant` (user): the tenant every function acts in.
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
 
@@ -61,6 +78,14 @@ fn define_startup_gucs() {
 }
 
 fn define_session_gucs() {
+    GucRegistry::define_enum_guc(
+        c"control_plane.on_full",
+        c"What cp_admit does when shared memory is full: deny (default) or evict_lru.",
+        c"An entry whose rate buckets are full again and that holds no reservation is always evicted first; this setting decides what happens when there is none.",
+        &ON_FULL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"control_plane.reservation_timeout",
         c"Seconds an admission holds its request and tokens before it expires.",

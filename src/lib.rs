@@ -10,10 +10,12 @@ compile_error!("control_plane must be built with panic = \"unwind\"");
 
 ::pgrx::pg_module_magic!(name, version);
 
+pub mod admission;
 pub mod calendar;
 pub mod key;
 pub mod policy;
 pub mod quota;
+pub mod rate;
 
 mod api;
 mod catalog;

@@ -36,12 +36,18 @@ mod tests {
             .unwrap()
     }
 
-    fn set_overrides(subject: &str, overrides: &str) {
+    /// Puts `subject` on `profile` with `overrides`.
+    fn enroll(subject: &str, profile: &str, overrides: &str) {
         run(&format!(
             "INSERT INTO control_plane.subjects (tenant_id, subject_id, profile, overrides)
-             VALUES (current_setting('control_plane.tenant'), '{subject}', 'free', '{overrides}')
-             ON CONFLICT (tenant_id, subject_id) DO UPDATE SET overrides = EXCLUDED.overrides"
+             VALUES (current_setting('control_plane.tenant'), '{subject}', '{profile}', '{overrides}')
+             ON CONFLICT (tenant_id, subject_id) DO UPDATE SET profile = EXCLUDED.profile, overrides = EXCLUDED.overrides"
         ));
+    }
+
+    /// Puts `subject` on the `unlimited` preset with `overrides` (no rate limits unless given).
+    fn set_overrides(subject: &str, overrides: &str) {
+        enroll(subject, "unlimited", overrides);
     }
 
     #[pg_test]
@@ -148,7 +154,7 @@ mod tests {
         assert_eq!(admit("pgt_models", 0, Some("gpt-4o-mini"))["allowed"], true);
         let d = admit("pgt_models", 0, Some("gpt-4o"));
         assert_eq!(d["reason"], "model_not_allowed", "{d}");
-        set_overrides("pgt_models", r#"{"blocked_models": ["gpt-4o-mini"]}"#);
+        enroll("pgt_models", "free", r#"{"blocked_models": ["gpt-4o-mini"], "requests_per_second": null}"#);
         assert_eq!(admit("pgt_models", 0, Some("gpt-4o-mini"))["reason"], "model_blocked");
         run("UPDATE control_plane.profiles SET features = '{\"video\": false}' WHERE name = 'free'");
         let d = json("SELECT to_jsonb(a) FROM control_plane.cp_admit('pgt_models', feature => 'video') a");
@@ -173,7 +179,7 @@ mod tests {
         run("UPDATE control_plane.profiles SET requests_per_day = 1 WHERE name = 'free'");
         let d = admit("pgt_change", 0, None);
         assert_eq!(d["limit_name"], "requests_per_day", "{d}");
-        run("UPDATE control_plane.subjects SET profile = 'pro' WHERE subject_id = 'pgt_change'");
+        run("UPDATE control_plane.subjects SET profile = 'unlimited' WHERE subject_id = 'pgt_change'");
         assert_eq!(admit("pgt_change", 0, None)["allowed"], true);
     }
 
@@ -198,6 +204,7 @@ mod tests {
 
     #[pg_test]
     fn record_usage_settles_its_reservation_and_an_aborted_record_gives_it_back() {
+        set_overrides("pgt_record", "{}");
         let a = admit("pgt_record", 100, None);
         let id = a["reservation_id"].as_str().unwrap().to_string();
         let r = json(&format!(
@@ -236,7 +243,7 @@ mod tests {
 
     #[pg_test]
     fn quota_status_reports_every_dimension() {
-        set_overrides("pgt_status", r#"{"requests_per_day": 10}"#);
+        enroll("pgt_status", "free", r#"{"requests_per_day": 10}"#);
         admit("pgt_status", 250, None);
         let s = json("SELECT control_plane.cp_quota_status('pgt_status')");
         assert_eq!(s["profile"], "free", "{s}");
@@ -260,6 +267,71 @@ mod tests {
         assert!(s["period"]["day"]["start"].as_str().unwrap().ends_with("T00:00:00Z"));
         assert!(s["period"]["month"]["start"].as_str().unwrap().ends_with("-01T00:00:00Z"));
         assert_eq!(s["rate_limits"]["requests_per_minute"], 5);
+        assert_eq!(s["rate_limits"]["requests_per_second"], 1);
+        assert_eq!(s["rate_limits"]["in_flight"], 1);
+    }
+
+    #[pg_test]
+    fn rate_limits_space_requests_with_an_exact_retry_time() {
+        set_overrides("pgt_rps", r#"{"requests_per_second": 2, "requests_per_day": 100}"#);
+        assert_eq!(admit("pgt_rps", 0, None)["allowed"], true);
+        assert_eq!(admit("pgt_rps", 0, None)["allowed"], true);
+        let d = admit("pgt_rps", 0, None);
+        assert_eq!(d["reason"], "rate_limited", "{d}");
+        assert_eq!(d["limit_name"], "requests_per_second");
+        let retry = d["retry_after_ms"].as_i64().unwrap();
+        assert!((1..=500).contains(&retry), "{d}");
+        // the denial consumed nothing: the day quota still has 98 left after two admissions
+        let s = json("SELECT control_plane.cp_quota_status('pgt_rps')");
+        assert_eq!(s["quotas"]["requests_per_day"]["remaining"], 98, "{s}");
+        run(&format!("SELECT pg_sleep({})", retry as f64 / 1000.0));
+        assert_eq!(admit("pgt_rps", 0, None)["allowed"], true, "admitted after waiting retry_after_ms");
+    }
+
+    #[pg_test]
+    fn tokens_per_minute_weighs_the_estimate() {
+        set_overrides("pgt_tpm", r#"{"tokens_per_minute": 1000}"#);
+        assert_eq!(admit("pgt_tpm", 800, None)["allowed"], true);
+        let d = admit("pgt_tpm", 300, None);
+        assert_eq!(d["reason"], "rate_limited", "{d}");
+        assert_eq!(d["limit_name"], "tokens_per_minute");
+        assert_eq!(d["remaining"], 200);
+        assert_eq!(admit("pgt_tpm", 200, None)["allowed"], true);
+        let never = admit("pgt_tpm", 1001, None);
+        assert_eq!(never["reason"], "rate_limited", "{never}");
+        assert!(never["retry_after_ms"].is_null(), "heavier than the limit: {never}");
+    }
+
+    #[pg_test]
+    fn max_concurrent_counts_requests_in_flight() {
+        set_overrides("pgt_conc", r#"{"max_concurrent": 2}"#);
+        let a = admit("pgt_conc", 0, None);
+        admit("pgt_conc", 0, None);
+        let d = admit("pgt_conc", 0, None);
+        assert_eq!(d["reason"], "concurrency_limit", "{d}");
+        assert_eq!(d["limit_name"], "max_concurrent");
+        assert!(d["retry_after_ms"].as_i64().unwrap() > 0, "bounded by the oldest expiry: {d}");
+        let id = a["reservation_id"].as_str().unwrap();
+        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(), Some(true));
+        assert_eq!(admit("pgt_conc", 0, None)["allowed"], true, "a finished request frees its place");
+    }
+
+    #[pg_test]
+    fn zero_rate_limits_deny_everything() {
+        set_overrides("pgt_zero", r#"{"requests_per_minute": 0}"#);
+        let d = admit("pgt_zero", 0, None);
+        assert_eq!(d["reason"], "rate_limited", "{d}");
+        assert!(d["retry_after_ms"].is_null());
+    }
+
+    #[pg_test]
+    fn rate_columns_changes_apply_to_the_next_admission() {
+        enroll("pgt_rate_change", "starter", "{}");
+        run("UPDATE control_plane.profiles SET requests_per_second = 1 WHERE name = 'starter'");
+        assert_eq!(admit("pgt_rate_change", 0, None)["allowed"], true);
+        assert_eq!(admit("pgt_rate_change", 0, None)["reason"], "rate_limited");
+        run("UPDATE control_plane.profiles SET requests_per_second = NULL, requests_per_minute = NULL WHERE name = 'starter'");
+        assert_eq!(admit("pgt_rate_change", 0, None)["allowed"], true);
     }
 
     #[pg_test]

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Limit {
+    RequestsPerSecond,
     RequestsPerMinute,
     RequestsPerHour,
     RequestsPerDay,
@@ -23,10 +24,11 @@ pub enum Limit {
     MonthlyBudgetCents,
 }
 
-pub const LIMIT_COUNT: usize = 12;
+pub const LIMIT_COUNT: usize = 13;
 
 impl Limit {
     pub const ALL: [Limit; LIMIT_COUNT] = [
+        Limit::RequestsPerSecond,
         Limit::RequestsPerMinute,
         Limit::RequestsPerHour,
         Limit::RequestsPerDay,
@@ -44,6 +46,7 @@ impl Limit {
     /// The column name in `control_plane.profiles` and the key in `overrides`.
     pub fn name(self) -> &'static str {
         match self {
+            Limit::RequestsPerSecond => "requests_per_second",
             Limit::RequestsPerMinute => "requests_per_minute",
             Limit::RequestsPerHour => "requests_per_hour",
             Limit::RequestsPerDay => "requests_per_day",

@@ -18,6 +18,7 @@
 use crate::calendar::{day_index, month_index};
 use crate::error::{CpError, CpResult};
 use crate::key::Key;
+use crate::admission::State;
 use crate::quota::Totals;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -40,6 +41,8 @@ const ADDIN_SHMEM_INIT_LOCK: usize = 21;
 pub enum Stat {
     Allowed,
     DeniedQuota,
+    DeniedRate,
+    DeniedConcurrency,
     DeniedModel,
     DeniedInactive,
     DeniedCapacity,
@@ -49,9 +52,11 @@ pub enum Stat {
     Released,
     Expired,
 }
-pub const STAT_NAMES: [&str; 10] = [
+pub const STAT_NAMES: [&str; 12] = [
     "admits_allowed",
     "denied_quota",
+    "denied_rate",
+    "denied_concurrency",
     "denied_model_or_feature",
     "denied_inactive",
     "denied_capacity",
@@ -78,20 +83,38 @@ pub struct Header {
     part_live: [u32; NPARTS],
 }
 
-/// One subject's running totals. 128 bytes.
+/// One subject's entry: calendar totals, rate states and where its policy comes from. 160 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct Slot {
     pub key: Key,
     pub db: u32,
-    pub _flags: u32,
+    /// `profiles.id` of the subject's profile, valid when `policy_gen` is current.
+    pub profile_id: i32,
     pub last_used: i64,
-    pub day: i64,
-    pub month: i64,
+    pub day: i32,
+    pub month: i32,
     pub totals: Totals,
     /// No reservation of this subject expires before this instant (a hint; may be early).
     pub next_expiry: i64,
-    pub _reserved: i64,
+    /// GCRA theoretical arrival times, one per `admission::RATE_LIMITS` entry.
+    pub tat: [i64; 4],
+    /// Policy generation at which `profile_id` and `policy_flags` were read (0 = never).
+    pub policy_gen: u64,
+    pub policy_flags: u32,
+    pub _pad: u32,
+}
+
+/// `policy_flags` bits.
+pub const POLICY_ACTIVE: u32 = 1;
+pub const POLICY_HAS_OVERRIDES: u32 = 2;
+
+/// Where a subject's policy comes from, as stored in its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyStamp {
+    pub generation: u64,
+    pub profile_id: i32,
+    pub flags: u32,
 }
 
 const RES_FREE: u32 = 0;
@@ -115,7 +138,7 @@ pub struct Resv {
     _reserved: [u64; 3],
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 128);
+const _: () = assert!(std::mem::size_of::<Slot>() == 160);
 const _: () = assert!(std::mem::size_of::<Resv>() == 96);
 
 struct Layout {
@@ -248,6 +271,14 @@ pub struct Admitted<V> {
     pub next_expiry: i64,
 }
 
+fn day_of(unix_us: i64) -> i32 {
+    day_index(unix_us).clamp(0, i32::MAX as i64) as i32
+}
+
+fn month_of(unix_us: i64) -> i32 {
+    month_index(unix_us).clamp(0, i32::MAX as i64) as i32
+}
+
 impl Shared {
     fn header(&self) -> &Header {
         unsafe { &*self.header }
@@ -349,8 +380,10 @@ impl Shared {
         }
     }
 
-    /// The all-or-nothing quota step: checks the totals with `check` and, if it admits, holds one
-    /// request and `tokens` in the same critical section.
+    /// The all-or-nothing step: `check` decides on the entry's totals and rate states and, if it
+    /// admits (returns new rate states), one request and `tokens` are held and the rate states
+    /// stored in the same critical section. `stamp` records where the subject's policy came from.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit<V>(
         &self,
         key: &Key,
@@ -358,11 +391,20 @@ impl Shared {
         now: i64,
         tokens: i64,
         expires_at: i64,
-        check: impl FnOnce(&Totals) -> (V, bool),
+        stamp: Option<PolicyStamp>,
+        check: impl FnOnce(&State) -> (V, Option<[i64; 4]>),
     ) -> Seen<Admitted<V>> {
         self.with_entry(key, db, now, |s| {
-            let (verdict, allow) = check(&s.totals);
-            if allow {
+            if let Some(p) = stamp {
+                if p.generation >= s.policy_gen {
+                    s.policy_gen = p.generation;
+                    s.profile_id = p.profile_id;
+                    s.policy_flags = p.flags;
+                }
+            }
+            let (verdict, admitted) = check(&State { totals: s.totals, tat: s.tat });
+            if let Some(tat) = admitted {
+                s.tat = tat;
                 s.totals.held_requests = s.totals.held_requests.saturating_add(1);
                 s.totals.held_tokens = s.totals.held_tokens.saturating_add(tokens);
                 if s.next_expiry == 0 || expires_at < s.next_expiry {
@@ -373,9 +415,20 @@ impl Shared {
         })
     }
 
+    /// Where the subject's policy came from, if its entry knows (shared lock).
+    pub fn peek_policy(&self, key: &Key, db: u32) -> Option<PolicyStamp> {
+        let part = self.part_of(key);
+        let g = self.lock(part, pg_sys::LWLockMode::LW_SHARED);
+        let slots = self.part_slots(part, &g);
+        self.find(slots, key, db).map(|i| {
+            let s = &slots[i];
+            PolicyStamp { generation: s.policy_gen, profile_id: s.profile_id, flags: s.policy_flags }
+        })
+    }
+
     /// Installs a subject's totals read from the ledger. Evicts the least recently used entry
     /// without open reservations when the partition is full; fails when none can be evicted.
-    pub fn install(&self, key: &Key, db: u32, day: i64, month: i64, totals: Totals, now: i64) -> Result<(), ()> {
+    pub fn install(&self, key: &Key, db: u32, totals: Totals, now: i64, evict_busy: bool) -> Result<(), ()> {
         let part = self.part_of(key);
         let g = self.lock(part, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let slots = self.part_slots(part, &g);
@@ -383,12 +436,19 @@ impl Shared {
             return Ok(());
         }
         if *self.live(part, &g) as usize >= self.part_cap {
-            let victim = slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.key.is_empty() && s.totals.held_requests == 0 && s.totals.held_tokens == 0)
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(i, _)| i);
+            // An entry without open reservations whose buckets are full again loses nothing when
+            // evicted (its totals come back from the ledger). With evict_busy, the least recently
+            // used entry without reservations goes even if its rate state is lost.
+            let now_ns = now.saturating_mul(1_000);
+            let free = |s: &Slot| !s.key.is_empty() && s.totals.held_requests == 0 && s.totals.held_tokens == 0;
+            let idle = |s: &Slot| s.tat.iter().all(|t| crate::rate::is_idle(*t, now_ns));
+            let pick = |ok: &dyn Fn(&Slot) -> bool| {
+                slots.iter().enumerate().filter(|(_, s)| ok(s)).min_by_key(|(_, s)| s.last_used).map(|(i, _)| i)
+            };
+            let mut victim = pick(&|s| free(s) && idle(s));
+            if victim.is_none() && evict_busy {
+                victim = pick(&free);
+            }
             match victim {
                 None => return Err(()),
                 Some(v) => {
@@ -403,8 +463,7 @@ impl Shared {
         while !slots[i].key.is_empty() {
             i = (i + 1) % n;
         }
-        let mut s = Slot { key: *key, db, last_used: now, day, month, totals, ..Slot::default() };
-        roll(&mut s, now);
+        let s = Slot { key: *key, db, last_used: now, day: day_of(now), month: month_of(now), totals, ..Slot::default() };
         slots[i] = s;
         *self.live(part, &g) += 1;
         Ok(())
@@ -415,7 +474,7 @@ impl Shared {
     /// ledger, which already holds the row.
     pub fn apply_commit(&self, key: &Key, db: u32, ts: i64, input: i64, output: i64, hold: Option<i64>, now: i64) {
         let _ = self.with_entry(key, db, now, |s| {
-            let (d, m) = (day_index(ts), month_index(ts));
+            let (d, m) = (day_of(ts), month_of(ts));
             let t = &mut s.totals;
             if d > s.day {
                 s.day = d;
@@ -634,7 +693,7 @@ fn release_hold(t: &mut Totals, tokens: i64) {
 
 /// Moves an entry's windows forward to `now` (a new day or month starts at zero).
 fn roll(s: &mut Slot, now: i64) {
-    let (d, m) = (day_index(now), month_index(now));
+    let (d, m) = (day_of(now), month_of(now));
     if d > s.day {
         s.day = d;
         s.totals.day_requests = 0;

@@ -66,6 +66,12 @@ pub fn policy_changed() {
     });
 }
 
+/// True when this transaction changed profiles or subjects (not yet committed): policies must
+/// then be read from the catalog, and not published to shared memory.
+pub fn has_policy_changes() -> bool {
+    STATE.with_borrow(|st| !st.policy_changed.is_empty())
+}
+
 fn undo(p: &Pending) {
     if let (Some((idx, _)), Ok(sh)) = (p.reservation, shmem::shared()) {
         sh.untake(idx);

@@ -7,9 +7,11 @@
 -- ------------------------------------------------------------------------------------ profiles
 
 CREATE TABLE control_plane.profiles (
+    id                      integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
     tenant_id               text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant'),
     name                    text        NOT NULL CHECK (name OPERATOR(pg_catalog.<>) ''),
     description             text,
+    requests_per_second     bigint      CHECK (requests_per_second >= 0),
     requests_per_minute     bigint      CHECK (requests_per_minute >= 0),
     requests_per_hour       bigint      CHECK (requests_per_hour >= 0),
     requests_per_day        bigint      CHECK (requests_per_day >= 0),
@@ -41,24 +43,24 @@ COMMENT ON TABLE control_plane.profiles IS
 CREATE UNIQUE INDEX profiles_one_default ON control_plane.profiles (tenant_id) WHERE is_default;
 
 INSERT INTO control_plane.profiles
-    (tenant_id, name, description, is_default,
+    (tenant_id, name, description, is_default, requests_per_second,
      requests_per_minute, requests_per_hour, requests_per_day, requests_per_month,
      tokens_per_minute, input_tokens_per_day, output_tokens_per_day,
      input_tokens_per_month, output_tokens_per_month, max_concurrent,
      daily_budget_cents, monthly_budget_cents, allowed_models)
 VALUES
-    ('*', 'free',       'Free tier',        true,
+    ('*', 'free',       'Free tier',        true,     1,
         5,    40,     100,      2000,     10000,     20000,     10000,      100000,      50000,    2,     10,     100,
         ARRAY['gpt-4o-mini', 'claude-3-5-haiku', 'gemini-1.5-flash']),
-    ('*', 'starter',    'Starter plan',     false,
+    ('*', 'starter',    'Starter plan',     false,    2,
        20,   300,    1000,     20000,     40000,    200000,    100000,     2000000,    1000000,    4,    100,    2000, NULL),
-    ('*', 'pro',        'Pro plan',         false,
+    ('*', 'pro',        'Pro plan',         false,    5,
        60,  1500,    5000,    100000,    150000,   1000000,    500000,    20000000,   10000000,   10,   1000,   20000, NULL),
-    ('*', 'business',   'Business plan',    false,
+    ('*', 'business',   'Business plan',    false,   20,
       300, 10000,   50000,   1000000,   1000000,  10000000,   5000000,   200000000,  100000000,   50,  10000,  200000, NULL),
-    ('*', 'enterprise', 'Enterprise plan',  false,
+    ('*', 'enterprise', 'Enterprise plan',  false,   50,
      1000, 50000,  500000,  10000000,   5000000, 100000000,  50000000,  2000000000, 1000000000,  200, 100000, 2000000, NULL),
-    ('*', 'unlimited',  'No limits',        false,
+    ('*', 'unlimited',  'No limits',        false, NULL,
      NULL,  NULL,    NULL,      NULL,      NULL,      NULL,      NULL,        NULL,       NULL, NULL,   NULL,    NULL, NULL);
 
 -- ------------------------------------------------------------------------------------ subjects

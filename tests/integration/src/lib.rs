@@ -10,7 +10,12 @@ pub fn env(name: &str) -> String {
 }
 
 pub fn connect() -> Client {
-    Client::connect(&env("CP_DSN"), NoTls).expect("connect to the test cluster")
+    connect_to("CP_DSN")
+}
+
+/// Connects to the cluster whose connection string is in the environment variable `var`.
+pub fn connect_to(var: &str) -> Client {
+    Client::connect(&env(var), NoTls).unwrap_or_else(|e| panic!("connect to {var}: {e}"))
 }
 
 /// Connects, retrying while the server restarts.

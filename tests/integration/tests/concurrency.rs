@@ -162,16 +162,27 @@ fn committed_admin_changes_are_obeyed_by_the_next_admit_in_other_backends() {
     assert!(admit(&mut app, &s, 0).allowed);
 }
 
+fn stat(c: &mut postgres::Client, name: &str) -> i64 {
+    c.query_one("SELECT value FROM control_plane.stats WHERE name = $1", &[&name]).unwrap().get(0)
+}
+
 #[test]
-fn a_full_index_denies_with_capacity_and_evicts_once_reservations_end() {
-    // The integration cluster runs with control_plane.max_subjects = 1024 (a few thousand slots).
+fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
+    // A cluster of its own, with control_plane.max_subjects = 1024 (a few thousand slots): the
+    // test leaves it full of entries whose rate state refills only in an hour.
     let id = run_id();
-    let mut c = connect();
-    let cap: i64 = c
-        .query_one("SELECT value FROM control_plane.stats WHERE name = 'entries_capacity'", &[])
-        .unwrap()
-        .get(0);
+    let tenant = format!("{id}_cap");
+    let mut c = connect_to("CP_SMALL_DSN");
+    let cap = stat(&mut c, "entries_capacity");
     assert!(cap < 4000, "the test cluster must run with a small control_plane.max_subjects, got {cap}");
+    // A tenant whose default plan has quotas only (no rate state): entries without open
+    // reservations are evictable.
+    c.batch_execute(&format!(
+        "SET control_plane.tenant = '{tenant}';
+         INSERT INTO control_plane.profiles (name, requests_per_day, is_default) VALUES ('quota_only', 100, true);
+         INSERT INTO control_plane.profiles (name, requests_per_hour) VALUES ('rated', 10);"
+    ))
+    .unwrap();
     let mut held = Vec::new();
     let mut denied = 0;
     for i in 0..(cap + 600) {
@@ -185,20 +196,122 @@ fn a_full_index_denies_with_capacity_and_evicts_once_reservations_end() {
         }
     }
     assert!(denied > 0, "a table full of entries with open reservations must deny");
-    let in_use: i64 = c.query_one("SELECT value FROM control_plane.stats WHERE name = 'entries_in_use'", &[]).unwrap().get(0);
-    assert!(in_use <= cap);
+    assert!(stat(&mut c, "entries_in_use") <= cap);
+    assert!(stat(&mut c, "denied_capacity") >= denied);
     for r in &held {
         let ok: bool = c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[r]).unwrap().get(0);
         assert!(ok);
     }
-    let ev0: i64 = c.query_one("SELECT value FROM control_plane.stats WHERE name = 'evictions'", &[]).unwrap().get(0);
-    for i in 0..200 {
-        let a = admit(&mut c, &format!("{id}_after{i}"), 0);
-        assert!(a.allowed, "after release, eviction makes room: {:?}", a.reason);
+    // Reservations ended and no rate state: eviction makes room and loses nothing.
+    let ev0 = stat(&mut c, "evictions");
+    let (mut admitted, mut refused) = (0, Vec::new());
+    for i in 0..(cap + 600) {
+        let s = format!("{id}_rated{i}");
+        c.execute("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ($1, 'rated')", &[&s]).unwrap();
+        let a = admit(&mut c, &s, 0);
+        if a.allowed {
+            let _: bool = c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&a.reservation_id.unwrap()]).unwrap().get(0);
+            admitted += 1;
+        } else {
+            // a partition full of entries whose rate state has not refilled: nothing to evict
+            assert_eq!(a.reason.as_deref(), Some("capacity"), "{:?}", a.limit_name);
+            refused.push(s);
+        }
+    }
+    assert!(stat(&mut c, "evictions") > ev0, "idle entries were evicted");
+    assert!(admitted >= cap / 2, "only {admitted} admitted");
+    assert!(!refused.is_empty(), "more subjects than capacity, none idle: control_plane.on_full = deny must refuse");
+    // With on_full = evict_lru, the least recently used entry goes (its rate state restarts).
+    c.batch_execute("ALTER SYSTEM SET control_plane.on_full = 'evict_lru'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut c = connect_to("CP_SMALL_DSN");
+    c.batch_execute(&format!("SET control_plane.tenant = '{tenant}'")).unwrap();
+    let on_full: String = c.query_one("SHOW control_plane.on_full", &[]).unwrap().get(0);
+    assert_eq!(on_full, "evict_lru");
+    for s in &refused {
+        let a = admit(&mut c, s, 0);
+        assert!(a.allowed, "evict_lru makes room: {:?}", a.reason);
         let _: bool = c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&a.reservation_id.unwrap()]).unwrap().get(0);
     }
-    let ev1: i64 = c.query_one("SELECT value FROM control_plane.stats WHERE name = 'evictions'", &[]).unwrap().get(0);
-    assert!(ev1 > ev0, "evictions counted");
+    c.batch_execute("ALTER SYSTEM RESET control_plane.on_full").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+#[test]
+fn a_rate_limit_admits_exactly_the_burst_plus_the_refill_under_concurrency() {
+    // 60 per minute: a burst of 60, then one per second.
+    let s = format!("{}_rate", run_id());
+    let mut c = connect();
+    enroll(&mut c, &s, "unlimited", r#"{"requests_per_minute": 60}"#);
+    let threads = 32;
+    let barrier = Arc::new(Barrier::new(threads));
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let b = barrier.clone();
+            let s = s.clone();
+            thread::spawn(move || {
+                let mut c = connect();
+                b.wait();
+                let t0 = std::time::Instant::now();
+                let mut n = 0i64;
+                let mut tries = 0;
+                while t0.elapsed() < std::time::Duration::from_millis(2500) {
+                    tries += 1;
+                    if admit(&mut c, &s, 0).allowed {
+                        n += 1;
+                    }
+                }
+                (n, tries)
+            })
+        })
+        .collect();
+    let results: Vec<(i64, i64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    let admitted: i64 = results.iter().map(|r| r.0).sum();
+    let tries: i64 = results.iter().map(|r| r.1).sum();
+    assert!(tries > 1000, "the connections must keep the limiter saturated ({tries} tries)");
+    // Never more than the burst plus one per elapsed second; at saturation, no fewer than that
+    // minus the second that may still be running.
+    assert!(admitted <= 60 + elapsed.ceil() as i64, "{admitted} admitted in {elapsed:.2}s");
+    assert!(admitted >= 60 + elapsed.floor() as i64 - 2, "{admitted} admitted in {elapsed:.2}s");
+}
+
+#[test]
+fn max_concurrent_holds_under_concurrency() {
+    let s = format!("{}_conc", run_id());
+    let mut c = connect();
+    enroll(&mut c, &s, "unlimited", r#"{"max_concurrent": 5}"#);
+    let all = hammer(&s, 0, 40, 5);
+    let allowed: Vec<_> = all.iter().filter(|a| a.allowed).collect();
+    assert_eq!(allowed.len(), 5);
+    assert!(all.iter().filter(|a| !a.allowed).all(|a| a.reason.as_deref() == Some("concurrency_limit")));
+    for a in allowed {
+        let _: bool = c
+            .query_one("SELECT control_plane.cp_release($1::text::uuid)", &[a.reservation_id.as_ref().unwrap()])
+            .unwrap()
+            .get(0);
+    }
+    assert!(admit(&mut c, &s, 0).allowed);
+}
+
+#[test]
+fn rate_changes_are_obeyed_at_once_by_other_backends() {
+    let s = format!("{}_ratechg", run_id());
+    let mut app = connect();
+    let mut admin = connect();
+    enroll(&mut admin, &s, "unlimited", "{}");
+    for _ in 0..5 {
+        assert!(admit(&mut app, &s, 0).allowed);
+    }
+    admin.execute("UPDATE control_plane.subjects SET overrides = '{\"requests_per_hour\": 1}' WHERE subject_id = $1", &[&s]).unwrap();
+    assert!(admit(&mut app, &s, 0).allowed, "the first request of the new hour budget");
+    let d = admit(&mut app, &s, 0);
+    assert_eq!(d.reason.as_deref(), Some("rate_limited"));
+    assert_eq!(d.limit_name.as_deref(), Some("requests_per_hour"));
+    admin.execute("UPDATE control_plane.subjects SET overrides = '{}' WHERE subject_id = $1", &[&s]).unwrap();
+    assert!(admit(&mut app, &s, 0).allowed);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 -- Admission against calendar quotas: exactly N admitted, then a denial with the reason, the
 -- limit and the time to the end of the window; a denial consumes nothing.
 INSERT INTO control_plane.subjects (subject_id, profile, overrides)
-VALUES ('alice', 'free', '{"requests_per_day": 3, "input_tokens_per_day": 1000}');
+VALUES ('alice', 'free', '{"requests_per_day": 3, "input_tokens_per_day": 1000, "requests_per_second": null, "max_concurrent": null}');
 
 SELECT allowed, decision, reason, limit_name, remaining, retry_after_ms IS NULL AS no_retry,
        reservation_id IS NOT NULL AS reserved
@@ -19,6 +19,19 @@ SELECT allowed, decision, reason, limit_name, remaining,
 
 -- a request that can never fit gets no retry time
 SELECT allowed, reason, limit_name, retry_after_ms FROM control_plane.cp_admit('alice', 5000);
+
+-- rate limits: the free plan allows one request per second
+SELECT allowed, reason FROM control_plane.cp_admit('frank', 0);
+SELECT allowed, reason, limit_name, retry_after_ms BETWEEN 1 AND 1000 AS retry_within_a_second
+  FROM control_plane.cp_admit('frank', 0);
+
+-- concurrency: requests in flight
+INSERT INTO control_plane.subjects (subject_id, profile, overrides)
+VALUES ('gina', 'unlimited', '{"max_concurrent": 1}');
+SELECT reservation_id AS g1 FROM control_plane.cp_admit('gina') \gset
+SELECT allowed, reason, limit_name FROM control_plane.cp_admit('gina');
+SELECT control_plane.cp_release(:'g1') AS released;
+SELECT allowed FROM control_plane.cp_admit('gina');
 
 -- models and inactive subjects
 SELECT allowed, reason FROM control_plane.cp_admit('bob', 0, model => 'some-big-model');

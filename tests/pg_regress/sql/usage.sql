@@ -1,7 +1,7 @@
 -- Recording usage settles the reservation; committed usage shows in cp_quota_status; a
 -- released reservation gives its request back.
 INSERT INTO control_plane.subjects (subject_id, profile, overrides)
-VALUES ('carol', 'starter', '{"requests_per_day": 2}');
+VALUES ('carol', 'starter', '{"requests_per_day": 2, "requests_per_second": null}');
 
 SELECT reservation_id AS r1 FROM control_plane.cp_admit('carol', 500, model => 'gpt-4o-mini') \gset
 SELECT event_id > 0 AS recorded, cost_micros, reservation_settled

@@ -1,0 +1,2 @@
+\set s random(1, :subjects)
+SELECT * FROM control_plane.cp_admit('a_' || :s, 100);

@@ -1,1 +1,0 @@
-SELECT * FROM control_plane.cp_admit('bench_hot', 100);

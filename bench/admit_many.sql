@@ -1,2 +1,0 @@
-\set s random(1, :subjects)
-SELECT * FROM control_plane.cp_admit('bench_' || :s, 100);

@@ -1,0 +1,1 @@
+SELECT * FROM control_plane.cp_admit('r_hot', 100);

@@ -1,0 +1,275 @@
+//! One admission decision across every dimension: calendar quotas, rates and concurrency.
+//!
+//! Pure Rust. All-or-nothing: the verdict says what to store (new rate states, one more hold)
+//! only when every dimension admits; a denial changes nothing.
+
+use crate::policy::{Limit, Policy};
+use crate::quota::{self, QuotaVerdict, Totals};
+use crate::rate::{self, Period, RateCheck};
+
+/// The rate dimensions held per key, in the order of `Slot::tat`.
+pub const RATE_LIMITS: [(Limit, Period); 4] = [
+    (Limit::RequestsPerSecond, Period::Second),
+    (Limit::RequestsPerMinute, Period::Minute),
+    (Limit::RequestsPerHour, Period::Hour),
+    (Limit::TokensPerMinute, Period::Minute),
+];
+
+/// What the shared-memory entry holds for one subject.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub totals: Totals,
+    /// GCRA theoretical arrival times (ns since the Unix epoch), one per `RATE_LIMITS` entry.
+    pub tat: [i64; 4],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyKind {
+    Quota,
+    Rate,
+    Concurrency,
+}
+
+impl DenyKind {
+    pub fn reason(self) -> &'static str {
+        match self {
+            DenyKind::Quota => "quota_exceeded",
+            DenyKind::Rate => "rate_limited",
+            DenyKind::Concurrency => "concurrency_limit",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted: store `tat`, hold one request and the tokens. `tightest` is the dimension with
+    /// the smallest share left after this admission.
+    Allow { tightest: Option<(Limit, i64)>, warn: bool, tat: [i64; 4] },
+    /// Refused by `limit`. `retry_after_ms` is exact for rates, the end of the window for quotas,
+    /// and `None` when waiting cannot help (or, for concurrency, depends on other requests).
+    Deny { kind: DenyKind, limit: Limit, remaining: i64, retry_after_ms: Option<i64> },
+}
+
+/// Which denial to report when several dimensions refuse: the one that frees last
+/// (`None` = never, or unknown, counts as last).
+fn later(a: Option<i64>, b: Option<i64>) -> bool {
+    match (a, b) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(x), Some(y)) => x > y,
+    }
+}
+
+fn ceil_ms(ns: i64) -> i64 {
+    (ns / 1_000_000 + i64::from(ns % 1_000_000 != 0)).max(1)
+}
+
+/// Decides a request for `tokens` at `now_us`.
+pub fn decide(policy: &Policy, state: &State, tokens: i64, now_us: i64, warn_pct: i64) -> Verdict {
+    let now_ns = now_us.saturating_mul(1_000);
+    let mut deny: Option<(DenyKind, Limit, i64, Option<i64>)> = None;
+    let mut note = |kind, limit, remaining, retry: Option<i64>| {
+        if deny.is_none_or(|(_, _, _, r)| later(retry, r)) {
+            deny = Some((kind, limit, remaining, retry));
+        }
+    };
+
+    // Calendar quotas first: they also tell the tightest quota dimension.
+    let (mut tightest, warn) = match quota::check(policy, &state.totals, tokens, now_us, warn_pct) {
+        QuotaVerdict::Allow { tightest, warn } => (tightest.map(|(l, r)| (l, r, policy.limit(l).unwrap_or(1))), warn),
+        QuotaVerdict::Deny { limit, remaining, retry_after_ms } => {
+            note(DenyKind::Quota, limit, remaining, retry_after_ms);
+            (None, false)
+        }
+    };
+    let consider = |l: Limit, after: i64, cap: i64, t: &mut Option<(Limit, i64, i64)>| {
+        let tighter = t.is_none_or(|(_, a, c)| (after as i128) * (c.max(1) as i128) < (a as i128) * (cap.max(1) as i128));
+        if tighter {
+            *t = Some((l, after, cap));
+        }
+    };
+
+    if let Some(cap) = policy.limit(Limit::MaxConcurrent) {
+        let held = state.totals.held_requests;
+        if held.saturating_add(1) > cap {
+            note(DenyKind::Concurrency, Limit::MaxConcurrent, (cap - held).max(0), None);
+        } else {
+            consider(Limit::MaxConcurrent, cap - held - 1, cap, &mut tightest);
+        }
+    }
+
+    let mut tat = state.tat;
+    for (i, (l, period)) in RATE_LIMITS.iter().enumerate() {
+        let Some(cap) = policy.limit(*l) else { continue };
+        let n = if *l == Limit::TokensPerMinute { tokens } else { 1 };
+        match rate::check(cap, *period, state.tat[i], now_ns, n) {
+            RateCheck::Fits { new_tat, remaining } => {
+                tat[i] = new_tat;
+                consider(*l, remaining, cap, &mut tightest);
+            }
+            RateCheck::Denied { retry_after_ns, remaining } => {
+                note(DenyKind::Rate, *l, remaining, retry_after_ns.map(ceil_ms));
+            }
+        }
+    }
+
+    if let Some((kind, limit, remaining, retry_after_ms)) = deny {
+        return Verdict::Deny { kind, limit, remaining, retry_after_ms };
+    }
+    // `warn` comes from the calendar quotas only: a rate bucket that is nearly empty is normal
+    // spacing, not a reason to warn.
+    Verdict::Allow { tightest: tightest.map(|(l, a, _)| (l, a)), warn, tat }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::calendar::US_PER_DAY;
+    use proptest::prelude::*;
+
+    fn policy(pairs: &[(Limit, i64)]) -> Policy {
+        let mut p = Policy { profile_active: true, ..Policy::default() };
+        for (l, v) in pairs {
+            p.limits[*l as usize] = Some(*v);
+        }
+        p
+    }
+
+    const NOON: i64 = 20_414 * US_PER_DAY + US_PER_DAY / 2;
+
+    fn apply(v: &Verdict, s: &mut State, tokens: i64) -> bool {
+        match v {
+            Verdict::Allow { tat, .. } => {
+                s.tat = *tat;
+                s.totals.held_requests += 1;
+                s.totals.held_tokens += tokens;
+                true
+            }
+            Verdict::Deny { .. } => false,
+        }
+    }
+
+    #[test]
+    fn rate_denial_is_exact_and_consumes_nothing() {
+        let p = policy(&[(Limit::RequestsPerSecond, 2), (Limit::RequestsPerDay, 100)]);
+        let mut s = State::default();
+        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        let before = s;
+        let v = decide(&p, &s, 0, NOON, 80);
+        assert_eq!(
+            v,
+            Verdict::Deny { kind: DenyKind::Rate, limit: Limit::RequestsPerSecond, remaining: 0, retry_after_ms: Some(500) }
+        );
+        assert!(!apply(&v, &mut s, 0));
+        assert_eq!(s, before);
+        assert!(matches!(decide(&p, &s, 0, NOON + 499_999, 80), Verdict::Deny { .. }));
+        assert!(matches!(decide(&p, &s, 0, NOON + 500_000, 80), Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn a_quota_denial_leaves_rate_state_untouched() {
+        let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::InputTokensPerDay, 100)]);
+        let mut s = State::default();
+        assert!(apply(&decide(&p, &s, 90, NOON, 80), &mut s, 90));
+        let tat = s.tat;
+        let v = decide(&p, &s, 20, NOON, 80);
+        assert!(matches!(v, Verdict::Deny { kind: DenyKind::Quota, limit: Limit::InputTokensPerDay, .. }), "{v:?}");
+        assert!(!apply(&v, &mut s, 20));
+        assert_eq!(s.tat, tat);
+    }
+
+    #[test]
+    fn tokens_draw_on_tokens_per_minute() {
+        let p = policy(&[(Limit::TokensPerMinute, 1000)]);
+        let mut s = State::default();
+        assert!(apply(&decide(&p, &s, 700, NOON, 80), &mut s, 700));
+        let v = decide(&p, &s, 400, NOON, 80);
+        assert_eq!(
+            v,
+            Verdict::Deny { kind: DenyKind::Rate, limit: Limit::TokensPerMinute, remaining: 300, retry_after_ms: Some(6_000) }
+        );
+        assert!(apply(&decide(&p, &s, 300, NOON, 80), &mut s, 300));
+    }
+
+    #[test]
+    fn concurrency_counts_open_holds() {
+        let p = policy(&[(Limit::MaxConcurrent, 2)]);
+        let mut s = State::default();
+        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        let v = decide(&p, &s, 0, NOON, 80);
+        assert_eq!(
+            v,
+            Verdict::Deny { kind: DenyKind::Concurrency, limit: Limit::MaxConcurrent, remaining: 0, retry_after_ms: None }
+        );
+        s.totals.held_requests -= 1; // one request finished
+        assert!(matches!(decide(&p, &s, 0, NOON, 80), Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn the_denial_that_frees_last_is_reported() {
+        // per-second frees in 1 s, per-minute in 60 s: the minute is reported
+        let p = policy(&[(Limit::RequestsPerSecond, 1), (Limit::RequestsPerMinute, 1)]);
+        let mut s = State::default();
+        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        let v = decide(&p, &s, 0, NOON, 80);
+        assert!(matches!(v, Verdict::Deny { limit: Limit::RequestsPerMinute, retry_after_ms: Some(60_000), .. }), "{v:?}");
+        // a quota that frees at midnight beats both
+        let p = policy(&[(Limit::RequestsPerMinute, 1), (Limit::RequestsPerDay, 1)]);
+        let mut s = State::default();
+        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        let v = decide(&p, &s, 0, NOON, 80);
+        assert!(matches!(v, Verdict::Deny { kind: DenyKind::Quota, retry_after_ms: Some(43_200_000), .. }), "{v:?}");
+    }
+
+    #[test]
+    fn tightest_dimension_and_warning() {
+        let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 1000)]);
+        let v = decide(&p, &State::default(), 0, NOON, 80);
+        assert!(matches!(v, Verdict::Allow { tightest: Some((Limit::RequestsPerMinute, 9)), warn: false, .. }), "{v:?}");
+        let p = policy(&[(Limit::RequestsPerMinute, 10)]);
+        let mut s = State::default();
+        for _ in 0..7 {
+            assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        }
+        let v = decide(&p, &s, 0, NOON, 80);
+        assert!(matches!(v, Verdict::Allow { tightest: Some((Limit::RequestsPerMinute, 2)), warn: false, .. }), "{v:?}");
+        let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 5)]);
+        let s = State { totals: Totals { day_requests: 3, ..Totals::default() }, ..State::default() };
+        let v = decide(&p, &s, 0, NOON, 80);
+        assert!(matches!(v, Verdict::Allow { tightest: Some((Limit::RequestsPerDay, 1)), warn: true, .. }), "{v:?}");
+    }
+
+    proptest! {
+        /// Sequences of requests never exceed any configured limit, whatever the mix.
+        #[test]
+        fn all_dimensions_hold_together(
+            rps in 1i64..5, rpm in 1i64..50, rpd in 1i64..100, tpm in 1i64..500, conc in 1i64..10,
+            steps in proptest::collection::vec((0i64..400_000, 0i64..60, any::<bool>()), 1..200),
+        ) {
+            let p = policy(&[(Limit::RequestsPerSecond, rps), (Limit::RequestsPerMinute, rpm),
+                             (Limit::RequestsPerDay, rpd), (Limit::TokensPerMinute, tpm), (Limit::MaxConcurrent, conc)]);
+            let mut s = State::default();
+            let mut now = NOON;
+            let mut admitted: Vec<(i64, i64)> = vec![];
+            for (dt, tokens, finish) in steps {
+                now += dt;
+                if finish && s.totals.held_requests > 0 {
+                    s.totals.held_requests -= 1; // a request completes (its usage is recorded elsewhere)
+                    s.totals.day_requests += 1;
+                }
+                let v = decide(&p, &s, tokens, now, 80);
+                if apply(&v, &mut s, tokens) {
+                    admitted.push((now, tokens));
+                }
+                prop_assert!(s.totals.held_requests <= conc);
+                prop_assert!(s.totals.day_requests + s.totals.held_requests <= rpd);
+                let in_last_sec = admitted.iter().filter(|(t, _)| now - t < 1_000_000).count() as i64;
+                prop_assert!(in_last_sec <= 2 * rps, "{in_last_sec} in one second with rps {rps}");
+                let tokens_last_min: i64 = admitted.iter().filter(|(t, _)| now - t < 60_000_000).map(|(_, n)| n).sum();
+                prop_assert!(tokens_last_min <= 2 * tpm);
+            }
+        }
+    }
+}
