@@ -26,8 +26,9 @@ trap cleanup EXIT
 cp_cluster_stop "$DIR"
 cp_install
 max_subjects=$((SCALE + 2 * SUBJECTS + 100000))
-cp_cluster_start "$DIR" "$PORT" "shared_buffers = 256MB" "control_plane.max_subjects = $max_subjects" \
-    "control_plane.max_reservations = 1048576"
+# Production durability (fsync on, synchronous commit): what the PL/pgSQL bucket costs for real.
+cp_cluster_start "$DIR" "$PORT" "fsync = on" "synchronous_commit = on" "shared_buffers = 256MB" \
+    "control_plane.max_subjects = $max_subjects" "control_plane.max_reservations = 1048576"
 psql_b() { cp_psql "$DIR" "$PORT" -d bench -v ON_ERROR_STOP=1 "$@"; }
 cp_psql "$DIR" "$PORT" -q -c "CREATE DATABASE bench"
 psql_b -q -c "CREATE EXTENSION control_plane"
@@ -50,6 +51,7 @@ pgb plpgsql_many.sql >/dev/null
 
 log "pgbench: $CLIENTS clients, ${SECS}s each"
 record "SELECT 1" "$(pgb select1.sql)"
+record "SELECT of 7 constants (cp_admit's row shape)" "$(pgb select_row.sql)"
 record "cp_admit, rate limits, $SUBJECTS subjects" "$(pgb admit_rate_many.sql)"
 record "cp_admit, rate limits, one hot subject" "$(pgb admit_rate_hot.sql)"
 record "cp_admit, every dimension, $SUBJECTS subjects" "$(pgb admit_all_many.sql)"
@@ -78,8 +80,14 @@ if [ "$SCALE" -gt 0 ]; then
     log "scale: $SCALE subjects (enrolling and loading every one into shared memory first)"
     psql_b -q -c "INSERT INTO control_plane.subjects (subject_id, profile)
                   SELECT 'm_' || g, 'bench_rate' FROM generate_series(1, $SCALE) g"
-    psql_b -q -c "SET control_plane.reservation_timeout = 1" \
-        -c "SELECT count(*) FROM generate_series(1, $SCALE) g, LATERAL control_plane.cp_admit('m_' || g, 0) a" >/dev/null
+    half=$((SCALE / 2))
+    for range in "1 $half" "$((half + 1)) $SCALE"; do
+        set -- $range
+        psql_b -q -c "SET control_plane.reservation_timeout = 1" \
+            -c "SELECT count(*) FROM generate_series($1, $2) g, LATERAL control_plane.cp_admit('m_' || g, 0) a" \
+            >/dev/null &
+    done
+    wait
     record "cp_admit, rate limits, 1000 of the m_ subjects" "$(pgb admit_scale.sql 1000)"
     record "cp_admit, rate limits, $SCALE subjects" "$(pgb admit_scale.sql "$SCALE")"
     psql_b -At -c "SELECT name || ' = ' || value FROM control_plane.stats

@@ -14,9 +14,9 @@ SELECT name, is_default, requests_per_second AS rps, requests_per_minute AS rpm,
 
 \echo
 \echo '== 2. user_123 (unknown so far) asks to call gpt-4o-mini with about 1500 tokens =='
-\echo '   The demo gives user_123 a daily quota of 5 requests and 10 requests a second on top of the free plan.'
+\echo '   The demo gives user_123 a daily quota of 5 requests, 10 requests a second and 10 in flight on top of the free plan.'
 INSERT INTO control_plane.subjects (subject_id, profile, overrides)
-VALUES ('user_123', 'free', '{"requests_per_day": 5, "requests_per_second": 10}');
+VALUES ('user_123', 'free', '{"requests_per_day": 5, "requests_per_second": 10, "max_concurrent": 10}');
 SELECT allowed, decision, reason, limit_name, remaining, retry_after_ms, reservation_id
   FROM control_plane.cp_admit('user_123', 1500, model => 'gpt-4o-mini') \gset
 SELECT :'allowed' AS allowed, :'decision' AS decision, :'limit_name' AS limit_name,

@@ -49,8 +49,15 @@ impl Row {
     }
 }
 
+thread_local! {
+    /// Prepared plans of the latest-snapshot queries, by query text (static strings), kept for
+    /// the life of the backend (PostgreSQL re-plans them when the tables change).
+    static PLANS: std::cell::RefCell<std::collections::HashMap<usize, pg_sys::SPIPlanPtr>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// Runs a read-only query against a fresh snapshot and maps each row with `f`.
-pub fn query_latest<R>(sql: &CStr, args: &[Arg], mut f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
+pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], mut f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
     Spi::connect(|_client| unsafe {
         let mut types: Vec<pg_sys::Oid> = Vec::with_capacity(args.len());
         let mut values: Vec<pg_sys::Datum> = Vec::with_capacity(args.len());
@@ -71,10 +78,18 @@ pub fn query_latest<R>(sql: &CStr, args: &[Arg], mut f: impl FnMut(&Row) -> R) -
             }
         }
         let nulls = vec![b' ' as std::ffi::c_char; args.len()];
-        let plan = pg_sys::SPI_prepare(sql.as_ptr(), args.len() as i32, types.as_mut_ptr());
-        if plan.is_null() {
-            return Err(CpError::Internal(format!("SPI_prepare failed for {sql:?}")));
-        }
+        let cache_key = sql.as_ptr() as usize;
+        let plan = match PLANS.with_borrow(|p| p.get(&cache_key).copied()) {
+            Some(plan) => plan,
+            None => {
+                let plan = pg_sys::SPI_prepare(sql.as_ptr(), args.len() as i32, types.as_mut_ptr());
+                if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                    return Err(CpError::Internal(format!("SPI_prepare failed for {sql:?}")));
+                }
+                PLANS.with_borrow_mut(|p| p.insert(cache_key, plan));
+                plan
+            }
+        };
         // Make this statement's earlier writes visible, then read at the latest snapshot.
         pg_sys::CommandCounterIncrement();
         let snap = pg_sys::GetLatestSnapshot();
@@ -100,7 +115,6 @@ pub fn query_latest<R>(sql: &CStr, args: &[Arg], mut f: impl FnMut(&Row) -> R) -
                 out.push(f(&row));
             }
         }
-        pg_sys::SPI_freeplan(plan);
         Ok(out)
     })
 }
