@@ -81,13 +81,15 @@ if [ "$SCALE" -gt 0 ]; then
     psql_b -q -c "INSERT INTO control_plane.subjects (subject_id, profile)
                   SELECT 'm_' || g, 'bench_rate' FROM generate_series(1, $SCALE) g"
     half=$((SCALE / 2))
+    pids=()
     for range in "1 $half" "$((half + 1)) $SCALE"; do
         set -- $range
         psql_b -q -c "SET control_plane.reservation_timeout = 1" \
             -c "SELECT count(*) FROM generate_series($1, $2) g, LATERAL control_plane.cp_admit('m_' || g, 0) a" \
             >/dev/null &
+        pids+=("$!")
     done
-    wait
+    wait "${pids[@]}"
     record "cp_admit, rate limits, 1000 of the m_ subjects" "$(pgb admit_scale.sql 1000)"
     record "cp_admit, rate limits, $SCALE subjects" "$(pgb admit_scale.sql "$SCALE")"
     psql_b -At -c "SELECT name || ' = ' || value FROM control_plane.stats

@@ -22,6 +22,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+log "0/3 formatting"
+cargo fmt --check
+(cd tests/integration && cargo fmt --check)
+
 log "1/3 unit, property and #[pg_test] tests"
 install -d -o postgres -g postgres /tmp/control_plane-pgtest 2>/dev/null || install -d /tmp/control_plane-pgtest
 runas=()

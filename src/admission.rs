@@ -44,10 +44,19 @@ impl DenyKind {
 pub enum Verdict {
     /// Admitted: store `tat`, hold one request and the tokens. `tightest` is the dimension with
     /// the smallest share left after this admission.
-    Allow { tightest: Option<(Limit, i64)>, warn: bool, tat: [i64; 4] },
+    Allow {
+        tightest: Option<(Limit, i64)>,
+        warn: bool,
+        tat: [i64; 4],
+    },
     /// Refused by `limit`. `retry_after_ms` is exact for rates, the end of the window for quotas,
     /// and `None` when waiting cannot help (or, for concurrency, depends on other requests).
-    Deny { kind: DenyKind, limit: Limit, remaining: i64, retry_after_ms: Option<i64> },
+    Deny {
+        kind: DenyKind,
+        limit: Limit,
+        remaining: i64,
+        retry_after_ms: Option<i64>,
+    },
 }
 
 /// Which denial to report when several dimensions refuse: the one that frees last
@@ -77,14 +86,17 @@ pub fn decide(policy: &Policy, state: &State, tokens: i64, now_us: i64, warn_pct
     // Calendar quotas first: they also tell the tightest quota dimension.
     let (mut tightest, warn) = match quota::check(policy, &state.totals, tokens, now_us, warn_pct) {
         QuotaVerdict::Allow { tightest, warn } => (tightest.map(|(l, r)| (l, r, policy.limit(l).unwrap_or(1))), warn),
-        QuotaVerdict::Deny { limit, remaining, retry_after_ms } => {
+        QuotaVerdict::Deny {
+            limit,
+            remaining,
+            retry_after_ms,
+        } => {
             note(DenyKind::Quota, limit, remaining, retry_after_ms);
             (None, false)
         }
     };
     let consider = |l: Limit, after: i64, cap: i64, t: &mut Option<(Limit, i64, i64)>| {
-        let tighter = t.is_none_or(|(_, a, c)| (after as i128) * (c.max(1) as i128) < (a as i128) * (cap.max(1) as i128));
-        if tighter {
+        if t.is_none_or(|(_, a, c)| quota::tighter(after, cap, a, c)) {
             *t = Some((l, after, cap));
         }
     };
@@ -107,18 +119,30 @@ pub fn decide(policy: &Policy, state: &State, tokens: i64, now_us: i64, warn_pct
                 tat[i] = new_tat;
                 consider(*l, remaining, cap, &mut tightest);
             }
-            RateCheck::Denied { retry_after_ns, remaining } => {
+            RateCheck::Denied {
+                retry_after_ns,
+                remaining,
+            } => {
                 note(DenyKind::Rate, *l, remaining, retry_after_ns.map(ceil_ms));
             }
         }
     }
 
     if let Some((kind, limit, remaining, retry_after_ms)) = deny {
-        return Verdict::Deny { kind, limit, remaining, retry_after_ms };
+        return Verdict::Deny {
+            kind,
+            limit,
+            remaining,
+            retry_after_ms,
+        };
     }
     // `warn` comes from the calendar quotas only: a rate bucket that is nearly empty is normal
     // spacing, not a reason to warn.
-    Verdict::Allow { tightest: tightest.map(|(l, a, _)| (l, a)), warn, tat }
+    Verdict::Allow {
+        tightest: tightest.map(|(l, a, _)| (l, a)),
+        warn,
+        tat,
+    }
 }
 
 #[cfg(test)]
@@ -128,11 +152,7 @@ mod unit {
     use proptest::prelude::*;
 
     fn policy(pairs: &[(Limit, i64)]) -> Policy {
-        let mut p = Policy { profile_active: true, ..Policy::default() };
-        for (l, v) in pairs {
-            p.limits[*l as usize] = Some(*v);
-        }
-        p
+        Policy::with_limits(pairs)
     }
 
     const NOON: i64 = 20_414 * US_PER_DAY + US_PER_DAY / 2;
@@ -159,7 +179,12 @@ mod unit {
         let v = decide(&p, &s, 0, NOON, 80);
         assert_eq!(
             v,
-            Verdict::Deny { kind: DenyKind::Rate, limit: Limit::RequestsPerSecond, remaining: 0, retry_after_ms: Some(500) }
+            Verdict::Deny {
+                kind: DenyKind::Rate,
+                limit: Limit::RequestsPerSecond,
+                remaining: 0,
+                retry_after_ms: Some(500)
+            }
         );
         assert!(!apply(&v, &mut s, 0));
         assert_eq!(s, before);
@@ -174,7 +199,17 @@ mod unit {
         assert!(apply(&decide(&p, &s, 90, NOON, 80), &mut s, 90));
         let tat = s.tat;
         let v = decide(&p, &s, 20, NOON, 80);
-        assert!(matches!(v, Verdict::Deny { kind: DenyKind::Quota, limit: Limit::InputTokensPerDay, .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Deny {
+                    kind: DenyKind::Quota,
+                    limit: Limit::InputTokensPerDay,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
         assert!(!apply(&v, &mut s, 20));
         assert_eq!(s.tat, tat);
     }
@@ -187,7 +222,12 @@ mod unit {
         let v = decide(&p, &s, 400, NOON, 80);
         assert_eq!(
             v,
-            Verdict::Deny { kind: DenyKind::Rate, limit: Limit::TokensPerMinute, remaining: 300, retry_after_ms: Some(6_000) }
+            Verdict::Deny {
+                kind: DenyKind::Rate,
+                limit: Limit::TokensPerMinute,
+                remaining: 300,
+                retry_after_ms: Some(6_000)
+            }
         );
         assert!(apply(&decide(&p, &s, 300, NOON, 80), &mut s, 300));
     }
@@ -201,7 +241,12 @@ mod unit {
         let v = decide(&p, &s, 0, NOON, 80);
         assert_eq!(
             v,
-            Verdict::Deny { kind: DenyKind::Concurrency, limit: Limit::MaxConcurrent, remaining: 0, retry_after_ms: None }
+            Verdict::Deny {
+                kind: DenyKind::Concurrency,
+                limit: Limit::MaxConcurrent,
+                remaining: 0,
+                retry_after_ms: None
+            }
         );
         s.totals.held_requests -= 1; // one request finished
         assert!(matches!(decide(&p, &s, 0, NOON, 80), Verdict::Allow { .. }));
@@ -214,31 +259,87 @@ mod unit {
         let mut s = State::default();
         assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
         let v = decide(&p, &s, 0, NOON, 80);
-        assert!(matches!(v, Verdict::Deny { limit: Limit::RequestsPerMinute, retry_after_ms: Some(60_000), .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Deny {
+                    limit: Limit::RequestsPerMinute,
+                    retry_after_ms: Some(60_000),
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
         // a quota that frees at midnight beats both
         let p = policy(&[(Limit::RequestsPerMinute, 1), (Limit::RequestsPerDay, 1)]);
         let mut s = State::default();
         assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
         let v = decide(&p, &s, 0, NOON, 80);
-        assert!(matches!(v, Verdict::Deny { kind: DenyKind::Quota, retry_after_ms: Some(43_200_000), .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Deny {
+                    kind: DenyKind::Quota,
+                    retry_after_ms: Some(43_200_000),
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn tightest_dimension_and_warning() {
         let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 1000)]);
         let v = decide(&p, &State::default(), 0, NOON, 80);
-        assert!(matches!(v, Verdict::Allow { tightest: Some((Limit::RequestsPerMinute, 9)), warn: false, .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Allow {
+                    tightest: Some((Limit::RequestsPerMinute, 9)),
+                    warn: false,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
         let p = policy(&[(Limit::RequestsPerMinute, 10)]);
         let mut s = State::default();
         for _ in 0..7 {
             assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
         }
         let v = decide(&p, &s, 0, NOON, 80);
-        assert!(matches!(v, Verdict::Allow { tightest: Some((Limit::RequestsPerMinute, 2)), warn: false, .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Allow {
+                    tightest: Some((Limit::RequestsPerMinute, 2)),
+                    warn: false,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
         let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 5)]);
-        let s = State { totals: Totals { day_requests: 3, ..Totals::default() }, ..State::default() };
+        let s = State {
+            totals: Totals {
+                day_requests: 3,
+                ..Totals::default()
+            },
+            ..State::default()
+        };
         let v = decide(&p, &s, 0, NOON, 80);
-        assert!(matches!(v, Verdict::Allow { tightest: Some((Limit::RequestsPerDay, 1)), warn: true, .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Allow {
+                    tightest: Some((Limit::RequestsPerDay, 1)),
+                    warn: true,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
     }
 
     proptest! {

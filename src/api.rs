@@ -79,7 +79,12 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn deny(reason: &'static str, limit_name: Option<&'static str>, remaining: Option<i64>, retry: Option<i64>) -> Self {
+    fn deny(
+        reason: &'static str,
+        limit_name: Option<&'static str>,
+        remaining: Option<i64>,
+        retry: Option<i64>,
+    ) -> Self {
         Decision {
             allowed: false,
             decision: "deny",
@@ -173,14 +178,26 @@ fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> Cp
         if let Seen::Found(t) = sh.with_entry(key, db, now_unix_us(), |s| s.totals) {
             return Ok(Some(t));
         }
-        if !rebuild(sh, key, db, tenant, subject, gucs::ON_FULL.get() == gucs::OnFull::EvictLru)? {
+        if !rebuild(
+            sh,
+            key,
+            db,
+            tenant,
+            subject,
+            gucs::ON_FULL.get() == gucs::OnFull::EvictLru,
+        )? {
             return Ok(None);
         }
     }
     Err(CpError::Internal("subject entry keeps disappearing".into()))
 }
 
-pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, feature: Option<&str>) -> CpResult<Decision> {
+pub fn admit(
+    subject: Option<&str>,
+    tokens: Option<i64>,
+    model: Option<&str>,
+    feature: Option<&str>,
+) -> CpResult<Decision> {
     let sh = shmem::shared()?;
     let subject = required("subject", subject)?;
     check_name("subject", subject)?;
@@ -226,7 +243,14 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
         let a = match seen {
             Seen::Found(a) => a,
             Seen::Missing => {
-                match rebuild(sh, &key, db, &tenant, subject, gucs::ON_FULL.get() == gucs::OnFull::EvictLru) {
+                match rebuild(
+                    sh,
+                    &key,
+                    db,
+                    &tenant,
+                    subject,
+                    gucs::ON_FULL.get() == gucs::OnFull::EvictLru,
+                ) {
                     Ok(true) => continue,
                     Ok(false) => {
                         sh.unclaim(slot);
@@ -255,7 +279,12 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
                     reservation_id: Some(Uuid::from_bytes(id)),
                 });
             }
-            Verdict::Deny { kind, limit, remaining, mut retry_after_ms } => {
+            Verdict::Deny {
+                kind,
+                limit,
+                remaining,
+                mut retry_after_ms,
+            } => {
                 let holds = a.totals.held_requests > 0 || a.totals.held_tokens > 0;
                 if holds && !expired_once && a.next_expiry != 0 && a.next_expiry <= now && kind != DenyKind::Rate {
                     // Some of what blocks us may be reservations past their time: give them back.
@@ -273,14 +302,18 @@ pub fn admit(subject: Option<&str>, tokens: Option<i64>, model: Option<&str>, fe
                     // At the latest, the oldest open request expires then.
                     retry_after_ms = Some(((a.next_expiry - now) + 999) / 1_000);
                 }
-                return Ok(Decision::deny(kind.reason(), Some(limit.name()), Some(remaining), retry_after_ms));
+                return Ok(Decision::deny(
+                    kind.reason(),
+                    Some(limit.name()),
+                    Some(remaining),
+                    retry_after_ms,
+                ));
             }
         }
     }
     sh.unclaim(slot);
     Err(CpError::Internal("admission did not settle".into()))
 }
-
 
 /// `pg_finfo` record of `cp_admit_fast` (version-1 calling convention).
 #[no_mangle]
@@ -322,7 +355,9 @@ unsafe fn admission_datum(fcinfo: pg_sys::FunctionCallInfo, d: &Decision) -> CpR
         let desc = pg_sys::lookup_rowtype_tupdesc(typid, -1);
         if (*desc).natts != 7 {
             pg_sys::DecrTupleDescRefCount(desc);
-            return Err(CpError::Internal("control_plane.admission does not have 7 attributes".into()));
+            return Err(CpError::Internal(
+                "control_plane.admission does not have 7 attributes".into(),
+            ));
         }
         let text = |s: Option<&str>| s.and_then(|s| s.into_datum());
         let cols: [Option<pg_sys::Datum>; 7] = [
@@ -426,7 +461,10 @@ pub fn record(
         metadata,
         at_unix_us: now,
     })?;
-    Ok(Recorded { event_id, settled: held.is_some() })
+    Ok(Recorded {
+        event_id,
+        settled: held.is_some(),
+    })
 }
 
 /// Records what a request actually used, in the append-only ledger, and settles its reservation.
@@ -442,10 +480,25 @@ fn cp_record_usage(
     idempotency_key: default!(Option<&str>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
 ) -> Result<
-    TableIterator<'static, (name!(event_id, i64), name!(cost_micros, Option<i64>), name!(reservation_settled, bool))>,
+    TableIterator<
+        'static,
+        (
+            name!(event_id, i64),
+            name!(cost_micros, Option<i64>),
+            name!(reservation_settled, bool),
+        ),
+    >,
     ErrorReport,
 > {
-    let r = record(subject, input_tokens, output_tokens, model, reservation_id, idempotency_key, metadata)?;
+    let r = record(
+        subject,
+        input_tokens,
+        output_tokens,
+        model,
+        reservation_id,
+        idempotency_key,
+        metadata,
+    )?;
     Ok(TableIterator::once((r.event_id, None, r.settled)))
 }
 
@@ -487,7 +540,12 @@ fn iso(unix_us: i64) -> String {
     let d = unix_us.div_euclid(US_PER_DAY);
     let secs = unix_us.rem_euclid(US_PER_DAY) / US_PER_SEC;
     let (y, m, dd) = civil_from_days(d);
-    format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn held_in(l: Limit, t: &Totals) -> i64 {
@@ -498,7 +556,15 @@ fn held_in(l: Limit, t: &Totals) -> i64 {
     }
 }
 
-pub fn status_json(tenant: &str, subject: &str, enrolled: Option<&Cached>, policy: &Policy, profile: &str, t: &Totals, now: i64) -> Value {
+pub fn status_json(
+    tenant: &str,
+    subject: &str,
+    enrolled: Option<&Cached>,
+    policy: &Policy,
+    profile: &str,
+    t: &Totals,
+    now: i64,
+) -> Value {
     let mut quotas = Map::new();
     for l in QUOTA_LIMITS {
         let limit = policy.limit(l);
@@ -528,7 +594,7 @@ pub fn status_json(tenant: &str, subject: &str, enrolled: Option<&Cached>, polic
         "subject": subject,
         "enrolled": enrolled.is_some(),
         "profile": profile,
-        "active": enrolled.map_or(true, |c| c.active),
+        "active": enrolled.is_none_or(|c| c.active),
         "profile_active": policy.profile_active,
         "org_id": enrolled.and_then(|c| c.org_id.clone()),
         "period": {"day": window(Window::Day), "month": window(Window::Month)},
@@ -573,7 +639,11 @@ pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
         None => {
             // Not enrolled: show what the default profile would give, with what the ledger holds.
             let Some((name, pj)) = catalog::default_profile(&tenant)? else {
-                return Err(CpError::state(format!("tenant \"{tenant}\" has no default profile"), None, None));
+                return Err(CpError::state(
+                    format!("tenant \"{tenant}\" has no default profile"),
+                    None,
+                    None,
+                ));
             };
             let v: Value = serde_json::from_str(&pj).map_err(|e| CpError::Internal(e.to_string()))?;
             let policy = Policy::from_profile(&v).map_err(|e| CpError::state(e.message, Some(e.detail), None))?;

@@ -119,7 +119,10 @@ mod unit {
         // 2026-11-22 12:00:00 UTC
         let now = ts(days_from_civil(2026, 11, 22), 12 * 3600);
         assert_eq!(Window::Day.bounds(now).0, ts(days_from_civil(2026, 11, 22), 0));
-        assert_eq!(Window::Month.bounds(now), (ts(days_from_civil(2026, 11, 1), 0), ts(days_from_civil(2026, 12, 1), 0)));
+        assert_eq!(
+            Window::Month.bounds(now),
+            (ts(days_from_civil(2026, 11, 1), 0), ts(days_from_civil(2026, 12, 1), 0))
+        );
         assert_eq!(Window::Day.ms_until_end(now), 12 * 3600 * 1000);
     }
 
@@ -129,9 +132,15 @@ mod unit {
         assert_eq!(Window::Month.bounds(dec31).1, ts(days_from_civil(2027, 1, 1), 0));
         assert_eq!(Window::Month.ms_until_end(dec31), 1000);
         let feb = ts(days_from_civil(2028, 2, 10), 0);
-        assert_eq!(Window::Month.bounds(feb).1 - Window::Month.bounds(feb).0, 29 * US_PER_DAY);
+        assert_eq!(
+            Window::Month.bounds(feb).1 - Window::Month.bounds(feb).0,
+            29 * US_PER_DAY
+        );
         let feb = ts(days_from_civil(2100, 2, 10), 0);
-        assert_eq!(Window::Month.bounds(feb).1 - Window::Month.bounds(feb).0, 28 * US_PER_DAY);
+        assert_eq!(
+            Window::Month.bounds(feb).1 - Window::Month.bounds(feb).0,
+            28 * US_PER_DAY
+        );
     }
 
     #[test]

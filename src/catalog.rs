@@ -111,7 +111,10 @@ pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], mut f: impl FnMut(&Row)
         let mut out = Vec::with_capacity(n);
         if !tt.is_null() {
             for i in 0..n {
-                let row = Row { tuple: *(*tt).vals.add(i), desc: (*tt).tupdesc };
+                let row = Row {
+                    tuple: *(*tt).vals.add(i),
+                    desc: (*tt).tupdesc,
+                };
                 out.push(f(&row));
             }
         }
@@ -179,7 +182,9 @@ pub fn default_profile(tenant: &str) -> CpResult<Option<(String, String)>> {
 /// Enrolls an unknown subject in the tenant's default profile. Returns false when the tenant has
 /// no default profile.
 pub fn enroll(tenant: &str, subject: &str) -> CpResult<bool> {
-    let Some((profile, _)) = default_profile(tenant)? else { return Ok(false) };
+    let Some((profile, _)) = default_profile(tenant)? else {
+        return Ok(false);
+    };
     Spi::connect_mut(|c| {
         c.update(
             "INSERT INTO control_plane.subjects (tenant_id, subject_id, profile) VALUES ($1, $2, $3)
@@ -224,7 +229,9 @@ pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, 
             held_tokens: 0,
         },
     )?;
-    rows.into_iter().next().ok_or_else(|| CpError::Internal("ledger aggregate returned no row".into()))
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| CpError::Internal("ledger aggregate returned no row".into()))
 }
 
 /// A new ledger row.

@@ -10,9 +10,17 @@ pub enum CpError {
     /// 22004: a required argument is NULL.
     NullValue { what: &'static str },
     /// 22023: an argument is out of range or malformed.
-    InvalidParameter { message: String, detail: Option<String>, hint: Option<String> },
+    InvalidParameter {
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
     /// 55000: the catalog is not in a state that allows the call (no default profile, ...).
-    NotInPrerequisiteState { message: String, detail: Option<String>, hint: Option<String> },
+    NotInPrerequisiteState {
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
     /// 0A000: a feature the extension refuses (two-phase commit with pending usage).
     NotSupported { message: String, hint: Option<String> },
     /// XX000: an invariant broke; never expected.
@@ -21,7 +29,11 @@ pub enum CpError {
 
 impl CpError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        CpError::InvalidParameter { message: message.into(), detail: None, hint: None }
+        CpError::InvalidParameter {
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
     pub fn invalid_with(message: impl Into<String>, detail: impl Into<String>, hint: Option<&str>) -> Self {
         CpError::InvalidParameter {
@@ -31,7 +43,11 @@ impl CpError {
         }
     }
     pub fn state(message: impl Into<String>, detail: Option<String>, hint: Option<&str>) -> Self {
-        CpError::NotInPrerequisiteState { message: message.into(), detail, hint: hint.map(str::to_string) }
+        CpError::NotInPrerequisiteState {
+            message: message.into(),
+            detail,
+            hint: hint.map(str::to_string),
+        }
     }
 
     pub fn sqlstate(&self) -> PgSqlErrorCode {
@@ -52,7 +68,10 @@ impl From<CpError> for ErrorReport {
         let (msg, detail, hint): (String, Option<String>, Option<String>) = match e {
             CpError::NotPreloaded => (
                 "control_plane is not loaded through shared_preload_libraries".into(),
-                Some("control_plane keeps its counters in shared memory, which only a preloaded library can allocate.".into()),
+                Some(
+                    "control_plane keeps its counters in shared memory, which only a preloaded library can allocate."
+                        .into(),
+                ),
                 Some("Add control_plane to shared_preload_libraries in postgresql.conf and restart the server.".into()),
             ),
             CpError::NullValue { what } => (format!("{what} must not be null"), None, None),

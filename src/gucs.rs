@@ -121,7 +121,11 @@ pub fn tenant() -> Result<String, crate::error::CpError> {
     use crate::error::CpError;
     let raw = unsafe { *TENANT.as_ptr() };
     if raw.is_null() {
-        return Err(CpError::invalid_with("control_plane.tenant is not set", "the tenant must be a non-empty name", Some("SET control_plane.tenant = 'name';")));
+        return Err(CpError::invalid_with(
+            "control_plane.tenant is not set",
+            "the tenant must be a non-empty name",
+            Some("SET control_plane.tenant = 'name';"),
+        ));
     }
     // SAFETY: the GUC machinery keeps the string alive until the setting changes, which cannot
     // happen during the function call that reads it.

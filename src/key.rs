@@ -29,7 +29,10 @@ impl Key {
             s.write(subject.as_bytes());
             s.finish()
         };
-        let mut k = Key { hi: h(0x0123_4567_89ab_cdef), lo: h(0xfedc_ba98_7654_3210) };
+        let mut k = Key {
+            hi: h(0x0123_4567_89ab_cdef),
+            lo: h(0xfedc_ba98_7654_3210),
+        };
         if k.is_empty() {
             k.lo = 1; // (0, 0) marks an empty slot
         }

@@ -3,6 +3,9 @@
 //! Pure decision logic lives in `calendar`, `policy`, `quota` and `key` (no pgrx types);
 //! the rest is glue: settings, shared memory, SPI, transaction callbacks and the SQL surface.
 
+// pgrx reports SQL errors as `ErrorReport` values, which are large by design.
+#![allow(clippy::result_large_err)]
+
 use pgrx::prelude::*;
 
 #[cfg(not(panic = "unwind"))]
@@ -52,6 +55,9 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'control_plane'", "control_plane.max_subjects = 20000"]
+        vec![
+            "shared_preload_libraries = 'control_plane'",
+            "control_plane.max_subjects = 20000",
+        ]
     }
 }

@@ -24,13 +24,17 @@ mod tests {
     /// One `cp_admit` row as JSON.
     fn admit(subject: &str, tokens: i64, model: Option<&str>) -> Value {
         let m = model.map_or("NULL".to_string(), |m| format!("'{m}'"));
-        json(&format!("SELECT to_jsonb(a) FROM control_plane.cp_admit('{subject}', {tokens}, {m}) a"))
+        json(&format!(
+            "SELECT to_jsonb(a) FROM control_plane.cp_admit('{subject}', {tokens}, {m}) a"
+        ))
     }
 
     /// The SQLSTATE a statement fails with, or "ok".
     fn sqlstate(sql: &str) -> String {
-        run("CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS
-             $$ BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$");
+        run(
+            "CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS
+             $$ BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        );
         Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()])
             .unwrap()
             .unwrap()
@@ -79,7 +83,8 @@ mod tests {
         assert_eq!(a["allowed"], true, "{a}");
         assert_eq!(a["decision"], "allow");
         assert!(a["reservation_id"].is_string());
-        let p = Spi::get_one::<String>("SELECT profile FROM control_plane.subjects WHERE subject_id = 'pgt_enroll'").unwrap();
+        let p = Spi::get_one::<String>("SELECT profile FROM control_plane.subjects WHERE subject_id = 'pgt_enroll'")
+            .unwrap();
         assert_eq!(p.as_deref(), Some("free"));
     }
 
@@ -104,7 +109,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(retry > 0 && retry <= to_midnight + 1000 && retry >= to_midnight - 5000, "{retry} vs {to_midnight}");
+        assert!(
+            retry > 0 && retry <= to_midnight + 1000 && retry >= to_midnight - 5000,
+            "{retry} vs {to_midnight}"
+        );
     }
 
     #[pg_test]
@@ -154,7 +162,11 @@ mod tests {
         assert_eq!(admit("pgt_models", 0, Some("gpt-4o-mini"))["allowed"], true);
         let d = admit("pgt_models", 0, Some("gpt-4o"));
         assert_eq!(d["reason"], "model_not_allowed", "{d}");
-        enroll("pgt_models", "free", r#"{"blocked_models": ["gpt-4o-mini"], "requests_per_second": null}"#);
+        enroll(
+            "pgt_models",
+            "free",
+            r#"{"blocked_models": ["gpt-4o-mini"], "requests_per_second": null}"#,
+        );
         assert_eq!(admit("pgt_models", 0, Some("gpt-4o-mini"))["reason"], "model_blocked");
         run("UPDATE control_plane.profiles SET features = '{\"video\": false}' WHERE name = 'free'");
         let d = json("SELECT to_jsonb(a) FROM control_plane.cp_admit('pgt_models', feature => 'video') a");
@@ -195,11 +207,17 @@ mod tests {
         let s = json("SELECT control_plane.cp_quota_status('pgt_u')");
         assert_eq!(s["enrolled"], false, "{s}");
         assert_eq!(s["profile"], "free");
-        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(), Some(false));
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(),
+            Some(false)
+        );
         let n = Spi::get_one::<i64>("SELECT count(*) FROM control_plane.subjects WHERE subject_id = 'pgt_u'").unwrap();
         assert_eq!(n, Some(1), "status must not enroll");
         run("SET LOCAL control_plane.tenant = 'pgt_acme'");
-        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(), Some(true));
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(),
+            Some(true)
+        );
     }
 
     #[pg_test]
@@ -223,12 +241,17 @@ mod tests {
                  RAISE EXCEPTION 'boom';
              EXCEPTION WHEN OTHERS THEN NULL; END $$"
         ));
-        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id2}')")).unwrap(), Some(true));
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id2}')")).unwrap(),
+            Some(true)
+        );
         // a reservation of another subject is refused
         let c = admit("pgt_record_other", 0, None);
         let id3 = c["reservation_id"].as_str().unwrap().to_string();
         assert_eq!(
-            sqlstate(&format!("SELECT control_plane.cp_record_usage('pgt_record', 1, 1, reservation_id => '{id3}')")),
+            sqlstate(&format!(
+                "SELECT control_plane.cp_record_usage('pgt_record', 1, 1, reservation_id => '{id3}')"
+            )),
             "22023"
         );
         // unknown reservation ids (forgotten by a restart) still record the usage
@@ -237,7 +260,8 @@ mod tests {
                  reservation_id => '00000001-0000-4000-8000-000000000000') r",
         );
         assert_eq!(u["reservation_settled"], false, "{u}");
-        let n = Spi::get_one::<i64>("SELECT count(*) FROM control_plane.usage_events WHERE subject_id = 'pgt_record'").unwrap();
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM control_plane.usage_events WHERE subject_id = 'pgt_record'")
+            .unwrap();
         assert_eq!(n, Some(2));
     }
 
@@ -265,7 +289,10 @@ mod tests {
         }
         assert_eq!(s["quotas"]["input_tokens_per_month"]["held"], 250);
         assert!(s["period"]["day"]["start"].as_str().unwrap().ends_with("T00:00:00Z"));
-        assert!(s["period"]["month"]["start"].as_str().unwrap().ends_with("-01T00:00:00Z"));
+        assert!(s["period"]["month"]["start"]
+            .as_str()
+            .unwrap()
+            .ends_with("-01T00:00:00Z"));
         assert_eq!(s["rate_limits"]["requests_per_minute"], 5);
         assert_eq!(s["rate_limits"]["requests_per_second"], 1);
         assert_eq!(s["rate_limits"]["in_flight"], 1);
@@ -285,7 +312,11 @@ mod tests {
         let s = json("SELECT control_plane.cp_quota_status('pgt_rps')");
         assert_eq!(s["quotas"]["requests_per_day"]["remaining"], 98, "{s}");
         run(&format!("SELECT pg_sleep({})", retry as f64 / 1000.0));
-        assert_eq!(admit("pgt_rps", 0, None)["allowed"], true, "admitted after waiting retry_after_ms");
+        assert_eq!(
+            admit("pgt_rps", 0, None)["allowed"],
+            true,
+            "admitted after waiting retry_after_ms"
+        );
     }
 
     #[pg_test]
@@ -310,10 +341,20 @@ mod tests {
         let d = admit("pgt_conc", 0, None);
         assert_eq!(d["reason"], "concurrency_limit", "{d}");
         assert_eq!(d["limit_name"], "max_concurrent");
-        assert!(d["retry_after_ms"].as_i64().unwrap() > 0, "bounded by the oldest expiry: {d}");
+        assert!(
+            d["retry_after_ms"].as_i64().unwrap() > 0,
+            "bounded by the oldest expiry: {d}"
+        );
         let id = a["reservation_id"].as_str().unwrap();
-        assert_eq!(Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(), Some(true));
-        assert_eq!(admit("pgt_conc", 0, None)["allowed"], true, "a finished request frees its place");
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id}')")).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            admit("pgt_conc", 0, None)["allowed"],
+            true,
+            "a finished request frees its place"
+        );
     }
 
     #[pg_test]
@@ -364,7 +405,10 @@ mod tests {
             assert_eq!(sqlstate(sql), want, "{sql}");
         }
         run("SELECT control_plane.cp_record_usage('pgt_bad_user', 1, 1)");
-        assert_eq!(sqlstate("UPDATE control_plane.usage_events SET input_tokens = 0"), "55000");
+        assert_eq!(
+            sqlstate("UPDATE control_plane.usage_events SET input_tokens = 0"),
+            "55000"
+        );
         run("SET LOCAL control_plane.tenant = ''");
         assert_eq!(sqlstate("SELECT * FROM control_plane.cp_admit('x')"), "22023");
         run("SET LOCAL control_plane.tenant = '*'");
@@ -374,7 +418,10 @@ mod tests {
     #[pg_test]
     fn no_default_profile_fails_closed() {
         run("UPDATE control_plane.profiles SET is_default = false");
-        assert_eq!(sqlstate("SELECT * FROM control_plane.cp_admit('pgt_nodefault')"), "55000");
+        assert_eq!(
+            sqlstate("SELECT * FROM control_plane.cp_admit('pgt_nodefault')"),
+            "55000"
+        );
     }
 
     #[pg_test]
@@ -382,9 +429,11 @@ mod tests {
         admit("pgt_stats", 0, None);
         let cap = Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'entries_capacity'").unwrap();
         assert!(cap.unwrap() >= 20_000, "{cap:?}");
-        let allowed = Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'admits_allowed'").unwrap();
+        let allowed =
+            Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'admits_allowed'").unwrap();
         assert!(allowed.unwrap() >= 1);
-        let parts = Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'lock_partitions'").unwrap();
+        let parts =
+            Spi::get_one::<i64>("SELECT value FROM control_plane.stats WHERE name = 'lock_partitions'").unwrap();
         assert_eq!(parts, Some(64));
         let c = json("SELECT control_plane.cp_cleanup()");
         assert!(c["reservations_expired"].is_i64(), "{c}");

@@ -79,7 +79,10 @@ pub struct PolicyError {
 
 impl PolicyError {
     fn new(message: impl Into<String>, detail: impl Into<String>) -> Self {
-        PolicyError { message: message.into(), detail: detail.into() }
+        PolicyError {
+            message: message.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -167,7 +170,10 @@ pub fn validate_overrides(overrides: &Value) -> Result<(), PolicyError> {
         Value::Object(o) => o,
         Value::Null => return Ok(()),
         other => {
-            return Err(PolicyError::new("overrides must be a JSON object", format!("got {}", type_name(other))))
+            return Err(PolicyError::new(
+                "overrides must be a JSON object",
+                format!("got {}", type_name(other)),
+            ))
         }
     };
     for (k, v) in obj {
@@ -195,7 +201,10 @@ impl Policy {
         let obj = profile
             .as_object()
             .ok_or_else(|| PolicyError::new("profile must be a JSON object", type_name(profile)))?;
-        let mut p = Policy { profile_active: true, ..Policy::default() };
+        let mut p = Policy {
+            profile_active: true,
+            ..Policy::default()
+        };
         for (i, l) in Limit::ALL.iter().enumerate() {
             if let Some(v) = obj.get(l.name()) {
                 p.limits[i] = limit_value(l.name(), v)?;
@@ -219,7 +228,9 @@ impl Policy {
     /// Replaces every limit that `overrides` names (a present key with `null` means unlimited).
     pub fn apply_overrides(&mut self, overrides: &Value) -> Result<(), PolicyError> {
         validate_overrides(overrides)?;
-        let Some(obj) = overrides.as_object() else { return Ok(()) };
+        let Some(obj) = overrides.as_object() else {
+            return Ok(());
+        };
         for (k, v) in obj {
             if let Some(l) = Limit::from_name(k) {
                 self.limits[l as usize] = limit_value(k, v)?;
@@ -230,6 +241,18 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// An active policy with just these limits (tests and examples).
+    pub fn with_limits(pairs: &[(Limit, i64)]) -> Policy {
+        let mut p = Policy {
+            profile_active: true,
+            ..Policy::default()
+        };
+        for (l, v) in pairs {
+            p.limits[*l as usize] = Some(*v);
+        }
+        p
     }
 
     pub fn limit(&self, l: Limit) -> Option<i64> {

@@ -33,7 +33,11 @@ impl Cached {
         if self.has_overrides {
             flags |= shmem::POLICY_HAS_OVERRIDES;
         }
-        shmem::PolicyStamp { generation, profile_id: self.profile_id, flags }
+        shmem::PolicyStamp {
+            generation,
+            profile_id: self.profile_id,
+            flags,
+        }
     }
 }
 
@@ -86,7 +90,10 @@ pub fn enrolling() -> bool {
 fn build(row: catalog::SubjectRow, subject: &str) -> CpResult<Cached> {
     let Some(pj) = row.profile_json else {
         return Err(CpError::state(
-            format!("profile \"{}\" of subject \"{subject}\" does not exist", row.profile_name),
+            format!(
+                "profile \"{}\" of subject \"{subject}\" does not exist",
+                row.profile_name
+            ),
             None,
             Some("Assign the subject an existing profile in control_plane.subjects."),
         ));
@@ -125,7 +132,9 @@ fn profile(id: i32, generation: u64) -> CpResult<Option<(Rc<str>, Rc<Policy>)>> 
     if let Some(p) = CACHE.with_borrow(|c| c.profiles.get(&id).cloned()) {
         return Ok(Some(p));
     }
-    let Some(json) = catalog::load_profile(id)? else { return Ok(None) };
+    let Some(json) = catalog::load_profile(id)? else {
+        return Ok(None);
+    };
     let v: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| CpError::Internal(format!("profile is not valid JSON: {e}")))?;
     let name: Rc<str> = v.get("name").and_then(|n| n.as_str()).unwrap_or_default().into();
@@ -172,7 +181,8 @@ pub fn for_admission(
             }
         }
     }
-    let c = get(key, tenant, subject, true)?.ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
+    let c =
+        get(key, tenant, subject, true)?.ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
     let stamp = (!own_changes).then(|| c.stamp(generation));
     Ok((c, stamp))
 }

@@ -86,6 +86,11 @@ fn need(l: Limit, tokens: i64) -> (i64, i64) {
     }
 }
 
+/// True when `after` left of `cap` is a smaller share than `a` left of `c` (no division).
+pub fn tighter(after: i64, cap: i64, a: i64, c: i64) -> bool {
+    (after as i128) * (c.max(1) as i128) < (a as i128) * (cap.max(1) as i128)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuotaVerdict {
     /// Admitted. `tightest` is the dimension with the smallest share left after this admission,
@@ -93,7 +98,11 @@ pub enum QuotaVerdict {
     Allow { tightest: Option<(Limit, i64)>, warn: bool },
     /// Refused by `limit`; `retry_after_ms` is the time to the end of its window, or `None` when
     /// the request can never fit (it asks for more than the limit itself).
-    Deny { limit: Limit, remaining: i64, retry_after_ms: Option<i64> },
+    Deny {
+        limit: Limit,
+        remaining: i64,
+        retry_after_ms: Option<i64>,
+    },
 }
 
 /// Checks a request for `tokens` against every calendar quota. All-or-nothing: the caller holds
@@ -124,23 +133,25 @@ pub fn check(policy: &Policy, totals: &Totals, tokens: i64, now_us: i64, warn_pc
             continue;
         }
         let after = remaining - held;
-        // smallest share left: after/cap compared without division
-        let tighter = match tightest {
-            None => true,
-            Some((_, a, c)) => (after as i128) * (c as i128) < (a as i128) * (cap as i128),
-        };
-        if tighter {
+        if tightest.is_none_or(|(_, a, c)| tighter(after, cap, a, c)) {
             tightest = Some((l, after, cap));
         }
     }
     if let Some((limit, remaining, retry_after_ms)) = deny {
-        return QuotaVerdict::Deny { limit, remaining, retry_after_ms };
+        return QuotaVerdict::Deny {
+            limit,
+            remaining,
+            retry_after_ms,
+        };
     }
     let warn = tightest.is_some_and(|(_, after, cap)| {
         let used_after = (cap - after) as i128;
         cap > 0 && used_after * 100 >= (cap as i128) * (warn_pct as i128)
     });
-    QuotaVerdict::Allow { tightest: tightest.map(|(l, a, _)| (l, a)), warn }
+    QuotaVerdict::Allow {
+        tightest: tightest.map(|(l, a, _)| (l, a)),
+        warn,
+    }
 }
 
 #[cfg(test)]
@@ -150,11 +161,7 @@ mod unit {
     use proptest::prelude::*;
 
     fn policy(pairs: &[(Limit, i64)]) -> Policy {
-        let mut p = Policy { profile_active: true, ..Policy::default() };
-        for (l, v) in pairs {
-            p.limits[*l as usize] = Some(*v);
-        }
-        p
+        Policy::with_limits(pairs)
     }
 
     fn noon() -> i64 {
@@ -164,28 +171,52 @@ mod unit {
     #[test]
     fn unlimited_allows() {
         let v = check(&Policy::default(), &Totals::default(), 1_000_000, noon(), 80);
-        assert_eq!(v, QuotaVerdict::Allow { tightest: None, warn: false });
+        assert_eq!(
+            v,
+            QuotaVerdict::Allow {
+                tightest: None,
+                warn: false
+            }
+        );
     }
 
     #[test]
     fn request_quota_denies_at_limit_until_midnight() {
         let p = policy(&[(Limit::RequestsPerDay, 3)]);
-        let t = Totals { day_requests: 2, ..Totals::default() };
+        let t = Totals {
+            day_requests: 2,
+            ..Totals::default()
+        };
         assert_eq!(
             check(&p, &t, 0, noon(), 80),
-            QuotaVerdict::Allow { tightest: Some((Limit::RequestsPerDay, 0)), warn: true }
+            QuotaVerdict::Allow {
+                tightest: Some((Limit::RequestsPerDay, 0)),
+                warn: true
+            }
         );
-        let t = Totals { day_requests: 2, held_requests: 1, ..Totals::default() };
+        let t = Totals {
+            day_requests: 2,
+            held_requests: 1,
+            ..Totals::default()
+        };
         assert_eq!(
             check(&p, &t, 0, noon(), 80),
-            QuotaVerdict::Deny { limit: Limit::RequestsPerDay, remaining: 0, retry_after_ms: Some(43_200_000) }
+            QuotaVerdict::Deny {
+                limit: Limit::RequestsPerDay,
+                remaining: 0,
+                retry_after_ms: Some(43_200_000)
+            }
         );
     }
 
     #[test]
     fn month_wins_over_day_when_both_refuse() {
         let p = policy(&[(Limit::RequestsPerDay, 1), (Limit::RequestsPerMonth, 1)]);
-        let t = Totals { day_requests: 1, month_requests: 1, ..Totals::default() };
+        let t = Totals {
+            day_requests: 1,
+            month_requests: 1,
+            ..Totals::default()
+        };
         match check(&p, &t, 0, noon(), 80) {
             QuotaVerdict::Deny { limit, .. } => assert_eq!(limit, Limit::RequestsPerMonth),
             v => panic!("{v:?}"),
@@ -197,22 +228,50 @@ mod unit {
         let p = policy(&[(Limit::InputTokensPerDay, 100)]);
         assert_eq!(
             check(&p, &Totals::default(), 101, noon(), 80),
-            QuotaVerdict::Deny { limit: Limit::InputTokensPerDay, remaining: 100, retry_after_ms: None }
+            QuotaVerdict::Deny {
+                limit: Limit::InputTokensPerDay,
+                remaining: 100,
+                retry_after_ms: None
+            }
         );
-        assert!(matches!(check(&p, &Totals::default(), 100, noon(), 80), QuotaVerdict::Allow { .. }));
+        assert!(matches!(
+            check(&p, &Totals::default(), 100, noon(), 80),
+            QuotaVerdict::Allow { .. }
+        ));
     }
 
     #[test]
     fn exhausted_tokens_deny_even_without_estimate() {
         let p = policy(&[(Limit::InputTokensPerDay, 100), (Limit::OutputTokensPerMonth, 50)]);
-        let t = Totals { day_input: 100, ..Totals::default() };
-        assert!(matches!(check(&p, &t, 0, noon(), 80), QuotaVerdict::Deny { limit: Limit::InputTokensPerDay, .. }));
-        let t = Totals { month_output: 50, ..Totals::default() };
-        assert!(matches!(check(&p, &t, 0, noon(), 80), QuotaVerdict::Deny { limit: Limit::OutputTokensPerMonth, .. }));
+        let t = Totals {
+            day_input: 100,
+            ..Totals::default()
+        };
+        assert!(matches!(
+            check(&p, &t, 0, noon(), 80),
+            QuotaVerdict::Deny {
+                limit: Limit::InputTokensPerDay,
+                ..
+            }
+        ));
+        let t = Totals {
+            month_output: 50,
+            ..Totals::default()
+        };
+        assert!(matches!(
+            check(&p, &t, 0, noon(), 80),
+            QuotaVerdict::Deny {
+                limit: Limit::OutputTokensPerMonth,
+                ..
+            }
+        ));
         let p0 = policy(&[(Limit::RequestsPerDay, 0)]);
         assert!(matches!(
             check(&p0, &Totals::default(), 0, noon(), 80),
-            QuotaVerdict::Deny { retry_after_ms: None, .. }
+            QuotaVerdict::Deny {
+                retry_after_ms: None,
+                ..
+            }
         ));
     }
 

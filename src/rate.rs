@@ -40,7 +40,10 @@ pub enum RateCheck {
     /// many more unit requests would fit right after this one.
     Fits { new_tat: i64, remaining: i64 },
     /// Does not fit; `retry_after_ns` is `None` when it never can.
-    Denied { retry_after_ns: Option<i64>, remaining: i64 },
+    Denied {
+        retry_after_ns: Option<i64>,
+        remaining: i64,
+    },
 }
 
 /// Spacing between unit requests for `limit` per `period`.
@@ -62,7 +65,10 @@ fn clamp(x: i128) -> i64 {
 pub fn check(limit: i64, period: Period, tat: i64, now: i64, n: i64) -> RateCheck {
     let n = n.max(0);
     if limit <= 0 || n > limit {
-        return RateCheck::Denied { retry_after_ns: None, remaining: 0 };
+        return RateCheck::Denied {
+            retry_after_ns: None,
+            remaining: 0,
+        };
     }
     let t = interval(limit, period) as i128;
     let burst = t * limit as i128; // L*T >= P
@@ -71,10 +77,16 @@ pub fn check(limit: i64, period: Period, tat: i64, now: i64, n: i64) -> RateChec
     let ahead = new_tat - now as i128; // how far the schedule runs ahead of now
     if ahead <= burst {
         let remaining = ((burst - ahead) / t) as i64;
-        RateCheck::Fits { new_tat: clamp(new_tat), remaining }
+        RateCheck::Fits {
+            new_tat: clamp(new_tat),
+            remaining,
+        }
     } else {
         let remaining = ((burst - (base - now as i128)).max(0) / t) as i64;
-        RateCheck::Denied { retry_after_ns: Some(clamp(ahead - burst)), remaining }
+        RateCheck::Denied {
+            retry_after_ns: Some(clamp(ahead - burst)),
+            remaining,
+        }
     }
 }
 
@@ -121,7 +133,9 @@ mod unit {
     fn remaining_counts_down() {
         let c = check(3, Period::Second, 0, NOW, 1);
         assert!(matches!(c, RateCheck::Fits { remaining: 2, .. }), "{c:?}");
-        let RateCheck::Fits { new_tat, .. } = c else { unreachable!() };
+        let RateCheck::Fits { new_tat, .. } = c else {
+            unreachable!()
+        };
         let c = check(3, Period::Second, new_tat, NOW, 2);
         assert!(matches!(c, RateCheck::Fits { remaining: 0, .. }), "{c:?}");
     }
@@ -132,8 +146,15 @@ mod unit {
         let t1 = fits(check(1000, Period::Minute, 0, NOW, 600)).unwrap();
         let t2 = fits(check(1000, Period::Minute, t1, NOW, 400)).unwrap();
         assert_eq!(retry(check(1000, Period::Minute, t2, NOW, 1)), Some(60_000_000));
-        assert_eq!(retry(check(1000, Period::Minute, 0, NOW, 1001)), None, "heavier than the limit");
-        assert!(fits(check(1000, Period::Minute, t2, NOW, 0)).is_some(), "weight 0 always fits when not ahead");
+        assert_eq!(
+            retry(check(1000, Period::Minute, 0, NOW, 1001)),
+            None,
+            "heavier than the limit"
+        );
+        assert!(
+            fits(check(1000, Period::Minute, t2, NOW, 0)).is_some(),
+            "weight 0 always fits when not ahead"
+        );
     }
 
     #[test]

@@ -15,10 +15,10 @@
 //! Everything here is an index of the ledger: a backend crash zeroes the region and the totals are
 //! rebuilt from `control_plane.usage_events` on first sight.
 
+use crate::admission::State;
 use crate::calendar::{day_index, month_index};
 use crate::error::{CpError, CpResult};
 use crate::key::Key;
-use crate::admission::State;
 use crate::quota::Totals;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -163,7 +163,14 @@ impl Layout {
         let slots_off = align64(std::mem::size_of::<Header>());
         let res_off = align64(slots_off + NPARTS * slots_per_part * std::mem::size_of::<Slot>());
         let total = res_off + nres * std::mem::size_of::<Resv>();
-        Layout { slots_per_part, part_cap, nres, slots_off, res_off, total }
+        Layout {
+            slots_per_part,
+            part_cap,
+            nres,
+            slots_off,
+            res_off,
+            total,
+        }
     }
 }
 
@@ -290,7 +297,11 @@ impl Shared {
 
     pub fn stat_values(&self) -> Vec<(&'static str, i64)> {
         let h = self.header();
-        STAT_NAMES.iter().enumerate().map(|(i, n)| (*n, h.stats[i].load(Ordering::Relaxed) as i64)).collect()
+        STAT_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, h.stats[i].load(Ordering::Relaxed) as i64))
+            .collect()
     }
 
     pub fn policy_generation(&self) -> u64 {
@@ -325,6 +336,7 @@ impl Shared {
         unsafe { std::slice::from_raw_parts_mut(self.slots.add(part * self.slots_per_part), self.slots_per_part) }
     }
 
+    #[allow(clippy::mut_from_ref)]
     fn live(&self, part: usize, _g: &PartGuard) -> &mut u32 {
         unsafe { &mut (*self.header).part_live[part] }
     }
@@ -402,7 +414,10 @@ impl Shared {
                     s.policy_flags = p.flags;
                 }
             }
-            let (verdict, admitted) = check(&State { totals: s.totals, tat: s.tat });
+            let (verdict, admitted) = check(&State {
+                totals: s.totals,
+                tat: s.tat,
+            });
             if let Some(tat) = admitted {
                 s.tat = tat;
                 s.totals.held_requests = s.totals.held_requests.saturating_add(1);
@@ -411,7 +426,11 @@ impl Shared {
                     s.next_expiry = expires_at;
                 }
             }
-            Admitted { verdict, totals: s.totals, next_expiry: s.next_expiry }
+            Admitted {
+                verdict,
+                totals: s.totals,
+                next_expiry: s.next_expiry,
+            }
         })
     }
 
@@ -422,7 +441,11 @@ impl Shared {
         let slots = self.part_slots(part, &g);
         self.find(slots, key, db).map(|i| {
             let s = &slots[i];
-            PolicyStamp { generation: s.policy_gen, profile_id: s.profile_id, flags: s.policy_flags }
+            PolicyStamp {
+                generation: s.policy_gen,
+                profile_id: s.profile_id,
+                flags: s.policy_flags,
+            }
         })
     }
 
@@ -443,7 +466,12 @@ impl Shared {
             let free = |s: &Slot| !s.key.is_empty() && s.totals.held_requests == 0 && s.totals.held_tokens == 0;
             let idle = |s: &Slot| s.tat.iter().all(|t| crate::rate::is_idle(*t, now_ns));
             let pick = |ok: &dyn Fn(&Slot) -> bool| {
-                slots.iter().enumerate().filter(|(_, s)| ok(s)).min_by_key(|(_, s)| s.last_used).map(|(i, _)| i)
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| ok(s))
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(i, _)| i)
             };
             let mut victim = pick(&|s| free(s) && idle(s));
             if victim.is_none() && evict_busy {
@@ -463,7 +491,15 @@ impl Shared {
         while !slots[i].key.is_empty() {
             i = (i + 1) % n;
         }
-        let s = Slot { key: *key, db, last_used: now, day: day_of(now), month: month_of(now), totals, ..Slot::default() };
+        let s = Slot {
+            key: *key,
+            db,
+            last_used: now,
+            day: day_of(now),
+            month: month_of(now),
+            totals,
+            ..Slot::default()
+        };
         slots[i] = s;
         *self.live(part, &g) += 1;
         Ok(())
@@ -472,26 +508,16 @@ impl Shared {
     /// Applies a committed ledger row (at `ts`) and settles its reservation's hold. Never errors:
     /// it runs inside the commit callback. A missing entry needs nothing: it is rebuilt from the
     /// ledger, which already holds the row.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply_commit(&self, key: &Key, db: u32, ts: i64, input: i64, output: i64, hold: Option<i64>, now: i64) {
         let _ = self.with_entry(key, db, now, |s| {
             let (d, m) = (day_of(ts), month_of(ts));
+            roll_to(s, d, m);
             let t = &mut s.totals;
-            if d > s.day {
-                s.day = d;
-                t.day_requests = 0;
-                t.day_input = 0;
-                t.day_output = 0;
-            }
             if d == s.day {
                 t.day_requests = t.day_requests.saturating_add(1);
                 t.day_input = t.day_input.saturating_add(input);
                 t.day_output = t.day_output.saturating_add(output);
-            }
-            if m > s.month {
-                s.month = m;
-                t.month_requests = 0;
-                t.month_input = 0;
-                t.month_output = 0;
             }
             if m == s.month {
                 t.month_requests = t.month_requests.saturating_add(1);
@@ -532,6 +558,7 @@ impl Shared {
 
     /// Claims a free reservation slot, expiring stale ones met on the way. `None` when every
     /// slot holds an unexpired reservation.
+    #[allow(clippy::collapsible_match)]
     pub fn claim_reservation(&self, now: i64) -> Option<usize> {
         let n = self.nres;
         let start = self.header().res_hint.fetch_add(1, Ordering::Relaxed) as usize % n;
@@ -540,13 +567,20 @@ impl Shared {
             let r = self.res(i);
             match r.state.load(Ordering::Acquire) {
                 RES_FREE => {
-                    if r.state.compare_exchange(RES_FREE, RES_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    if r.state
+                        .compare_exchange(RES_FREE, RES_CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
                         self.header().res_hint.store(i as u32 + 1, Ordering::Relaxed);
                         return Some(i);
                     }
                 }
                 RES_ACTIVE if unsafe { ptr::read_volatile(&r.expires_at) } <= now => {
-                    if self.expire_one(i, now) && r.state.compare_exchange(RES_FREE, RES_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    if self.expire_one(i, now)
+                        && r.state
+                            .compare_exchange(RES_FREE, RES_CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    {
                         return Some(i);
                     }
                 }
@@ -578,7 +612,10 @@ impl Shared {
     /// Expires reservation `i` if it is still active and past its time.
     fn expire_one(&self, i: usize, now: i64) -> bool {
         let r = self.res(i);
-        if r.state.compare_exchange(RES_ACTIVE, RES_SETTLING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if r.state
+            .compare_exchange(RES_ACTIVE, RES_SETTLING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return false;
         }
         if r.expires_at > now {
@@ -602,7 +639,11 @@ impl Shared {
                 continue;
             }
             let (k, db, exp) = unsafe {
-                (ptr::read_volatile(&r.key), ptr::read_volatile(&r.db), ptr::read_volatile(&r.expires_at))
+                (
+                    ptr::read_volatile(&r.key),
+                    ptr::read_volatile(&r.db),
+                    ptr::read_volatile(&r.expires_at),
+                )
             };
             if let Some((ok, odb)) = only {
                 if k != *ok || db != odb {
@@ -636,7 +677,10 @@ impl Shared {
             RES_SETTLING if same() => return Taken::Busy,
             _ => return Taken::Unknown,
         }
-        if r.state.compare_exchange(RES_ACTIVE, RES_SETTLING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if r.state
+            .compare_exchange(RES_ACTIVE, RES_SETTLING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return if same() { Taken::Busy } else { Taken::Unknown };
         }
         if !same() {
@@ -644,7 +688,12 @@ impl Shared {
             return Taken::Unknown;
         }
         self.res_mut(i).owner_pid = unsafe { pg_sys::MyProcPid };
-        Taken::Held(Held { index: i, key: r.key, tenant_fp: r.tenant_fp, tokens: r.tokens })
+        Taken::Held(Held {
+            index: i,
+            key: r.key,
+            tenant_fp: r.tenant_fp,
+            tokens: r.tokens,
+        })
     }
 
     /// Puts a reservation taken with `take_reservation` back (its settling transaction aborted).
@@ -667,7 +716,9 @@ impl Shared {
     }
 
     pub fn reservations_in_use(&self) -> i64 {
-        (0..self.nres).filter(|&i| self.res(i).state.load(Ordering::Relaxed) != RES_FREE).count() as i64
+        (0..self.nres)
+            .filter(|&i| self.res(i).state.load(Ordering::Relaxed) != RES_FREE)
+            .count() as i64
     }
 }
 
@@ -693,7 +744,11 @@ fn release_hold(t: &mut Totals, tokens: i64) {
 
 /// Moves an entry's windows forward to `now` (a new day or month starts at zero).
 fn roll(s: &mut Slot, now: i64) {
-    let (d, m) = (day_of(now), month_of(now));
+    roll_to(s, day_of(now), month_of(now));
+}
+
+/// Moves an entry's windows forward to day `d` and month `m`; never backwards.
+fn roll_to(s: &mut Slot, d: i32, m: i32) {
     if d > s.day {
         s.day = d;
         s.totals.day_requests = 0;

@@ -93,12 +93,24 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             // Must not raise: the transaction is already committed.
-            let (work, changed) =
-                STATE.with_borrow_mut(|st| (std::mem::take(&mut st.pending), !std::mem::take(&mut st.policy_changed).is_empty()));
+            let (work, changed) = STATE.with_borrow_mut(|st| {
+                (
+                    std::mem::take(&mut st.pending),
+                    !std::mem::take(&mut st.policy_changed).is_empty(),
+                )
+            });
             let Ok(sh) = shmem::shared() else { return };
             let now = crate::catalog::now_unix_us();
             for p in &work {
-                sh.apply_commit(&p.key, p.db, p.at_unix_us, p.input, p.output, p.reservation.map(|r| r.1), now);
+                sh.apply_commit(
+                    &p.key,
+                    p.db,
+                    p.at_unix_us,
+                    p.input,
+                    p.output,
+                    p.reservation.map(|r| r.1),
+                    now,
+                );
                 if let Some((idx, _)) = p.reservation {
                     sh.free_taken(idx);
                     sh.bump(shmem::Stat::Settled);
@@ -109,8 +121,12 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
-            let (work, changed) =
-                STATE.with_borrow_mut(|st| (std::mem::take(&mut st.pending), !std::mem::take(&mut st.policy_changed).is_empty()));
+            let (work, changed) = STATE.with_borrow_mut(|st| {
+                (
+                    std::mem::take(&mut st.pending),
+                    !std::mem::take(&mut st.policy_changed).is_empty(),
+                )
+            });
             work.iter().for_each(undo);
             if changed {
                 crate::policy_cache::clear();
@@ -131,7 +147,9 @@ unsafe extern "C-unwind" fn subxact_callback(
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
             let (dropped, changed) = STATE.with_borrow_mut(|st| {
-                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.pending).into_iter().partition(|p| p.subid == my_subid);
+                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.pending)
+                    .into_iter()
+                    .partition(|p| p.subid == my_subid);
                 st.pending = kept;
                 let before = st.policy_changed.len();
                 st.policy_changed.retain(|s| *s != my_subid);
@@ -143,8 +161,14 @@ unsafe extern "C-unwind" fn subxact_callback(
             }
         }
         SUBXACT_EVENT_COMMIT_SUB => STATE.with_borrow_mut(|st| {
-            st.pending.iter_mut().filter(|p| p.subid == my_subid).for_each(|p| p.subid = parent_subid);
-            st.policy_changed.iter_mut().filter(|s| **s == my_subid).for_each(|s| *s = parent_subid);
+            st.pending
+                .iter_mut()
+                .filter(|p| p.subid == my_subid)
+                .for_each(|p| p.subid = parent_subid);
+            st.policy_changed
+                .iter_mut()
+                .filter(|s| **s == my_subid)
+                .for_each(|s| *s = parent_subid);
         }),
         _ => {}
     }

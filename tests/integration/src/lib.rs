@@ -63,7 +63,12 @@ pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
             &[&subject, &tokens],
         )
         .expect("cp_admit");
-    Admission { allowed: r.get(0), reason: r.get(1), limit_name: r.get(2), reservation_id: r.get(3) }
+    Admission {
+        allowed: r.get(0),
+        reason: r.get(1),
+        limit_name: r.get(2),
+        reservation_id: r.get(3),
+    }
 }
 
 /// (used, held) of one quota dimension from cp_quota_status.
@@ -89,11 +94,20 @@ pub fn pg_ctl(args: &[&str]) {
     } else {
         Command::new(&bin)
     };
-    cmd.args(["-D", &data, "-l", &format!("{data}/server.log"), "-w", "-t", "60"]).args(args);
+    cmd.args(["-D", &data, "-l", &format!("{data}/server.log"), "-w", "-t", "60"])
+        .args(args);
     let out = cmd.output().expect("run pg_ctl");
-    assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }

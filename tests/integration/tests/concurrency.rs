@@ -52,7 +52,12 @@ fn exactly_the_tokens_that_fit_are_admitted() {
 fn admit_and_record_from_many_connections_matches_the_ledger() {
     let s = format!("{}_rec", run_id());
     let mut c = connect();
-    enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 40, "output_tokens_per_day": 100000}"#);
+    enroll(
+        &mut c,
+        &s,
+        "unlimited",
+        r#"{"requests_per_day": 40, "output_tokens_per_day": 100000}"#,
+    );
     let threads = 32;
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
@@ -84,7 +89,10 @@ fn admit_and_record_from_many_connections_matches_the_ledger() {
     let admitted: i64 = handles.into_iter().map(|h| h.join().expect("worker")).sum();
     assert_eq!(admitted, 40);
     let ledger: i64 = c
-        .query_one("SELECT count(*) FROM control_plane.usage_events WHERE subject_id = $1", &[&s])
+        .query_one(
+            "SELECT count(*) FROM control_plane.usage_events WHERE subject_id = $1",
+            &[&s],
+        )
         .unwrap()
         .get(0);
     assert_eq!(ledger, 40);
@@ -102,20 +110,34 @@ fn only_committed_usage_counts_and_a_rolled_back_record_keeps_its_reservation() 
     let a = admit(&mut c, &s, 100);
     let id = a.reservation_id.unwrap();
     let mut tx = c.transaction().unwrap();
-    tx.query_one("SELECT * FROM control_plane.cp_record_usage($1, 50, 5, reservation_id => $2::text::uuid)", &[&s, &id])
-        .unwrap();
+    tx.query_one(
+        "SELECT * FROM control_plane.cp_record_usage($1, 50, 5, reservation_id => $2::text::uuid)",
+        &[&s, &id],
+    )
+    .unwrap();
     tx.rollback().unwrap();
-    assert_eq!(quota(&mut c, &s, "requests_per_day"), (0, 1), "rolled back: nothing used, still held");
+    assert_eq!(
+        quota(&mut c, &s, "requests_per_day"),
+        (0, 1),
+        "rolled back: nothing used, still held"
+    );
     let mut tx = c.transaction().unwrap();
-    tx.query_one("SELECT * FROM control_plane.cp_record_usage($1, 50, 5, reservation_id => $2::text::uuid)", &[&s, &id])
-        .unwrap();
+    tx.query_one(
+        "SELECT * FROM control_plane.cp_record_usage($1, 50, 5, reservation_id => $2::text::uuid)",
+        &[&s, &id],
+    )
+    .unwrap();
     tx.execute("SAVEPOINT sp", &[]).unwrap();
-    tx.query_one("SELECT * FROM control_plane.cp_record_usage($1, 1000, 1000)", &[&s]).unwrap();
+    tx.query_one("SELECT * FROM control_plane.cp_record_usage($1, 1000, 1000)", &[&s])
+        .unwrap();
     tx.execute("ROLLBACK TO SAVEPOINT sp", &[]).unwrap();
     tx.commit().unwrap();
     assert_eq!(quota(&mut c, &s, "requests_per_day"), (1, 0));
     assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (50, 0));
-    let released: bool = c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&id]).unwrap().get(0);
+    let released: bool = c
+        .query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&id])
+        .unwrap()
+        .get(0);
     assert!(!released, "settled reservations cannot be released");
 }
 
@@ -124,7 +146,8 @@ fn two_phase_commit_with_pending_usage_is_refused() {
     let s = format!("{}_2pc", run_id());
     let mut c = connect();
     c.batch_execute("BEGIN").unwrap();
-    c.query_one("SELECT * FROM control_plane.cp_record_usage($1, 1, 1)", &[&s]).unwrap();
+    c.query_one("SELECT * FROM control_plane.cp_record_usage($1, 1, 1)", &[&s])
+        .unwrap();
     let e = c.batch_execute(&format!("PREPARE TRANSACTION '{s}'")).unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
     c.batch_execute("ROLLBACK").ok();
@@ -138,32 +161,56 @@ fn committed_admin_changes_are_obeyed_by_the_next_admit_in_other_backends() {
     let mut app = connect();
     let mut admin = connect();
     admin
-        .execute("INSERT INTO control_plane.profiles (name, requests_per_day) VALUES ($1, 1000)", &[&plan])
+        .execute(
+            "INSERT INTO control_plane.profiles (name, requests_per_day) VALUES ($1, 1000)",
+            &[&plan],
+        )
         .unwrap();
     enroll(&mut admin, &s, &plan, "{}");
     for _ in 0..3 {
         assert!(admit(&mut app, &s, 0).allowed); // the app backend now caches the policy
     }
-    admin.execute("UPDATE control_plane.profiles SET requests_per_day = 3 WHERE name = $1", &[&plan]).unwrap();
+    admin
+        .execute(
+            "UPDATE control_plane.profiles SET requests_per_day = 3 WHERE name = $1",
+            &[&plan],
+        )
+        .unwrap();
     let d = admit(&mut app, &s, 0);
     assert!(!d.allowed, "profile limit change");
     assert_eq!(d.limit_name.as_deref(), Some("requests_per_day"));
-    admin.execute("UPDATE control_plane.subjects SET overrides = '{\"requests_per_day\": 10}' WHERE subject_id = $1", &[&s]).unwrap();
+    admin
+        .execute(
+            "UPDATE control_plane.subjects SET overrides = '{\"requests_per_day\": 10}' WHERE subject_id = $1",
+            &[&s],
+        )
+        .unwrap();
     assert!(admit(&mut app, &s, 0).allowed, "override change");
-    admin.execute("UPDATE control_plane.subjects SET active = false WHERE subject_id = $1", &[&s]).unwrap();
+    admin
+        .execute(
+            "UPDATE control_plane.subjects SET active = false WHERE subject_id = $1",
+            &[&s],
+        )
+        .unwrap();
     assert_eq!(admit(&mut app, &s, 0).reason.as_deref(), Some("inactive"));
     admin.execute("UPDATE control_plane.subjects SET active = true, overrides = '{}', profile = 'unlimited' WHERE subject_id = $1", &[&s]).unwrap();
     assert!(admit(&mut app, &s, 0).allowed, "profile assignment change");
     // an uncommitted change is not obeyed elsewhere
     let mut tx = admin.transaction().unwrap();
-    tx.execute("UPDATE control_plane.subjects SET active = false WHERE subject_id = $1", &[&s]).unwrap();
+    tx.execute(
+        "UPDATE control_plane.subjects SET active = false WHERE subject_id = $1",
+        &[&s],
+    )
+    .unwrap();
     assert!(admit(&mut app, &s, 0).allowed);
     tx.rollback().unwrap();
     assert!(admit(&mut app, &s, 0).allowed);
 }
 
 fn stat(c: &mut postgres::Client, name: &str) -> i64 {
-    c.query_one("SELECT value FROM control_plane.stats WHERE name = $1", &[&name]).unwrap().get(0)
+    c.query_one("SELECT value FROM control_plane.stats WHERE name = $1", &[&name])
+        .unwrap()
+        .get(0)
 }
 
 #[test]
@@ -174,7 +221,10 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
     let tenant = format!("{id}_cap");
     let mut c = connect_to("CP_SMALL_DSN");
     let cap = stat(&mut c, "entries_capacity");
-    assert!(cap < 4000, "the test cluster must run with a small control_plane.max_subjects, got {cap}");
+    assert!(
+        cap < 4000,
+        "the test cluster must run with a small control_plane.max_subjects, got {cap}"
+    );
     // A tenant whose default plan has quotas only (no rate state): entries without open
     // reservations are evictable.
     c.batch_execute(&format!(
@@ -199,7 +249,10 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
     assert!(stat(&mut c, "entries_in_use") <= cap);
     assert!(stat(&mut c, "denied_capacity") >= denied);
     for r in &held {
-        let ok: bool = c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[r]).unwrap().get(0);
+        let ok: bool = c
+            .query_one("SELECT control_plane.cp_release($1::text::uuid)", &[r])
+            .unwrap()
+            .get(0);
         assert!(ok);
     }
     // Reservations ended and no rate state: eviction makes room and loses nothing.
@@ -207,10 +260,20 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
     let (mut admitted, mut refused) = (0, Vec::new());
     for i in 0..(cap + 600) {
         let s = format!("{id}_rated{i}");
-        c.execute("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ($1, 'rated')", &[&s]).unwrap();
+        c.execute(
+            "INSERT INTO control_plane.subjects (subject_id, profile) VALUES ($1, 'rated')",
+            &[&s],
+        )
+        .unwrap();
         let a = admit(&mut c, &s, 0);
         if a.allowed {
-            let _: bool = c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&a.reservation_id.unwrap()]).unwrap().get(0);
+            let _: bool = c
+                .query_one(
+                    "SELECT control_plane.cp_release($1::text::uuid)",
+                    &[&a.reservation_id.unwrap()],
+                )
+                .unwrap()
+                .get(0);
             admitted += 1;
         } else {
             // a partition full of entries whose rate state has not refilled: nothing to evict
@@ -220,19 +283,30 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
     }
     assert!(stat(&mut c, "evictions") > ev0, "idle entries were evicted");
     assert!(admitted >= cap / 2, "only {admitted} admitted");
-    assert!(!refused.is_empty(), "more subjects than capacity, none idle: control_plane.on_full = deny must refuse");
+    assert!(
+        !refused.is_empty(),
+        "more subjects than capacity, none idle: control_plane.on_full = deny must refuse"
+    );
     // With on_full = evict_lru, the least recently used entry goes (its rate state restarts).
-    c.batch_execute("ALTER SYSTEM SET control_plane.on_full = 'evict_lru'").unwrap();
+    c.batch_execute("ALTER SYSTEM SET control_plane.on_full = 'evict_lru'")
+        .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let mut c = connect_to("CP_SMALL_DSN");
-    c.batch_execute(&format!("SET control_plane.tenant = '{tenant}'")).unwrap();
+    c.batch_execute(&format!("SET control_plane.tenant = '{tenant}'"))
+        .unwrap();
     let on_full: String = c.query_one("SHOW control_plane.on_full", &[]).unwrap().get(0);
     assert_eq!(on_full, "evict_lru");
     for s in &refused {
         let a = admit(&mut c, s, 0);
         assert!(a.allowed, "evict_lru makes room: {:?}", a.reason);
-        let _: bool = c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&a.reservation_id.unwrap()]).unwrap().get(0);
+        let _: bool = c
+            .query_one(
+                "SELECT control_plane.cp_release($1::text::uuid)",
+                &[&a.reservation_id.unwrap()],
+            )
+            .unwrap()
+            .get(0);
     }
     c.batch_execute("ALTER SYSTEM RESET control_plane.on_full").unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
@@ -271,11 +345,20 @@ fn a_rate_limit_admits_exactly_the_burst_plus_the_refill_under_concurrency() {
     let elapsed = start.elapsed().as_secs_f64();
     let admitted: i64 = results.iter().map(|r| r.0).sum();
     let tries: i64 = results.iter().map(|r| r.1).sum();
-    assert!(tries > 1000, "the connections must keep the limiter saturated ({tries} tries)");
+    assert!(
+        tries > 1000,
+        "the connections must keep the limiter saturated ({tries} tries)"
+    );
     // Never more than the burst plus one per elapsed second; at saturation, no fewer than that
     // minus the second that may still be running.
-    assert!(admitted <= 60 + elapsed.ceil() as i64, "{admitted} admitted in {elapsed:.2}s");
-    assert!(admitted >= 60 + elapsed.floor() as i64 - 2, "{admitted} admitted in {elapsed:.2}s");
+    assert!(
+        admitted <= 60 + elapsed.ceil() as i64,
+        "{admitted} admitted in {elapsed:.2}s"
+    );
+    assert!(
+        admitted >= 60 + elapsed.floor() as i64 - 2,
+        "{admitted} admitted in {elapsed:.2}s"
+    );
 }
 
 #[test]
@@ -286,10 +369,16 @@ fn max_concurrent_holds_under_concurrency() {
     let all = hammer(&s, 0, 40, 5);
     let allowed: Vec<_> = all.iter().filter(|a| a.allowed).collect();
     assert_eq!(allowed.len(), 5);
-    assert!(all.iter().filter(|a| !a.allowed).all(|a| a.reason.as_deref() == Some("concurrency_limit")));
+    assert!(all
+        .iter()
+        .filter(|a| !a.allowed)
+        .all(|a| a.reason.as_deref() == Some("concurrency_limit")));
     for a in allowed {
         let _: bool = c
-            .query_one("SELECT control_plane.cp_release($1::text::uuid)", &[a.reservation_id.as_ref().unwrap()])
+            .query_one(
+                "SELECT control_plane.cp_release($1::text::uuid)",
+                &[a.reservation_id.as_ref().unwrap()],
+            )
             .unwrap()
             .get(0);
     }
@@ -305,12 +394,25 @@ fn rate_changes_are_obeyed_at_once_by_other_backends() {
     for _ in 0..5 {
         assert!(admit(&mut app, &s, 0).allowed);
     }
-    admin.execute("UPDATE control_plane.subjects SET overrides = '{\"requests_per_hour\": 1}' WHERE subject_id = $1", &[&s]).unwrap();
-    assert!(admit(&mut app, &s, 0).allowed, "the first request of the new hour budget");
+    admin
+        .execute(
+            "UPDATE control_plane.subjects SET overrides = '{\"requests_per_hour\": 1}' WHERE subject_id = $1",
+            &[&s],
+        )
+        .unwrap();
+    assert!(
+        admit(&mut app, &s, 0).allowed,
+        "the first request of the new hour budget"
+    );
     let d = admit(&mut app, &s, 0);
     assert_eq!(d.reason.as_deref(), Some("rate_limited"));
     assert_eq!(d.limit_name.as_deref(), Some("requests_per_hour"));
-    admin.execute("UPDATE control_plane.subjects SET overrides = '{}' WHERE subject_id = $1", &[&s]).unwrap();
+    admin
+        .execute(
+            "UPDATE control_plane.subjects SET overrides = '{}' WHERE subject_id = $1",
+            &[&s],
+        )
+        .unwrap();
     assert!(admit(&mut app, &s, 0).allowed);
 }
 
@@ -318,10 +420,17 @@ fn rate_changes_are_obeyed_at_once_by_other_backends() {
 fn without_the_preload_the_first_call_says_what_to_do() {
     let dsn = env("CP_NOPRELOAD_DSN");
     let mut c = postgres::Client::connect(&dsn, postgres::NoTls).expect("connect to the cluster without preload");
-    c.batch_execute("DROP EXTENSION IF EXISTS control_plane; CREATE EXTENSION control_plane").unwrap();
-    let e = c.query_one("SELECT * FROM control_plane.cp_admit('u')", &[]).unwrap_err();
+    c.batch_execute("DROP EXTENSION IF EXISTS control_plane; CREATE EXTENSION control_plane")
+        .unwrap();
+    let e = c
+        .query_one("SELECT * FROM control_plane.cp_admit('u')", &[])
+        .unwrap_err();
     let db = e.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "55000");
     assert!(db.message().contains("shared_preload_libraries"), "{}", db.message());
-    assert!(db.hint().unwrap_or("").contains("shared_preload_libraries"), "{:?}", db.hint());
+    assert!(
+        db.hint().unwrap_or("").contains("shared_preload_libraries"),
+        "{:?}",
+        db.hint()
+    );
 }

@@ -33,7 +33,11 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
         enroll(&mut c, s, "unlimited", r#"{"requests_per_day": 1000}"#);
         let mut tx = c.transaction().unwrap();
         for k in 0..(5 + i as i64) {
-            tx.query_one("SELECT * FROM control_plane.cp_record_usage($1, $2, $3)", &[s, &(10 * k + 1), &(k + 2)]).unwrap();
+            tx.query_one(
+                "SELECT * FROM control_plane.cp_record_usage($1, $2, $3)",
+                &[s, &(10 * k + 1), &(k + 2)],
+            )
+            .unwrap();
         }
         tx.commit().unwrap();
     }
@@ -49,13 +53,18 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     for s in &subjects {
         assert_eq!(index(&mut c, s), ledger(&mut c, s), "{s} after fast restart");
     }
-    assert_eq!(quota(&mut c, &subjects[0], "requests_per_day").1, 0, "reservations do not survive a restart");
+    assert_eq!(
+        quota(&mut c, &subjects[0], "requests_per_day").1,
+        0,
+        "reservations do not survive a restart"
+    );
     drop(c);
 
     // rebuild some totals, record more, then crash
     let mut c = connect();
     for s in &subjects[..3] {
-        c.query_one("SELECT * FROM control_plane.cp_record_usage($1, 3, 4)", &[s]).unwrap();
+        c.query_one("SELECT * FROM control_plane.cp_record_usage($1, 3, 4)", &[s])
+            .unwrap();
     }
     drop(c);
     pg_ctl(&["stop", "-m", "immediate"]);
