@@ -5,22 +5,37 @@ use control_plane_integration::*;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-/// `threads` connections, released together, each calling `cp_admit(subject, tokens)` `per`
-/// times. Returns the admissions (allowed ones keep their reservation).
-fn hammer(subject: &str, tokens: i64, threads: usize, per: usize) -> Vec<Admission> {
+/// Opens `threads` connections, releases them together, and runs `work` on each; returns what
+/// each returned.
+fn together<T: Send + 'static>(
+    threads: usize,
+    work: impl Fn(&mut postgres::Client) -> T + Send + Sync + 'static,
+) -> Vec<T> {
     let barrier = Arc::new(Barrier::new(threads));
+    let work = Arc::new(work);
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let b = barrier.clone();
-            let s = subject.to_string();
+            let (b, work) = (barrier.clone(), work.clone());
             thread::spawn(move || {
                 let mut c = connect();
                 b.wait();
-                (0..per).map(|_| admit(&mut c, &s, tokens)).collect::<Vec<_>>()
+                work(&mut c)
             })
         })
         .collect();
-    handles.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+    handles.into_iter().map(|h| h.join().expect("worker")).collect()
+}
+
+/// `threads` connections, released together, each calling `cp_admit(subject, tokens)` `per`
+/// times. Returns the admissions (allowed ones keep their reservation).
+fn hammer(subject: &str, tokens: i64, threads: usize, per: usize) -> Vec<Admission> {
+    let s = subject.to_string();
+    together(threads, move |c| {
+        (0..per).map(|_| admit(c, &s, tokens)).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[test]
@@ -58,35 +73,26 @@ fn admit_and_record_from_many_connections_matches_the_ledger() {
         "unlimited",
         r#"{"requests_per_day": 40, "output_tokens_per_day": 100000}"#,
     );
-    let threads = 32;
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let b = barrier.clone();
-            let s = s.clone();
-            thread::spawn(move || {
-                let mut c = connect();
-                b.wait();
-                let mut admitted = 0;
-                for _ in 0..5 {
-                    let a = admit(&mut c, &s, 10);
-                    if a.allowed {
-                        admitted += 1;
-                        let id = a.reservation_id.expect("reservation id");
-                        let r = c
-                            .query_one(
-                                "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 7, 3, reservation_id => $2::text::uuid)",
-                                &[&s, &id],
-                            )
-                            .expect("record");
-                        assert!(r.get::<_, bool>(0));
-                    }
-                }
-                admitted
-            })
-        })
-        .collect();
-    let admitted: i64 = handles.into_iter().map(|h| h.join().expect("worker")).sum();
+    let subject = s.clone();
+    let per_connection = together(32, move |c| {
+        let mut admitted = 0i64;
+        for _ in 0..5 {
+            let a = admit(c, &subject, 10);
+            if a.allowed {
+                admitted += 1;
+                let id = a.reservation_id.expect("reservation id");
+                let r = c
+                    .query_one(
+                        "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 7, 3, reservation_id => $2::text::uuid)",
+                        &[&subject, &id],
+                    )
+                    .expect("record");
+                assert!(r.get::<_, bool>(0));
+            }
+        }
+        admitted
+    });
+    let admitted: i64 = per_connection.iter().sum();
     assert_eq!(admitted, 40);
     let ledger: i64 = c
         .query_one(
@@ -318,30 +324,19 @@ fn a_rate_limit_admits_exactly_the_burst_plus_the_refill_under_concurrency() {
     let s = format!("{}_rate", run_id());
     let mut c = connect();
     enroll(&mut c, &s, "unlimited", r#"{"requests_per_minute": 60}"#);
-    let threads = 32;
-    let barrier = Arc::new(Barrier::new(threads));
     let start = std::time::Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let b = barrier.clone();
-            let s = s.clone();
-            thread::spawn(move || {
-                let mut c = connect();
-                b.wait();
-                let t0 = std::time::Instant::now();
-                let mut n = 0i64;
-                let mut tries = 0;
-                while t0.elapsed() < std::time::Duration::from_millis(2500) {
-                    tries += 1;
-                    if admit(&mut c, &s, 0).allowed {
-                        n += 1;
-                    }
-                }
-                (n, tries)
-            })
-        })
-        .collect();
-    let results: Vec<(i64, i64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let subject = s.clone();
+    let results = together(32, move |c| {
+        let t0 = std::time::Instant::now();
+        let (mut n, mut tries) = (0i64, 0i64);
+        while t0.elapsed() < std::time::Duration::from_millis(2500) {
+            tries += 1;
+            if admit(c, &subject, 0).allowed {
+                n += 1;
+            }
+        }
+        (n, tries)
+    });
     let elapsed = start.elapsed().as_secs_f64();
     let admitted: i64 = results.iter().map(|r| r.0).sum();
     let tries: i64 = results.iter().map(|r| r.1).sum();
