@@ -157,7 +157,8 @@ fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
 
 /// Loads a subject's totals from the ledger into shared memory unless they are there already.
 /// Returns false when the index is full and nothing can be evicted.
-fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, evict_busy: bool) -> CpResult<bool> {
+fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> CpResult<bool> {
+    let evict_busy = gucs::ON_FULL.get() == gucs::OnFull::EvictLru;
     ledger_lock(db, key, pg_sys::ExclusiveLock, true);
     let now = now_unix_us();
     let result = match sh.with_entry(key, db, now, |_| ()) {
@@ -178,14 +179,7 @@ fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> Cp
         if let Seen::Found(t) = sh.with_entry(key, db, now_unix_us(), |s| s.totals) {
             return Ok(Some(t));
         }
-        if !rebuild(
-            sh,
-            key,
-            db,
-            tenant,
-            subject,
-            gucs::ON_FULL.get() == gucs::OnFull::EvictLru,
-        )? {
+        if !rebuild(sh, key, db, tenant, subject)? {
             return Ok(None);
         }
     }
@@ -242,27 +236,18 @@ pub fn admit(
         });
         let a = match seen {
             Seen::Found(a) => a,
-            Seen::Missing => {
-                match rebuild(
-                    sh,
-                    &key,
-                    db,
-                    &tenant,
-                    subject,
-                    gucs::ON_FULL.get() == gucs::OnFull::EvictLru,
-                ) {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        sh.unclaim(slot);
-                        sh.bump(Stat::DeniedCapacity);
-                        return Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None));
-                    }
-                    Err(e) => {
-                        sh.unclaim(slot);
-                        return Err(e);
-                    }
+            Seen::Missing => match rebuild(sh, &key, db, &tenant, subject) {
+                Ok(true) => continue,
+                Ok(false) => {
+                    sh.unclaim(slot);
+                    sh.bump(Stat::DeniedCapacity);
+                    return Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None));
                 }
-            }
+                Err(e) => {
+                    sh.unclaim(slot);
+                    return Err(e);
+                }
+            },
         };
         match a.verdict {
             Verdict::Allow { tightest, warn, .. } => {
