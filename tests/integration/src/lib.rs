@@ -71,6 +71,13 @@ pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
     }
 }
 
+/// cp_release(id): true if the reservation was open.
+pub fn release(c: &mut Client, id: &str) -> bool {
+    c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&id])
+        .expect("cp_release")
+        .get(0)
+}
+
 /// (used, held) of one quota dimension from cp_quota_status.
 pub fn quota(c: &mut Client, subject: &str, dim: &str) -> (i64, i64) {
     let r = c

@@ -140,10 +140,7 @@ fn only_committed_usage_counts_and_a_rolled_back_record_keeps_its_reservation() 
     tx.commit().unwrap();
     assert_eq!(quota(&mut c, &s, "requests_per_day"), (1, 0));
     assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (50, 0));
-    let released: bool = c
-        .query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&id])
-        .unwrap()
-        .get(0);
+    let released: bool = release(&mut c, &id);
     assert!(!released, "settled reservations cannot be released");
 }
 
@@ -255,10 +252,7 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
     assert!(stat(&mut c, "entries_in_use") <= cap);
     assert!(stat(&mut c, "denied_capacity") >= denied);
     for r in &held {
-        let ok: bool = c
-            .query_one("SELECT control_plane.cp_release($1::text::uuid)", &[r])
-            .unwrap()
-            .get(0);
+        let ok: bool = release(&mut c, &r);
         assert!(ok);
     }
     // Reservations ended and no rate state: eviction makes room and loses nothing.
@@ -273,13 +267,7 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
         .unwrap();
         let a = admit(&mut c, &s, 0);
         if a.allowed {
-            let _: bool = c
-                .query_one(
-                    "SELECT control_plane.cp_release($1::text::uuid)",
-                    &[&a.reservation_id.unwrap()],
-                )
-                .unwrap()
-                .get(0);
+            release(&mut c, &a.reservation_id.unwrap());
             admitted += 1;
         } else {
             // a partition full of entries whose rate state has not refilled: nothing to evict
@@ -306,13 +294,7 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
     for s in &refused {
         let a = admit(&mut c, s, 0);
         assert!(a.allowed, "evict_lru makes room: {:?}", a.reason);
-        let _: bool = c
-            .query_one(
-                "SELECT control_plane.cp_release($1::text::uuid)",
-                &[&a.reservation_id.unwrap()],
-            )
-            .unwrap()
-            .get(0);
+        release(&mut c, &a.reservation_id.unwrap());
     }
     c.batch_execute("ALTER SYSTEM RESET control_plane.on_full").unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
@@ -369,13 +351,7 @@ fn max_concurrent_holds_under_concurrency() {
         .filter(|a| !a.allowed)
         .all(|a| a.reason.as_deref() == Some("concurrency_limit")));
     for a in allowed {
-        let _: bool = c
-            .query_one(
-                "SELECT control_plane.cp_release($1::text::uuid)",
-                &[a.reservation_id.as_ref().unwrap()],
-            )
-            .unwrap()
-            .get(0);
+        release(&mut c, &a.reservation_id.as_ref().unwrap());
     }
     assert!(admit(&mut c, &s, 0).allowed);
 }
