@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Benchmarks cp_admit against SELECT 1 and against the limiters applications write today, all in
-# one run, same client count, pgbench prepared protocol, release build, throwaway cluster.
-# Prints each run's TPS and its ratio to SELECT 1, then the server CPU per cp_admit call.
+# Benchmarks control_plane against its floors and against the limiters applications write today,
+# all in one run, same client count, pgbench prepared protocol, release build, throwaway cluster:
+#   - cp_admit against a no-op C function of its exact signature and result type (bench/noop)
+#     and against SELECT 1;
+#   - cp_record_usage, and the admit -> record cycle, against a ledger-shaped INSERT + commit;
+#   - cp_admit on 10,000 subjects while another client commits 50 single-subject changes a second,
+#     against the same run without them;
+#   - a hand-written PL/pgSQL token bucket and a Redis Lua token bucket.
+# The pgbench scenarios run in ROUNDS interleaved rounds; each is reported as the median of its
+# rounds, and each target ratio both as the ratio of medians and as the median of the per-round
+# ratios. Then the server CPU per cp_admit call inside one statement.
 #
-# Usage: bench/run.sh [seconds per run (15)] [clients (8)]
-# Env:   SUBJECTS (1000) "many" subjects; SCALE (1000000) subjects of the scale run (0 skips it).
+# Usage: bench/run.sh [seconds per run (10)] [clients (8)]
+# Env:   ROUNDS (3); SUBJECTS (1000) "many" subjects; SCALE (1000000) subjects of the scale run
+#        (0 skips it).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
-SECS="${1:-15}"
+SECS="${1:-10}"
 CLIENTS="${2:-8}"
+ROUNDS="${ROUNDS:-3}"
 SUBJECTS="${SUBJECTS:-1000}"
 SCALE="${SCALE:-1000000}"
 DIR=/tmp/cp-bench
@@ -25,8 +35,11 @@ cleanup() {
 trap cleanup EXIT
 cp_cluster_stop "$DIR"
 cp_install
-max_subjects=$((SCALE + 2 * SUBJECTS + 100000))
-# Production durability (fsync on, synchronous commit): what the PL/pgSQL bucket costs for real.
+log "building the no-op floor function (bench/noop, PGXS)"
+make -s -C "$B/noop" PG_CONFIG="$PG_CONFIG" install >/dev/null
+make -s -C "$B/noop" PG_CONFIG="$PG_CONFIG" clean >/dev/null
+max_subjects=$((SCALE + 2 * SUBJECTS + 200000))
+# Production durability (fsync on, synchronous commit): what every commit costs for real.
 cp_cluster_start "$DIR" "$PORT" "fsync = on" "synchronous_commit = on" "shared_buffers = 256MB" \
     "control_plane.max_subjects = $max_subjects" "control_plane.max_reservations = 1048576"
 psql_b() { cp_psql "$DIR" "$PORT" -d bench -v ON_ERROR_STOP=1 "$@"; }
@@ -34,30 +47,69 @@ cp_psql "$DIR" "$PORT" -q -c "CREATE DATABASE bench"
 psql_b -q -c "CREATE EXTENSION control_plane"
 psql_b -q -v subjects="$SUBJECTS" -f "$B/setup.sql"
 
-# Admissions are not recorded in this benchmark: reservations expire after 1 s.
+# Admissions that are not recorded expire after 1 s.
 export PGOPTIONS="-c control_plane.reservation_timeout=1"
-pgb() { # script [subjects]
+pgb() { # script [subjects] [extra pgbench options...]
+    local script="$1" n="${2:-$SUBJECTS}"
+    shift $(($# < 2 ? $# : 2))
     "$PG_BIN/pgbench" -n -M prepared -h "$DIR" -p "$PORT" -U postgres -c "$CLIENTS" -j 2 -T "$SECS" \
-        -D subjects="${2:-$SUBJECTS}" -f "$B/$1" bench 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+        -D subjects="$n" "$@" -f "$B/$script" bench 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+# The admin client: 50 single-subject changes a second, for as long as one run.
+admin_stream() {
+    "$PG_BIN/pgbench" -n -M prepared -h "$DIR" -p "$PORT" -U postgres -c 1 -j 1 -R 50 -T "$SECS" \
+        -f "$B/admin_change.sql" bench 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 
-declare -A tps
+declare -A runs
 order=()
-record() { tps[$1]="$2"; order+=("$1"); printf '  %-60s %10.0f tps\n' "$1" "$2"; }
+add() { # name tps
+    [ -n "${runs[$1]+x}" ] || order+=("$1")
+    runs[$1]="${runs[$1]:-} $2"
+    printf '  %-58s %10.0f tps\n' "$1" "$2"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+N_SEL="SELECT 1"
+N_NOOP="no-op of cp_admit's shape (bench/noop)"
+N_ALL="cp_admit, every dimension, $SUBJECTS subjects"
+N_ALL_HOT="cp_admit, every dimension, one hot subject"
+N_RATE="cp_admit, rate limits, $SUBJECTS subjects"
+N_RATE_HOT="cp_admit, rate limits, one hot subject"
+N_INS="ledger-shaped INSERT + commit"
+N_REC="cp_record_usage"
+N_CYCLE="cp_admit -> cp_record_usage (two transactions)"
+N_CALM="cp_admit, 10,000 subjects"
+N_STORM="cp_admit, 10,000 subjects, 50 subject changes/s"
+N_PL="PL/pgSQL token bucket, $SUBJECTS keys"
+N_PL_HOT="PL/pgSQL token bucket, one hot key"
 
 log "warming up"
-pgb admit_rate_many.sql >/dev/null
+pgb admit_all_many.sql >/dev/null
+pgb admit_changed.sql >/dev/null
 pgb plpgsql_many.sql >/dev/null
 
-log "pgbench: $CLIENTS clients, ${SECS}s each"
-record "SELECT 1" "$(pgb select1.sql)"
-record "SELECT of 7 constants (cp_admit's row shape)" "$(pgb select_row.sql)"
-record "cp_admit, rate limits, $SUBJECTS subjects" "$(pgb admit_rate_many.sql)"
-record "cp_admit, rate limits, one hot subject" "$(pgb admit_rate_hot.sql)"
-record "cp_admit, every dimension, $SUBJECTS subjects" "$(pgb admit_all_many.sql)"
-record "cp_admit, every dimension, one hot subject" "$(pgb admit_all_hot.sql)"
-record "PL/pgSQL token bucket, $SUBJECTS keys" "$(pgb plpgsql_many.sql)"
-record "PL/pgSQL token bucket, one hot key" "$(pgb plpgsql_hot.sql)"
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS: pgbench, $CLIENTS clients, ${SECS}s each"
+    add "$N_SEL" "$(pgb select1.sql)"
+    add "$N_NOOP" "$(pgb noop_admit.sql)"
+    add "$N_ALL" "$(pgb admit_all_many.sql)"
+    add "$N_ALL_HOT" "$(pgb admit_all_hot.sql)"
+    add "$N_RATE" "$(pgb admit_rate_many.sql)"
+    add "$N_RATE_HOT" "$(pgb admit_rate_hot.sql)"
+    add "$N_INS" "$(pgb ledger_insert.sql)"
+    add "$N_REC" "$(pgb record_many.sql)"
+    add "$N_CYCLE" "$(pgb admit_record.sql)"
+    add "$N_CALM" "$(pgb admit_changed.sql)"
+    admin_out="$(mktemp)"
+    admin_stream >"$admin_out" &
+    add "$N_STORM" "$(pgb admit_changed.sql)"
+    wait
+    printf '  %-58s %10.1f tps\n' "(the admin client's changes)" "$(cat "$admin_out")"
+    rm -f "$admin_out"
+    add "$N_PL" "$(pgb plpgsql_many.sql)"
+    add "$N_PL_HOT" "$(pgb plpgsql_hot.sql)"
+done
 
 if command -v redis-server >/dev/null; then
     log "Redis Lua token bucket (redis-benchmark, $CLIENTS clients)"
@@ -72,8 +124,8 @@ if command -v redis-server >/dev/null; then
             EVALSHA "$sha" 1 "$1" 1000000000 1000000000 2>/dev/null | tr '\r' '\n' \
             | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1
     }
-    record "Redis Lua token bucket, $SUBJECTS keys" "$(rb 'bk:__rand_int__')"
-    record "Redis Lua token bucket, one hot key" "$(rb 'bk:hot')"
+    add "Redis Lua token bucket, $SUBJECTS keys" "$(rb 'bk:__rand_int__')"
+    add "Redis Lua token bucket, one hot key" "$(rb 'bk:hot')"
 fi
 
 if [ "$SCALE" -gt 0 ]; then
@@ -90,27 +142,47 @@ if [ "$SCALE" -gt 0 ]; then
         pids+=("$!")
     done
     wait "${pids[@]}"
-    # Alternate the two shapes three times and keep each one's median: on a small machine one
-    # run's noise (about 10 %) is as large as the difference being measured.
-    small=() large=()
-    for _ in 1 2 3; do
-        small+=("$(pgb admit_scale.sql 1000)")
-        large+=("$(pgb admit_scale.sql "$SCALE")")
+    # Alternate the two shapes: on a small machine one run's noise (about 10 %) is as large as the
+    # difference being measured.
+    for _ in $(seq "$ROUNDS"); do
+        add "cp_admit, rate limits, 1000 of the m_ subjects" "$(pgb admit_scale.sql 1000)"
+        add "cp_admit, rate limits, $SCALE subjects" "$(pgb admit_scale.sql "$SCALE")"
     done
-    median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
-    echo "  runs: 1000 subjects ${small[*]}; $SCALE subjects ${large[*]}"
-    record "cp_admit, rate limits, 1000 of the m_ subjects (median of 3)" "$(median "${small[@]}")"
-    record "cp_admit, rate limits, $SCALE subjects (median of 3)" "$(median "${large[@]}")"
     psql_b -At -c "SELECT name || ' = ' || value FROM control_plane.stats
                    WHERE name IN ('entries_in_use', 'entries_capacity', 'evictions', 'denied_capacity')"
 fi
 
-log "results ($(nproc) cores; ratio = TPS / TPS of SELECT 1 in this run)"
-base="${tps[SELECT 1]}"
-printf '%-62s %10s %8s\n' "run" "tps" "ratio"
+log "results ($(nproc) cores; median of $ROUNDS rounds; ratio = median TPS / median TPS of SELECT 1)"
+declare -A med
+printf '%-60s %10s %8s   %s\n' "run" "tps" "ratio" "rounds"
 for name in "${order[@]}"; do
-    awk -v n="$name" -v t="${tps[$name]}" -v b="$base" 'BEGIN { printf "%-62s %10.0f %8.3f\n", n, t, t / b }'
+    # shellcheck disable=SC2086
+    med[$name]="$(median ${runs[$name]})"
+    awk -v n="$name" -v t="${med[$name]}" -v b="${med[$N_SEL]}" -v r="${runs[$name]}" \
+        'BEGIN { printf "%-60s %10.0f %8.3f  %s\n", n, t, t / b, r }'
 done
+
+log "targets (ratio of medians; median of the per-round ratios)"
+target() { # name numerator denominator floor
+    local per=()
+    read -r -a a <<<"${runs[$2]}"
+    read -r -a b <<<"${runs[$3]}"
+    for i in "${!a[@]}"; do per+=("$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { printf "%.3f", x / y }')"); done
+    awk -v n="$1" -v x="${med[$2]}" -v y="${med[$3]}" -v m="$(median "${per[@]}")" -v f="$4" -v r="${per[*]}" \
+        'BEGIN { printf "  %-52s %6.3f  %6.3f  (target >= %s; rounds %s)\n", n, x / y, m, f, r }'
+}
+target "cp_admit every dimension / no-op" "$N_ALL" "$N_NOOP" 0.9
+target "cp_admit every dimension, hot subject / no-op" "$N_ALL_HOT" "$N_NOOP" 0.9
+target "cp_admit rate limits / no-op" "$N_RATE" "$N_NOOP" 0.9
+target "cp_record_usage / ledger INSERT" "$N_REC" "$N_INS" 0.8
+target "admit -> record cycle / ledger INSERT" "$N_CYCLE" "$N_INS" 0.8
+target "cp_admit with 50 subject changes/s / without" "$N_STORM" "$N_CALM" 0.9
+target "cp_admit hot subject / PL/pgSQL hot key" "$N_ALL_HOT" "$N_PL_HOT" 10
+target "no-op / SELECT 1 (the shape's own cost)" "$N_NOOP" "$N_SEL" "-"
+if [ "$SCALE" -gt 0 ]; then
+    target "cp_admit, $SCALE subjects / 1000 of them" "cp_admit, rate limits, $SCALE subjects" \
+        "cp_admit, rate limits, 1000 of the m_ subjects" 0.9
+fi
 
 log "server CPU per call, one statement of 1,000,000 calls (no network)"
 loop() { # expression

@@ -37,3 +37,14 @@ BEGIN
     UPDATE bench_bucket SET tokens = t, updated_at = now_ts WHERE key = k;
     RETURN false;
 END $$;
+
+-- 10,000 subjects for the admin-change scenario (cp_admit while another client changes them).
+INSERT INTO control_plane.subjects (subject_id, profile) SELECT 'c_' || g, 'bench_all' FROM generate_series(1, 10000) g;
+
+-- The floor of a durable usage record: the same INSERT into a table shaped like the ledger
+-- (same columns, defaults, identity and indexes), one row per transaction.
+CREATE TABLE bench_ledger (LIKE control_plane.usage_events INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES);
+
+-- The floor of an admission: a no-op with cp_admit's signature and result type (bench/noop).
+CREATE FUNCTION bench_noop_admit(subject text, tokens bigint DEFAULT 0, model text DEFAULT NULL, feature text DEFAULT NULL)
+RETURNS control_plane.admission LANGUAGE c VOLATILE AS '$libdir/cp_bench_noop', 'bench_noop_admit';

@@ -73,6 +73,17 @@ fn ceil_ms(ns: i64) -> i64 {
     (ns / 1_000_000 + i64::from(ns % 1_000_000 != 0)).max(1)
 }
 
+/// Whether an admission under `policy` must hold anything until it is settled: a place among
+/// `max_concurrent`, a request against a request quota, or a token estimate against an input
+/// token quota. Rate limits are consumed at admission and hold nothing.
+pub fn needs_hold(policy: &Policy, tokens: i64) -> bool {
+    let set = |l: Limit| policy.limit(l).is_some();
+    set(Limit::MaxConcurrent)
+        || set(Limit::RequestsPerDay)
+        || set(Limit::RequestsPerMonth)
+        || (tokens > 0 && (set(Limit::InputTokensPerDay) || set(Limit::InputTokensPerMonth)))
+}
+
 /// Decides a request for `tokens` at `now_us`.
 pub fn decide(policy: &Policy, state: &State, tokens: i64, now_us: i64, warn_pct: i64) -> Verdict {
     let now_ns = now_us.saturating_mul(1_000);
@@ -340,6 +351,21 @@ mod unit {
             ),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn only_plans_with_something_to_hold_hold() {
+        let rates = policy(&[(Limit::RequestsPerSecond, 5), (Limit::TokensPerMinute, 1000)]);
+        assert!(!needs_hold(&rates, 0));
+        assert!(!needs_hold(&rates, 500));
+        let output_only = policy(&[(Limit::OutputTokensPerDay, 10)]);
+        assert!(!needs_hold(&output_only, 500));
+        let input = policy(&[(Limit::InputTokensPerMonth, 10)]);
+        assert!(!needs_hold(&input, 0), "an estimate of 0 holds nothing");
+        assert!(needs_hold(&input, 1));
+        assert!(needs_hold(&policy(&[(Limit::RequestsPerDay, 10)]), 0));
+        assert!(needs_hold(&policy(&[(Limit::RequestsPerMonth, 10)]), 0));
+        assert!(needs_hold(&policy(&[(Limit::MaxConcurrent, 1)]), 0));
     }
 
     proptest! {

@@ -17,13 +17,39 @@ pub fn now_unix_us() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }.saturating_add(PG_EPOCH_OFFSET_US)
 }
 
+/// A query argument. `None` is SQL NULL of the argument's type.
 pub enum Arg<'a> {
-    Text(&'a str),
+    Text(Option<&'a str>),
     Int(i64),
     TimestampUnixUs(i64),
+    Uuid(Option<pgrx::Uuid>),
+    /// A datum passed through as it came (no parsing), with its type.
+    Raw(pg_sys::Oid, Option<pg_sys::Datum>),
 }
 
-/// One row of a latest-snapshot query, read while SPI is still connected.
+impl Arg<'_> {
+    fn type_oid(&self) -> pg_sys::Oid {
+        match self {
+            Arg::Text(_) => pg_sys::TEXTOID,
+            Arg::Int(_) => pg_sys::INT8OID,
+            Arg::TimestampUnixUs(_) => pg_sys::TIMESTAMPTZOID,
+            Arg::Uuid(_) => pg_sys::UUIDOID,
+            Arg::Raw(t, _) => *t,
+        }
+    }
+
+    fn datum(&self) -> Option<pg_sys::Datum> {
+        match self {
+            Arg::Text(s) => s.and_then(|s| s.into_datum()),
+            Arg::Int(v) => Some(pg_sys::Datum::from(*v)),
+            Arg::TimestampUnixUs(t) => Some(pg_sys::Datum::from(t.saturating_sub(PG_EPOCH_OFFSET_US))),
+            Arg::Uuid(u) => u.and_then(|u| u.into_datum()),
+            Arg::Raw(_, d) => *d,
+        }
+    }
+}
+
+/// One row of a query result, read while SPI is still connected.
 pub struct Row {
     tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
@@ -50,34 +76,33 @@ impl Row {
 }
 
 thread_local! {
-    /// Prepared plans of the latest-snapshot queries, by query text (static strings), kept for
-    /// the life of the backend (PostgreSQL re-plans them when the tables change).
+    /// Prepared plans by query text (static strings), kept for the life of the backend
+    /// (PostgreSQL re-plans them when the tables change).
     static PLANS: std::cell::RefCell<std::collections::HashMap<usize, pg_sys::SPIPlanPtr>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// Runs a read-only query against a fresh snapshot and maps each row with `f`.
-pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], mut f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
-    Spi::connect(|_client| unsafe {
-        let mut types: Vec<pg_sys::Oid> = Vec::with_capacity(args.len());
+/// How a prepared statement runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A read at a fresh snapshot (after this statement's own earlier writes).
+    ReadLatest,
+    /// A write in the caller's transaction, at its snapshot.
+    Write,
+}
+
+/// Runs a prepared statement and maps each returned row with `f`. Must be called inside
+/// `Spi::connect`.
+unsafe fn run_plan<R>(sql: &'static CStr, args: &[Arg], mode: Mode, mut f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
+    unsafe {
+        let mut types: Vec<pg_sys::Oid> = args.iter().map(Arg::type_oid).collect();
         let mut values: Vec<pg_sys::Datum> = Vec::with_capacity(args.len());
+        let mut nulls: Vec<std::ffi::c_char> = Vec::with_capacity(args.len());
         for a in args {
-            match a {
-                Arg::Text(s) => {
-                    types.push(pg_sys::TEXTOID);
-                    values.push(s.into_datum().ok_or_else(|| CpError::Internal("text datum".into()))?);
-                }
-                Arg::Int(v) => {
-                    types.push(pg_sys::INT8OID);
-                    values.push(pg_sys::Datum::from(*v));
-                }
-                Arg::TimestampUnixUs(t) => {
-                    types.push(pg_sys::TIMESTAMPTZOID);
-                    values.push(pg_sys::Datum::from(t.saturating_sub(PG_EPOCH_OFFSET_US)));
-                }
-            }
+            let d = a.datum();
+            values.push(d.unwrap_or(pg_sys::Datum::from(0usize)));
+            nulls.push(if d.is_some() { b' ' } else { b'n' } as std::ffi::c_char);
         }
-        let nulls = vec![b' ' as std::ffi::c_char; args.len()];
         let cache_key = sql.as_ptr() as usize;
         let plan = match PLANS.with_borrow(|p| p.get(&cache_key).copied()) {
             Some(plan) => plan,
@@ -90,21 +115,29 @@ pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], mut f: impl FnMut(&Row)
                 plan
             }
         };
-        // Make this statement's earlier writes visible, then read at the latest snapshot.
-        pg_sys::CommandCounterIncrement();
-        let snap = pg_sys::GetLatestSnapshot();
-        let rc = pg_sys::SPI_execute_snapshot(
-            plan,
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
-            snap,
-            std::ptr::null_mut(),
-            true,
-            false,
-            0,
-        );
-        if rc != pg_sys::SPI_OK_SELECT as i32 {
-            return Err(CpError::Internal(format!("SPI_execute_snapshot returned {rc}")));
+        let rc = match mode {
+            Mode::ReadLatest => {
+                pg_sys::CommandCounterIncrement();
+                let snap = pg_sys::GetLatestSnapshot();
+                pg_sys::SPI_execute_snapshot(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    snap,
+                    std::ptr::null_mut(),
+                    true,
+                    false,
+                    0,
+                )
+            }
+            Mode::Write => pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0),
+        };
+        let ok = match mode {
+            Mode::ReadLatest => rc == pg_sys::SPI_OK_SELECT as i32,
+            Mode::Write => rc == pg_sys::SPI_OK_INSERT_RETURNING as i32 || rc == pg_sys::SPI_OK_SELECT as i32,
+        };
+        if !ok {
+            return Err(CpError::Internal(format!("SPI returned {rc} for {sql:?}")));
         }
         let tt = pg_sys::SPI_tuptable;
         let n = pg_sys::SPI_processed as usize;
@@ -119,7 +152,17 @@ pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], mut f: impl FnMut(&Row)
             }
         }
         Ok(out)
-    })
+    }
+}
+
+/// Runs a read-only query against a fresh snapshot and maps each row with `f`.
+pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
+    Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::ReadLatest, f) })
+}
+
+/// Runs a prepared write (INSERT ... RETURNING) in the caller's transaction.
+fn write(sql: &'static CStr, args: &[Arg], f: impl FnMut(&Row) -> i64) -> CpResult<Vec<i64>> {
+    Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::Write, f) })
 }
 
 /// A subject's row joined with its profile (the tenant's own profile of that name, else the
@@ -129,29 +172,28 @@ pub struct SubjectRow {
     pub active: bool,
     pub overrides: Option<String>,
     pub org_id: Option<String>,
-    pub profile_json: Option<String>,
+    /// `profiles.id` of the profile it resolves to; None when that profile does not exist.
     pub profile_id: Option<i32>,
 }
 
 pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>> {
     let rows = query_latest(
-        c"SELECT s.profile, s.active, nullif(s.overrides, '{}')::text, s.org_id, to_jsonb(p)::text, p.id::bigint
+        c"SELECT s.profile, s.active, nullif(s.overrides, '{}')::text, s.org_id, p.id::bigint
             FROM control_plane.subjects s
             LEFT JOIN LATERAL (
-                 SELECT p.* FROM control_plane.profiles p
+                 SELECT p.id FROM control_plane.profiles p
                   WHERE p.name OPERATOR(pg_catalog.=) s.profile
                     AND p.tenant_id IN (s.tenant_id, '*')
                   ORDER BY p.tenant_id OPERATOR(pg_catalog.=) '*'
                   LIMIT 1) p ON true
            WHERE s.tenant_id OPERATOR(pg_catalog.=) $1 AND s.subject_id OPERATOR(pg_catalog.=) $2",
-        &[Arg::Text(tenant), Arg::Text(subject)],
+        &[Arg::Text(Some(tenant)), Arg::Text(Some(subject))],
         |r| SubjectRow {
             profile_name: r.text(1).unwrap_or_default(),
             active: r.bool(2).unwrap_or(false),
             overrides: r.text(3),
             org_id: r.text(4),
-            profile_json: r.text(5),
-            profile_id: r.i64_opt(6).map(|v| v as i32),
+            profile_id: r.i64_opt(5).map(|v| v as i32),
         },
     )?;
     Ok(rows.into_iter().next())
@@ -173,7 +215,7 @@ pub fn default_profile(tenant: &str) -> CpResult<Option<(String, String)>> {
         c"SELECT p.name, to_jsonb(p)::text FROM control_plane.profiles p
            WHERE p.is_default AND p.tenant_id IN ($1, '*')
            ORDER BY p.tenant_id OPERATOR(pg_catalog.=) '*' LIMIT 1",
-        &[Arg::Text(tenant)],
+        &[Arg::Text(Some(tenant))],
         |r| (r.text(1).unwrap_or_default(), r.text(2).unwrap_or_default()),
     )?;
     Ok(rows.into_iter().next())
@@ -211,8 +253,8 @@ pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, 
            WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
              AND created_at >= $5 AND created_at < $6",
         &[
-            Arg::Text(tenant),
-            Arg::Text(subject),
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
             Arg::TimestampUnixUs(day.0),
             Arg::TimestampUnixUs(day.1),
             Arg::TimestampUnixUs(month.0),
@@ -240,39 +282,39 @@ pub struct UsageRow<'a> {
     pub subject: &'a str,
     pub org_id: Option<&'a str>,
     pub model: Option<&'a str>,
+    pub feature: Option<&'a str>,
     pub input: i64,
     pub output: i64,
     pub reservation_id: Option<pgrx::Uuid>,
     pub idempotency_key: Option<&'a str>,
-    pub metadata: Option<pgrx::JsonB>,
+    /// The caller's jsonb datum, stored as it came.
+    pub metadata: Option<pg_sys::Datum>,
     pub at_unix_us: i64,
 }
 
+/// Appends a row to the ledger (one prepared statement per backend) and returns its id.
 pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
-    let at = TimestampWithTimeZone::try_from(u.at_unix_us - PG_EPOCH_OFFSET_US)
-        .map_err(|_| CpError::Internal("timestamp out of range".into()))?;
-    Spi::connect_mut(|c| {
-        let t = c.update(
-            "INSERT INTO control_plane.usage_events
-                 (tenant_id, subject_id, org_id, model, input_tokens, output_tokens,
-                  reservation_id, idempotency_key, metadata, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            None,
-            &[
-                u.tenant.into(),
-                u.subject.into(),
-                u.org_id.into(),
-                u.model.into(),
-                u.input.into(),
-                u.output.into(),
-                u.reservation_id.into(),
-                u.idempotency_key.into(),
-                u.metadata.into(),
-                at.into(),
-            ],
-        )?;
-        t.first().get_one::<i64>()
-    })
-    .map_err(|e| CpError::Internal(format!("inserting usage: {e}")))?
-    .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
+    let ids = write(
+        c"INSERT INTO control_plane.usage_events
+              (tenant_id, subject_id, org_id, model, feature, input_tokens, output_tokens,
+               reservation_id, idempotency_key, metadata, created_at)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        &[
+            Arg::Text(Some(u.tenant)),
+            Arg::Text(Some(u.subject)),
+            Arg::Text(u.org_id),
+            Arg::Text(u.model),
+            Arg::Text(u.feature),
+            Arg::Int(u.input),
+            Arg::Int(u.output),
+            Arg::Uuid(u.reservation_id),
+            Arg::Text(u.idempotency_key),
+            Arg::Raw(pg_sys::JSONBOID, u.metadata),
+            Arg::TimestampUnixUs(u.at_unix_us),
+        ],
+        |r| r.i64(1),
+    )?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
 }

@@ -132,7 +132,7 @@ pub fn tenant() -> Result<String, crate::error::CpError> {
     let s = unsafe { CStr::from_ptr(raw) }
         .to_str()
         .map_err(|_| CpError::invalid("control_plane.tenant is not valid UTF-8"))?;
-    crate::api::check_name("control_plane.tenant", s)?;
+    crate::args::check_name("control_plane.tenant", s)?;
     if s == "*" {
         return Err(CpError::invalid_with(
             "control_plane.tenant must not be \"*\"",

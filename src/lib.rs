@@ -21,6 +21,7 @@ pub mod quota;
 pub mod rate;
 
 mod api;
+mod args;
 mod catalog;
 mod error;
 mod gucs;

@@ -222,7 +222,8 @@ mod tests {
 
     #[pg_test]
     fn record_usage_settles_its_reservation_and_an_aborted_record_gives_it_back() {
-        set_overrides("pgt_record", "{}");
+        // a request quota: every admission holds a request until it is settled
+        set_overrides("pgt_record", r#"{"requests_per_day": 1000}"#);
         let a = admit("pgt_record", 100, None);
         let id = a["reservation_id"].as_str().unwrap().to_string();
         let r = json(&format!(

@@ -1,19 +1,26 @@
-//! Per-backend cache of effective policies, keyed by subject fingerprint and tagged with the
-//! shared policy generation. A committed change to profiles or subjects bumps the generation
-//! (see `xact`), and every backend drops its cache at its next call: no time-based expiry.
+//! Per-backend caches of subject rows and profile rows, each tagged with the shared-memory stamp
+//! of what it was read from (see `Shared::subject_stamp` and `Shared::profile_stamp`). A committed
+//! change bumps the version of exactly what it touched (one subject, one profile, or everything,
+//! see `xact`), so a cached row is used only while its stamp is unchanged: no time-based expiry,
+//! and a change to one subject costs only that subject's next admission a catalog read.
+//!
+//! The stamp is always read before the row it tags, and bumped only after the change committed:
+//! a row read concurrently with a change is tagged with the old stamp and read again next time.
 
 use crate::catalog;
 use crate::error::{CpError, CpResult};
 use crate::key::Key;
 use crate::policy::Policy;
-use crate::shmem;
+use crate::shmem::{self, Shared};
+use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Entries kept per backend before the cache is emptied and refilled.
+/// Subjects kept per backend before the cache is emptied and refilled.
 const MAX_ENTRIES: usize = 200_000;
 
+/// A subject's effective policy and where it comes from.
 pub struct Cached {
     pub profile: Rc<str>,
     pub profile_id: i32,
@@ -24,8 +31,8 @@ pub struct Cached {
 }
 
 impl Cached {
-    /// What a shared-memory entry records about this policy, read at `generation`.
-    pub fn stamp(&self, generation: u64) -> shmem::PolicyStamp {
+    /// What a shared-memory entry records about this subject, read at subject stamp `stamp`.
+    pub fn stamp(&self, stamp: u64) -> shmem::PolicyStamp {
         let mut flags = 0;
         if self.active {
             flags |= shmem::POLICY_ACTIVE;
@@ -34,7 +41,7 @@ impl Cached {
             flags |= shmem::POLICY_HAS_OVERRIDES;
         }
         shmem::PolicyStamp {
-            generation,
+            stamp,
             profile_id: self.profile_id,
             flags,
         }
@@ -61,12 +68,28 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
+/// What a subject's row says.
+struct SubjectRow {
+    stamp: u64,
+    profile_id: i32,
+    active: bool,
+    org_id: Option<String>,
+    overrides: Option<Value>,
+    /// The effective policy, and the profile stamp it was merged at.
+    merged: RefCell<Option<(u64, Rc<Cached>)>>,
+}
+
+struct ProfileRow {
+    stamp: u64,
+    name: Rc<str>,
+    policy: Rc<Policy>,
+}
+
 #[derive(Default)]
 struct Cache {
     generation: u64,
-    map: KeyMap<Rc<Cached>>,
-    /// Profiles by `profiles.id`: (name, policy without overrides).
-    profiles: HashMap<i32, (Rc<str>, Rc<Policy>)>,
+    subjects: KeyMap<Rc<SubjectRow>>,
+    profiles: HashMap<i32, Rc<ProfileRow>>,
 }
 
 thread_local! {
@@ -76,127 +99,99 @@ thread_local! {
 
 pub fn clear() {
     CACHE.with_borrow_mut(|c| {
-        c.map.clear();
+        c.subjects.clear();
         c.profiles.clear();
     });
 }
 
 /// True while `cp_admit` inserts an unknown subject: that insert changes no cached policy and
-/// must not invalidate every backend's cache.
+/// must not invalidate anything.
 pub fn enrolling() -> bool {
     ENROLLING.get()
 }
 
-fn build(row: catalog::SubjectRow, subject: &str) -> CpResult<Cached> {
-    let Some(pj) = row.profile_json else {
-        return Err(CpError::state(
-            format!(
-                "profile \"{}\" of subject \"{subject}\" does not exist",
-                row.profile_name
-            ),
-            None,
-            Some("Assign the subject an existing profile in control_plane.subjects."),
-        ));
-    };
-    let parse = |s: &str, what: &str| {
-        serde_json::from_str::<serde_json::Value>(s)
-            .map_err(|e| CpError::Internal(format!("{what} is not valid JSON: {e}")))
-    };
-    let bad = |e: crate::policy::PolicyError| CpError::state(e.message, Some(e.detail), None);
-    let mut policy = Policy::from_profile(&parse(&pj, "profile")?).map_err(bad)?;
-    if let Some(o) = row.overrides.as_deref() {
-        policy.apply_overrides(&parse(o, "overrides")?).map_err(bad)?;
-    }
-    Ok(Cached {
-        profile: row.profile_name.into(),
-        profile_id: row.profile_id.unwrap_or(0),
-        has_overrides: row.overrides.is_some(),
-        active: row.active,
-        org_id: row.org_id,
-        policy: Rc::new(policy),
-    })
-}
-
-fn refresh(generation: u64) {
+/// Empties the caches when something global changed (only to free memory: every stamp includes
+/// the global generation).
+fn refresh(sh: &Shared) {
+    let generation = sh.policy_generation();
     CACHE.with_borrow_mut(|c| {
         if c.generation != generation {
-            c.map.clear();
+            c.subjects.clear();
             c.profiles.clear();
             c.generation = generation;
         }
     });
 }
 
-/// A profile's policy by id, from the cache or the catalog.
-fn profile(id: i32, generation: u64) -> CpResult<Option<(Rc<str>, Rc<Policy>)>> {
+fn parse(s: &str, what: &str) -> CpResult<Value> {
+    serde_json::from_str(s).map_err(|e| CpError::Internal(format!("{what} is not valid JSON: {e}")))
+}
+
+fn bad_policy(e: crate::policy::PolicyError) -> CpError {
+    CpError::state(e.message, Some(e.detail), None)
+}
+
+/// A profile's row by id, from the cache or the catalog.
+fn profile(sh: &Shared, id: i32) -> CpResult<Option<Rc<ProfileRow>>> {
+    let stamp = sh.profile_stamp(id);
     if let Some(p) = CACHE.with_borrow(|c| c.profiles.get(&id).cloned()) {
-        return Ok(Some(p));
+        if p.stamp == stamp {
+            return Ok(Some(p));
+        }
     }
+    sh.bump(shmem::Stat::ProfileReads);
     let Some(json) = catalog::load_profile(id)? else {
         return Ok(None);
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&json).map_err(|e| CpError::Internal(format!("profile is not valid JSON: {e}")))?;
+    let v = parse(&json, "profile")?;
     let name: Rc<str> = v.get("name").and_then(|n| n.as_str()).unwrap_or_default().into();
-    let policy = Policy::from_profile(&v).map_err(|e| CpError::state(e.message, Some(e.detail), None))?;
-    let p = (name, Rc::new(policy));
-    CACHE.with_borrow_mut(|c| {
-        if c.generation == generation {
-            c.profiles.insert(id, p.clone());
-        }
+    let policy = Policy::from_profile(&v).map_err(bad_policy)?;
+    let p = Rc::new(ProfileRow {
+        stamp,
+        name,
+        policy: Rc::new(policy),
     });
+    CACHE.with_borrow_mut(|c| c.profiles.insert(id, p.clone()));
     Ok(Some(p))
 }
 
-/// The policy for an admission, and the stamp to record in the subject's shared-memory entry
-/// when it was read from the catalog. Subjects without overrides whose entry already knows their
-/// profile (at the current generation) need no catalog read at all: this is what keeps a million
-/// subjects as fast as a thousand.
-pub fn for_admission(
-    key: &Key,
-    db: u32,
-    tenant: &str,
-    subject: &str,
-) -> CpResult<(Rc<Cached>, Option<shmem::PolicyStamp>)> {
-    let sh = shmem::shared()?;
-    let generation = sh.policy_generation();
-    refresh(generation);
-    if let Some(c) = CACHE.with_borrow(|c| c.map.get(key).cloned()) {
-        return Ok((c, None));
-    }
-    // This transaction's own uncommitted changes are neither in the entry nor for others to see.
-    let own_changes = crate::xact::has_policy_changes();
-    if let Some(st) = (!own_changes).then(|| sh.peek_policy(key, db)).flatten() {
-        if st.generation == generation && st.flags & shmem::POLICY_HAS_OVERRIDES == 0 && st.profile_id != 0 {
-            if let Some(p) = profile(st.profile_id, generation)? {
-                let cached = Cached {
-                    profile: p.0.clone(),
-                    profile_id: st.profile_id,
-                    has_overrides: false,
-                    active: st.flags & shmem::POLICY_ACTIVE != 0,
-                    org_id: None,
-                    policy: p.1.clone(),
-                };
-                return Ok((Rc::new(cached), None));
-            }
+/// The effective policy of a subject row: its profile with its overrides applied.
+fn effective(sh: &Shared, row: &SubjectRow, subject: &str) -> CpResult<Rc<Cached>> {
+    let Some(p) = profile(sh, row.profile_id)? else {
+        return Err(CpError::state(
+            format!("the profile of subject \"{subject}\" does not exist"),
+            None,
+            Some("Assign the subject an existing profile in control_plane.subjects."),
+        ));
+    };
+    if let Some((stamp, c)) = row.merged.borrow().as_ref() {
+        if *stamp == p.stamp {
+            return Ok(c.clone());
         }
     }
-    let c =
-        get(key, tenant, subject, true)?.ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
-    let stamp = (!own_changes).then(|| c.stamp(generation));
-    Ok((c, stamp))
+    let policy = match &row.overrides {
+        None => p.policy.clone(),
+        Some(o) => {
+            let mut policy = (*p.policy).clone();
+            policy.apply_overrides(o).map_err(bad_policy)?;
+            Rc::new(policy)
+        }
+    };
+    let c = Rc::new(Cached {
+        profile: p.name.clone(),
+        profile_id: row.profile_id,
+        has_overrides: row.overrides.is_some(),
+        active: row.active,
+        org_id: row.org_id.clone(),
+        policy,
+    });
+    *row.merged.borrow_mut() = Some((p.stamp, c.clone()));
+    Ok(c)
 }
 
-/// The subject's effective policy. An unknown subject is enrolled in the tenant's default profile
-/// when `enroll` is set; otherwise `None` is returned for it.
-pub fn get(key: &Key, tenant: &str, subject: &str, enroll: bool) -> CpResult<Option<Rc<Cached>>> {
-    let sh = shmem::shared()?;
-    let generation = sh.policy_generation();
-    refresh(generation);
-    let hit = CACHE.with_borrow(|c| c.map.get(key).cloned());
-    if hit.is_some() {
-        return Ok(hit);
-    }
+/// Reads a subject's row from the catalog (enrolling an unknown subject when `enroll` is set).
+fn load(sh: &Shared, tenant: &str, subject: &str, stamp: u64, enroll: bool) -> CpResult<Option<SubjectRow>> {
+    sh.bump(shmem::Stat::SubjectReads);
     let row = match catalog::load_subject(tenant, subject)? {
         Some(r) => r,
         None if !enroll => return Ok(None),
@@ -222,14 +217,100 @@ pub fn get(key: &Key, tenant: &str, subject: &str, enroll: bool) -> CpResult<Opt
                 .ok_or_else(|| CpError::Internal(format!("subject \"{subject}\" vanished while being enrolled")))?
         }
     };
-    let cached = Rc::new(build(row, subject)?);
-    CACHE.with_borrow_mut(|c| {
-        if c.generation == generation {
-            if c.map.len() >= MAX_ENTRIES {
-                c.map.clear();
-            }
-            c.map.insert(*key, cached.clone());
+    let Some(profile_id) = row.profile_id else {
+        return Err(CpError::state(
+            format!(
+                "profile \"{}\" of subject \"{subject}\" does not exist",
+                row.profile_name
+            ),
+            None,
+            Some("Assign the subject an existing profile in control_plane.subjects."),
+        ));
+    };
+    let overrides = match row.overrides.as_deref() {
+        Some(o) => Some(parse(o, "overrides")?),
+        None => None,
+    };
+    Ok(Some(SubjectRow {
+        stamp,
+        profile_id,
+        active: row.active,
+        org_id: row.org_id,
+        overrides,
+        merged: RefCell::new(None),
+    }))
+}
+
+/// The subject's row from the cache, or from the catalog (then cached).
+fn subject_row(sh: &Shared, key: &Key, tenant: &str, subject: &str, enroll: bool) -> CpResult<Option<Rc<SubjectRow>>> {
+    let stamp = sh.subject_stamp(key);
+    if let Some(r) = CACHE.with_borrow(|c| c.subjects.get(key).cloned()) {
+        if r.stamp == stamp {
+            return Ok(Some(r));
         }
+    }
+    let Some(row) = load(sh, tenant, subject, stamp, enroll)? else {
+        return Ok(None);
+    };
+    let row = Rc::new(row);
+    CACHE.with_borrow_mut(|c| {
+        if c.subjects.len() >= MAX_ENTRIES {
+            c.subjects.clear();
+        }
+        c.subjects.insert(*key, row.clone());
     });
-    Ok(Some(cached))
+    Ok(Some(row))
+}
+
+/// The policy for an admission, and the stamp to record in the subject's shared-memory entry
+/// when its row was read from the catalog. Subjects without overrides whose entry already knows
+/// their profile (at the current subject stamp) need no catalog read at all, even in a backend
+/// that has never seen them: this is what keeps a million subjects as fast as a thousand.
+pub fn for_admission(
+    key: &Key,
+    db: u32,
+    tenant: &str,
+    subject: &str,
+) -> CpResult<(Rc<Cached>, Option<shmem::PolicyStamp>)> {
+    let sh = shmem::shared()?;
+    refresh(sh);
+    let stamp = sh.subject_stamp(key);
+    if let Some(r) = CACHE.with_borrow(|c| c.subjects.get(key).cloned()) {
+        if r.stamp == stamp {
+            return Ok((effective(sh, &r, subject)?, None));
+        }
+    }
+    // This transaction's own uncommitted changes are neither in the entry nor for others to see.
+    let own_changes = crate::xact::has_policy_changes();
+    if let Some(st) = (!own_changes).then(|| sh.peek_policy(key, db)).flatten() {
+        if st.stamp == stamp && st.flags & shmem::POLICY_HAS_OVERRIDES == 0 && st.profile_id != 0 {
+            if let Some(p) = profile(sh, st.profile_id)? {
+                let cached = Cached {
+                    profile: p.name.clone(),
+                    profile_id: st.profile_id,
+                    has_overrides: false,
+                    active: st.flags & shmem::POLICY_ACTIVE != 0,
+                    org_id: None,
+                    policy: p.policy.clone(),
+                };
+                return Ok((Rc::new(cached), None));
+            }
+        }
+    }
+    let row = subject_row(sh, key, tenant, subject, true)?
+        .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
+    let c = effective(sh, &row, subject)?;
+    let published = (!own_changes).then(|| c.stamp(row.stamp));
+    Ok((c, published))
+}
+
+/// The subject's effective policy. An unknown subject is enrolled in the tenant's default profile
+/// when `enroll` is set; otherwise `None` is returned for it.
+pub fn get(key: &Key, tenant: &str, subject: &str, enroll: bool) -> CpResult<Option<Rc<Cached>>> {
+    let sh = shmem::shared()?;
+    refresh(sh);
+    match subject_row(sh, key, tenant, subject, enroll)? {
+        Some(row) => Ok(Some(effective(sh, &row, subject)?)),
+        None => Ok(None),
+    }
 }

@@ -3,8 +3,8 @@
 //! `cp_record_usage` queues its ledger row here; the commit callback adds it to the totals and
 //! settles the reservation. An abort (or the rollback of the subtransaction that queued it) drops
 //! the work and gives the reservation back to its owner. Admin changes to profiles and subjects
-//! queue a bump of the policy generation, applied after commit so that no backend can cache the
-//! old rows under the new generation.
+//! queue a bump of the version of what they touched (one subject, one profile, or everything),
+//! applied after commit so that no backend can cache the old rows under the new version.
 
 use crate::key::Key;
 use crate::shmem;
@@ -23,12 +23,27 @@ pub struct Pending {
     pub reservation: Option<(usize, i64)>,
 }
 
+/// What a committed admin change makes every backend read again.
+#[derive(Clone, Copy, Debug)]
+pub enum Change {
+    /// One subject's row.
+    Subject(Key),
+    /// One profile's row (its id, name and tenant unchanged).
+    Profile(i32),
+    /// Anything: profiles added, removed or renamed, tables truncated.
+    All,
+}
+
+/// Changes queued beyond this many in one transaction become one `Change::All`.
+const MAX_CHANGES: usize = 10_000;
+
 #[derive(Default)]
 struct State {
     registered: bool,
     pending: Vec<Pending>,
-    /// Subtransactions that changed policy rows (a rolled-back one changes nothing).
-    policy_changed: Vec<pg_sys::SubTransactionId>,
+    /// Changed policy rows, by the subtransaction that changed them (a rolled-back one changes
+    /// nothing).
+    policy_changed: Vec<(pg_sys::SubTransactionId, Change)>,
 }
 
 thread_local! {
@@ -56,13 +71,18 @@ pub fn push(p: Pending) {
     });
 }
 
-/// Called by the policy triggers: forget the local cache now, bump the generation at commit.
-pub fn policy_changed() {
+/// Called by the policy triggers: forget the local cache now, bump what changed at commit.
+pub fn policy_changed(change: Change) {
     crate::policy_cache::clear();
     let subid = current_subid();
     STATE.with_borrow_mut(|st| {
         ensure_registered(st);
-        st.policy_changed.push(subid);
+        if st.policy_changed.len() >= MAX_CHANGES {
+            st.policy_changed.retain(|(s, _)| *s != subid);
+            st.policy_changed.push((subid, Change::All));
+        } else {
+            st.policy_changed.push((subid, change));
+        }
     });
 }
 
@@ -93,12 +113,8 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             // Must not raise: the transaction is already committed.
-            let (work, changed) = STATE.with_borrow_mut(|st| {
-                (
-                    std::mem::take(&mut st.pending),
-                    !std::mem::take(&mut st.policy_changed).is_empty(),
-                )
-            });
+            let (work, changed) =
+                STATE.with_borrow_mut(|st| (std::mem::take(&mut st.pending), std::mem::take(&mut st.policy_changed)));
             let Ok(sh) = shmem::shared() else { return };
             let now = crate::catalog::now_unix_us();
             for p in &work {
@@ -116,8 +132,12 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                     sh.bump(shmem::Stat::Settled);
                 }
             }
-            if changed {
-                sh.bump_policy_generation();
+            for (_, c) in changed {
+                match c {
+                    Change::Subject(k) => sh.bump_subject(&k),
+                    Change::Profile(id) => sh.bump_profile(id),
+                    Change::All => sh.bump_policy_generation(),
+                }
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
@@ -152,7 +172,7 @@ unsafe extern "C-unwind" fn subxact_callback(
                     .partition(|p| p.subid == my_subid);
                 st.pending = kept;
                 let before = st.policy_changed.len();
-                st.policy_changed.retain(|s| *s != my_subid);
+                st.policy_changed.retain(|(s, _)| *s != my_subid);
                 (gone, before != st.policy_changed.len())
             });
             dropped.iter().for_each(undo);
@@ -167,8 +187,8 @@ unsafe extern "C-unwind" fn subxact_callback(
                 .for_each(|p| p.subid = parent_subid);
             st.policy_changed
                 .iter_mut()
-                .filter(|s| **s == my_subid)
-                .for_each(|s| *s = parent_subid);
+                .filter(|(s, _)| *s == my_subid)
+                .for_each(|(s, _)| *s = parent_subid);
         }),
         _ => {}
     }

@@ -128,15 +128,45 @@ CREATE TRIGGER profiles_in_use BEFORE DELETE OR UPDATE OF name, tenant_id ON con
     FOR EACH ROW EXECUTE FUNCTION control_plane._profiles_in_use();
 
 -- A committed change to profiles or subjects is obeyed by the next cp_admit in every backend.
+-- Each change names what it touched, so that only that is read again: one subject, one profile
+-- (whose id, tenant and name stay), or everything (profiles added, removed or renamed, tables
+-- truncated: these can change which profile a subject resolves to).
+CREATE FUNCTION control_plane._subjects_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM control_plane._subject_changed(OLD.tenant_id, OLD.subject_id);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM control_plane._subject_changed(NEW.tenant_id, NEW.subject_id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER subjects_policy_changed AFTER INSERT OR UPDATE OR DELETE ON control_plane.subjects
+    FOR EACH ROW EXECUTE FUNCTION control_plane._subjects_changed();
+
+CREATE FUNCTION control_plane._profiles_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.id = NEW.id AND OLD.tenant_id = NEW.tenant_id AND OLD.name = NEW.name THEN
+        PERFORM control_plane._profile_changed(NEW.id);
+    ELSE
+        PERFORM control_plane._policy_changed();
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER profiles_policy_changed AFTER INSERT OR UPDATE OR DELETE ON control_plane.profiles
+    FOR EACH ROW EXECUTE FUNCTION control_plane._profiles_changed();
+
 CREATE FUNCTION control_plane._policy_changed_trigger() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM control_plane._policy_changed();
     RETURN NULL;
 END $$;
-CREATE TRIGGER profiles_policy_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.profiles
+CREATE TRIGGER profiles_truncated AFTER TRUNCATE ON control_plane.profiles
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
-CREATE TRIGGER subjects_policy_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.subjects
+CREATE TRIGGER subjects_truncated AFTER TRUNCATE ON control_plane.subjects
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
 
 -- -------------------------------------------------------------------------------- usage_events
@@ -195,6 +225,31 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'cp_admit_fast';
 COMMENT ON FUNCTION control_plane.cp_admit(text, bigint, text, text) IS
     'One admission decision: checks every limit and holds the request and its token estimate if admitted.';
+
+-- ------------------------------------------------------------------------------ cp_record_usage
+
+CREATE TYPE control_plane.usage_record AS (
+    event_id            bigint,
+    cost_micros         bigint,
+    reservation_settled boolean
+);
+COMMENT ON TYPE control_plane.usage_record IS 'What cp_record_usage recorded.';
+
+-- Implemented in Rust against the raw calling convention (src/api.rs, cp_record_usage_fast).
+CREATE FUNCTION control_plane.cp_record_usage(
+    subject         text,
+    input_tokens    bigint,
+    output_tokens   bigint,
+    model           text  DEFAULT NULL,
+    reservation_id  uuid  DEFAULT NULL,
+    idempotency_key text  DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    feature         text  DEFAULT NULL
+) RETURNS control_plane.usage_record
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'cp_record_usage_fast';
+COMMENT ON FUNCTION control_plane.cp_record_usage(text, bigint, bigint, text, uuid, text, jsonb, text) IS
+    'Appends actual usage to the ledger and settles its reservation; totals move at commit.';
 
 -- ---------------------------------------------------------------------------------------- stats
 

@@ -1,0 +1,2 @@
+\set s random(1, 10000)
+SELECT * FROM control_plane.cp_admit('c_' || :s, 100);

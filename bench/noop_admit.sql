@@ -1,0 +1,2 @@
+\set s random(1, :subjects)
+SELECT * FROM bench_noop_admit('a_' || :s, 100);

@@ -1,0 +1,258 @@
+//! `cp_admit`: one admission decision across every limit that applies.
+
+use super::{composite_datum, database, rebuild, tenant_fingerprint};
+use crate::admission::{self, DenyKind, Verdict};
+use crate::args::{check_name, check_tokens, optional_name, required};
+use crate::calendar::US_PER_SEC;
+use crate::catalog::now_unix_us;
+use crate::error::{CpError, CpResult};
+use crate::gucs;
+use crate::key::Key;
+use crate::policy_cache;
+use crate::shmem::{self, Hold, Seen, Stat};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use std::cell::Cell;
+
+/// One admission decision, as returned to SQL.
+pub struct Decision {
+    pub allowed: bool,
+    pub decision: &'static str,
+    pub reason: Option<&'static str>,
+    pub limit_name: Option<&'static str>,
+    pub remaining: Option<i64>,
+    pub retry_after_ms: Option<i64>,
+    pub reservation_id: Option<Uuid>,
+}
+
+impl Decision {
+    fn deny(
+        reason: &'static str,
+        limit_name: Option<&'static str>,
+        remaining: Option<i64>,
+        retry: Option<i64>,
+    ) -> Self {
+        Decision {
+            allowed: false,
+            decision: "deny",
+            reason: Some(reason),
+            limit_name,
+            remaining,
+            retry_after_ms: retry,
+            reservation_id: None,
+        }
+    }
+}
+
+thread_local! {
+    static RNG: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// xorshift128+ seeded once per backend from pg_strong_random.
+fn random_u64() -> u64 {
+    RNG.with(|c| {
+        let (mut s0, mut s1) = c.get();
+        if s0 == 0 && s1 == 0 {
+            let mut buf = [0u8; 16];
+            let ok = unsafe { pg_sys::pg_strong_random(buf.as_mut_ptr().cast(), 16) };
+            s0 = u64::from_le_bytes(buf[..8].try_into().unwrap_or([1; 8]));
+            s1 = u64::from_le_bytes(buf[8..].try_into().unwrap_or([2; 8]));
+            if !ok || (s0 == 0 && s1 == 0) {
+                s0 = (unsafe { pg_sys::MyProcPid } as u64) ^ now_unix_us() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+                s1 = s0.rotate_left(17) | 1;
+            }
+        }
+        let mut x = s0;
+        let y = s1;
+        x ^= x << 23;
+        let s1n = x ^ y ^ (x >> 17) ^ (y >> 26);
+        c.set((y, s1n));
+        s1n.wrapping_add(y)
+    })
+}
+
+/// The slot number of a reservation id that names no slot (an admission that holds nothing).
+const NO_SLOT: u32 = u32::MAX;
+
+/// A version-4 UUID whose first four bytes are the reservation slot.
+fn reservation_uuid(slot: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&slot.to_be_bytes());
+    b[4..12].copy_from_slice(&random_u64().to_le_bytes());
+    b[12..].copy_from_slice(&random_u64().to_le_bytes()[..4]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+pub fn admit(
+    subject: Option<&str>,
+    tokens: Option<i64>,
+    model: Option<&str>,
+    feature: Option<&str>,
+) -> CpResult<Decision> {
+    let sh = shmem::shared()?;
+    let subject = required("subject", subject)?;
+    check_name("subject", subject)?;
+    let tokens = required("tokens", tokens)?;
+    check_tokens("tokens", tokens)?;
+    optional_name("model", model)?;
+    optional_name("feature", feature)?;
+    let tenant = gucs::tenant()?;
+    let db = database();
+    let key = Key::of(db, &tenant, subject);
+    let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject)?;
+
+    if !pol.active {
+        sh.bump(Stat::DeniedInactive);
+        return Ok(Decision::deny("inactive", None, None, None));
+    }
+    if !pol.policy.profile_active {
+        sh.bump(Stat::DeniedInactive);
+        return Ok(Decision::deny("profile_inactive", None, None, None));
+    }
+    if let Some(g) = pol.policy.gate(model, feature) {
+        sh.bump(Stat::DeniedModel);
+        return Ok(Decision::deny(g.reason(), None, None, None));
+    }
+
+    let now = now_unix_us();
+    let expires_at = now.saturating_add(gucs::RESERVATION_TIMEOUT.get() as i64 * US_PER_SEC);
+    let warn_pct = gucs::WARN_THRESHOLD.get() as i64;
+    // A plan with nothing to hold (no concurrency limit, no request quota, no token estimate
+    // against a token quota) claims no reservation slot.
+    let hold = admission::needs_hold(&pol.policy, tokens).then_some(Hold { tokens, expires_at });
+    let mut expired_once = false;
+    for _ in 0..4 {
+        // From the claim of a reservation slot to its publication nothing can raise an error:
+        // the ledger rebuild runs with no slot claimed, and the guard gives the slot back on
+        // every other way out.
+        let claim = match hold {
+            None => None,
+            Some(_) => match sh.claim_reservation(now) {
+                Some(c) => Some(c),
+                None => {
+                    sh.bump(Stat::DeniedCapacity);
+                    return Ok(Decision::deny("capacity", Some("max_reservations"), Some(0), None));
+                }
+            },
+        };
+        let seen = sh.admit(&key, db, now, hold, stamp, |state| {
+            let v = admission::decide(&pol.policy, state, tokens, now, warn_pct);
+            let tat = match v {
+                Verdict::Allow { tat, .. } => Some(tat),
+                Verdict::Deny { .. } => None,
+            };
+            (v, tat)
+        });
+        let a = match seen {
+            Seen::Found(a) => a,
+            Seen::Missing => {
+                drop(claim);
+                if !rebuild(sh, &key, db, &tenant, subject)? {
+                    sh.bump(Stat::DeniedCapacity);
+                    return Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None));
+                }
+                continue;
+            }
+        };
+        match a.verdict {
+            Verdict::Allow { tightest, warn, .. } => {
+                let id = reservation_uuid(claim.as_ref().map_or(NO_SLOT, |c| c.index() as u32));
+                if let Some(c) = claim {
+                    c.publish(id, db, key, tenant_fingerprint(db, &tenant), tokens, expires_at);
+                }
+                sh.bump(Stat::Allowed);
+                return Ok(Decision {
+                    allowed: true,
+                    decision: if warn { "warn" } else { "allow" },
+                    reason: warn.then_some("quota_warning"),
+                    limit_name: tightest.map(|(l, _)| l.name()),
+                    remaining: tightest.map(|(_, r)| r),
+                    retry_after_ms: None,
+                    reservation_id: Some(Uuid::from_bytes(id)),
+                });
+            }
+            Verdict::Deny {
+                kind,
+                limit,
+                remaining,
+                mut retry_after_ms,
+            } => {
+                drop(claim);
+                let holds = a.totals.held_requests > 0 || a.totals.held_tokens > 0;
+                if holds && !expired_once && a.next_expiry != 0 && a.next_expiry <= now && kind != DenyKind::Rate {
+                    // Some of what blocks us may be reservations past their time: give them back.
+                    expired_once = true;
+                    sh.expire_reservations(now, Some((&key, db)));
+                    continue;
+                }
+                sh.bump(match kind {
+                    DenyKind::Quota => Stat::DeniedQuota,
+                    DenyKind::Rate => Stat::DeniedRate,
+                    DenyKind::Concurrency => Stat::DeniedConcurrency,
+                });
+                if kind == DenyKind::Concurrency && a.next_expiry > now {
+                    // At the latest, the oldest open request expires then.
+                    retry_after_ms = Some(((a.next_expiry - now) + 999) / 1_000);
+                }
+                return Ok(Decision::deny(
+                    kind.reason(),
+                    Some(limit.name()),
+                    Some(remaining),
+                    retry_after_ms,
+                ));
+            }
+        }
+    }
+    Err(CpError::Internal("admission did not settle".into()))
+}
+
+/// `pg_finfo` record of `cp_admit_fast` (version-1 calling convention).
+#[no_mangle]
+pub extern "C" fn pg_finfo_cp_admit_fast() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `control_plane.cp_admit(subject, tokens, model, feature) RETURNS control_plane.admission`
+/// (declared in `src/sql/schema.sql`). One admission decision for `subject` in the current
+/// tenant: checks every limit that applies and, if admitted, holds the request and its token
+/// estimate until `cp_record_usage` or `cp_release` (or expiry).
+///
+/// Written against the raw calling convention and returning a named composite type: this is
+/// the hot path, and a set-returning function with OUT parameters makes PostgreSQL rebuild the
+/// result descriptor from the catalog on every call.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn cp_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let subject: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 0) };
+    let tokens: Option<i64> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 1) };
+    let model: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 2) };
+    let feature: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 3) };
+    let d = match admit(subject, tokens, model, feature) {
+        Ok(d) => d,
+        Err(e) => crate::error::raise(e),
+    };
+    unsafe { admission_datum(fcinfo, &d) }.unwrap_or_else(|e| crate::error::raise(e))
+}
+
+/// Forms the `control_plane.admission` row.
+unsafe fn admission_datum(fcinfo: pg_sys::FunctionCallInfo, d: &Decision) -> CpResult<pg_sys::Datum> {
+    let text = |s: Option<&str>| s.and_then(|s| s.into_datum());
+    unsafe {
+        composite_datum(
+            fcinfo,
+            &[
+                d.allowed.into_datum(),
+                text(Some(d.decision)),
+                text(d.reason),
+                text(d.limit_name),
+                d.remaining.and_then(|v| v.into_datum()),
+                d.retry_after_ms.and_then(|v| v.into_datum()),
+                d.reservation_id.and_then(|u| u.into_datum()),
+            ],
+        )
+    }
+}

@@ -1,0 +1,110 @@
+//! The SQL surface: thin wrappers that validate arguments, call the pure decision code and move
+//! shared memory.
+//!
+//! - `admit`: `cp_admit`;
+//! - `record`: `cp_record_usage` and `cp_release`;
+//! - `status`: `cp_quota_status`;
+//! - `admin`: `cp_cleanup`, `cp_stats` and the helpers of triggers and constraints;
+//! - here: what they share (the database, the ledger lock, rebuilding an entry, forming a row).
+
+mod admin;
+mod admit;
+mod record;
+mod status;
+
+use crate::calendar::Window;
+use crate::catalog::{self, now_unix_us};
+use crate::error::{CpError, CpResult};
+use crate::gucs;
+use crate::key::Key;
+use crate::quota::Totals;
+use crate::shmem::{self, Seen, Shared, Stat};
+use pgrx::pg_sys;
+
+fn database() -> u32 {
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+fn tenant_fingerprint(db: u32, tenant: &str) -> u64 {
+    Key::of(db, tenant, "").hi
+}
+
+/// Heavyweight lock that orders a ledger rebuild of a subject against transactions recording
+/// usage for it (see README, "How totals stay exact").
+fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: db,
+        locktag_field2: key.bucket(shmem::LOCK_BUCKETS),
+        locktag_field3: 0x6370_5f71,
+        locktag_field4: 0x4350,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe {
+        if acquire {
+            pg_sys::LockAcquire(&tag, mode as i32, false, false);
+        } else {
+            pg_sys::LockRelease(&tag, mode as i32, false);
+        }
+    }
+}
+
+/// Loads a subject's totals from the ledger into shared memory unless they are there already.
+/// Returns false when the index is full and nothing can be evicted.
+fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> CpResult<bool> {
+    let evict_busy = gucs::ON_FULL.get() == gucs::OnFull::EvictLru;
+    ledger_lock(db, key, pg_sys::ExclusiveLock, true);
+    let now = now_unix_us();
+    let result = match sh.with_entry(key, db, now, |_| ()) {
+        Seen::Found(()) => Ok(true),
+        Seen::Missing => catalog::ledger_totals(tenant, subject, Window::Day.bounds(now), Window::Month.bounds(now))
+            .map(|totals| {
+                sh.bump(Stat::Rebuilds);
+                sh.install(key, db, totals, now, evict_busy).is_ok()
+            }),
+    };
+    ledger_lock(db, key, pg_sys::ExclusiveLock, false);
+    result
+}
+
+/// The subject's current totals, rebuilt from the ledger if shared memory lacks them.
+fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> CpResult<Option<Totals>> {
+    for _ in 0..3 {
+        if let Seen::Found(t) = sh.with_entry(key, db, now_unix_us(), |s| s.totals) {
+            return Ok(Some(t));
+        }
+        if !rebuild(sh, key, db, tenant, subject)? {
+            return Ok(None);
+        }
+    }
+    Err(CpError::Internal("subject entry keeps disappearing".into()))
+}
+
+/// The raw calling convention with a named composite type is the cheapest way PostgreSQL has to
+/// return a row: no per-call result descriptor from the catalog, no set-returning machinery.
+/// Forms a row of the function's declared composite result type from `cols` (None = NULL).
+/// The raw calling convention with a named composite type is the cheapest way PostgreSQL has to
+/// return a row: no per-call result descriptor from the catalog, no set-returning machinery.
+unsafe fn composite_datum(fcinfo: pg_sys::FunctionCallInfo, cols: &[Option<pg_sys::Datum>]) -> CpResult<pg_sys::Datum> {
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        let mut typid = pg_sys::get_fn_expr_rettype(flinfo);
+        if typid == pg_sys::InvalidOid {
+            typid = pg_sys::get_func_rettype((*flinfo).fn_oid);
+        }
+        let desc = pg_sys::lookup_rowtype_tupdesc(typid, -1);
+        if (*desc).natts as usize != cols.len() {
+            pg_sys::DecrTupleDescRefCount(desc);
+            return Err(CpError::Internal(format!(
+                "result type {} does not have {} attributes",
+                typid.to_u32(),
+                cols.len()
+            )));
+        }
+        let mut values: Vec<pg_sys::Datum> = cols.iter().map(|c| c.unwrap_or(pg_sys::Datum::from(0usize))).collect();
+        let mut nulls: Vec<bool> = cols.iter().map(Option::is_none).collect();
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::DecrTupleDescRefCount(desc);
+        Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+    }
+}

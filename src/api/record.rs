@@ -1,0 +1,165 @@
+//! `cp_record_usage` and `cp_release`: what happens after the model call.
+
+use super::{composite_datum, database, ledger_lock, tenant_fingerprint};
+use crate::args::{check_name, check_tokens, optional_name, required};
+use crate::catalog::{self, now_unix_us};
+use crate::error::{CpError, CpResult};
+use crate::gucs;
+use crate::key::Key;
+use crate::policy_cache;
+use crate::shmem::{self, Taken};
+use crate::xact;
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+pub struct Recorded {
+    pub event_id: i64,
+    pub settled: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn record(
+    subject: Option<&str>,
+    input: Option<i64>,
+    output: Option<i64>,
+    model: Option<&str>,
+    reservation_id: Option<Uuid>,
+    idempotency_key: Option<&str>,
+    metadata: Option<pg_sys::Datum>,
+    feature: Option<&str>,
+) -> CpResult<Recorded> {
+    let sh = shmem::shared()?;
+    let subject = required("subject", subject)?;
+    check_name("subject", subject)?;
+    let input = required("input_tokens", input)?;
+    check_tokens("input_tokens", input)?;
+    let output = required("output_tokens", output)?;
+    check_tokens("output_tokens", output)?;
+    optional_name("model", model)?;
+    optional_name("idempotency_key", idempotency_key)?;
+    optional_name("feature", feature)?;
+    let tenant = gucs::tenant()?;
+    let db = database();
+    let key = Key::of(db, &tenant, subject);
+    let pol = policy_cache::get(&key, &tenant, subject, true)?
+        .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
+
+    let mut held = None;
+    if let Some(rid) = reservation_id {
+        match sh.take_reservation(rid.as_bytes(), db) {
+            Taken::Held(h) if h.key != key => {
+                sh.untake(h.index);
+                return Err(CpError::invalid_with(
+                    format!("reservation {rid} belongs to another subject"),
+                    format!("usage was recorded for subject \"{subject}\" in tenant \"{tenant}\""),
+                    Some("Record the usage for the subject that was admitted."),
+                ));
+            }
+            Taken::Held(h) => held = Some(h),
+            Taken::Busy => {
+                return Err(CpError::state(
+                    format!("reservation {rid} is being settled by another transaction"),
+                    None,
+                    Some("Each reservation is settled once; wait for the other transaction to end."),
+                ))
+            }
+            Taken::Unknown => {}
+        }
+    }
+    let now = now_unix_us();
+    // Queued before anything that can fail, so that an abort gives the reservation back.
+    xact::push(xact::Pending {
+        subid: xact::current_subid(),
+        key,
+        db,
+        at_unix_us: now,
+        input,
+        output,
+        reservation: held.map(|h| (h.index, h.tokens)),
+    });
+    ledger_lock(db, &key, pg_sys::ShareLock, true);
+    let event_id = catalog::insert_usage(catalog::UsageRow {
+        tenant: &tenant,
+        subject,
+        org_id: pol.org_id.as_deref(),
+        model,
+        feature,
+        input,
+        output,
+        reservation_id,
+        idempotency_key,
+        metadata,
+        at_unix_us: now,
+    })?;
+    Ok(Recorded {
+        event_id,
+        settled: held.is_some(),
+    })
+}
+
+/// `pg_finfo` record of `cp_record_usage_fast` (version-1 calling convention).
+#[no_mangle]
+pub extern "C" fn pg_finfo_cp_record_usage_fast() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `control_plane.cp_record_usage(subject, input_tokens, output_tokens, model, reservation_id,
+/// idempotency_key, metadata, feature) RETURNS control_plane.usage_record` (declared in
+/// `src/sql/schema.sql`). Appends what a request actually used to the ledger and settles its
+/// reservation; the totals move when the transaction commits. `metadata` is stored as the caller
+/// sent it (the jsonb datum is passed through, never parsed).
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn cp_record_usage_fast(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
+    let r = unsafe {
+        record(
+            pg_getarg::<&str>(fcinfo, 0),
+            pg_getarg::<i64>(fcinfo, 1),
+            pg_getarg::<i64>(fcinfo, 2),
+            pg_getarg::<&str>(fcinfo, 3),
+            pg_getarg::<Uuid>(fcinfo, 4),
+            pg_getarg::<&str>(fcinfo, 5),
+            pg_getarg_datum(fcinfo, 6),
+            pg_getarg::<&str>(fcinfo, 7),
+        )
+    };
+    let r = r.unwrap_or_else(|e| crate::error::raise(e));
+    unsafe { composite_datum(fcinfo, &[r.event_id.into_datum(), None, r.settled.into_datum()]) }
+        .unwrap_or_else(|e| crate::error::raise(e))
+}
+
+// ----------------------------------------------------------------------------- cp_release
+
+pub fn release(reservation_id: Option<Uuid>) -> CpResult<bool> {
+    let sh = shmem::shared()?;
+    let rid = required("reservation_id", reservation_id)?;
+    let tenant = gucs::tenant()?;
+    let db = database();
+    match sh.take_reservation(rid.as_bytes(), db) {
+        Taken::Held(h) if h.tenant_fp != tenant_fingerprint(db, &tenant) => {
+            sh.untake(h.index);
+            Ok(false)
+        }
+        Taken::Held(h) => {
+            sh.release_taken(&h, db, now_unix_us());
+            Ok(true)
+        }
+        Taken::Busy => Err(CpError::state(
+            format!("reservation {rid} is being settled by another transaction"),
+            None,
+            None,
+        )),
+        Taken::Unknown => Ok(false),
+    }
+}
+
+/// Gives back a reservation whose request never ran. True if it was open; false if it was
+/// unknown, already settled, released or expired. Takes effect at once (not transactional).
+#[pg_extern(volatile, parallel_unsafe)]
+fn cp_release(reservation_id: Option<Uuid>) -> Result<bool, ErrorReport> {
+    Ok(release(reservation_id)?)
+}

@@ -1,0 +1,141 @@
+//! `cp_quota_status`: what a subject has used, holds and has left, as jsonb.
+
+use super::{database, totals_of};
+use crate::args::{check_name, required};
+use crate::calendar::{civil_from_days, Window, US_PER_DAY, US_PER_SEC};
+use crate::catalog::{self, now_unix_us};
+use crate::error::{CpError, CpResult};
+use crate::gucs;
+use crate::key::Key;
+use crate::policy::{Limit, Policy};
+use crate::policy_cache::{self, Cached};
+use crate::quota::{self, Totals, QUOTA_LIMITS};
+use crate::shmem;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Map, Value};
+
+fn iso(unix_us: i64) -> String {
+    let d = unix_us.div_euclid(US_PER_DAY);
+    let secs = unix_us.rem_euclid(US_PER_DAY) / US_PER_SEC;
+    let (y, m, dd) = civil_from_days(d);
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn held_in(l: Limit, t: &Totals) -> i64 {
+    match l {
+        Limit::RequestsPerDay | Limit::RequestsPerMonth => t.held_requests,
+        Limit::InputTokensPerDay | Limit::InputTokensPerMonth => t.held_tokens,
+        _ => 0,
+    }
+}
+
+pub fn status_json(
+    tenant: &str,
+    subject: &str,
+    enrolled: Option<&Cached>,
+    policy: &Policy,
+    profile: &str,
+    t: &Totals,
+    now: i64,
+) -> Value {
+    let mut quotas = Map::new();
+    for l in QUOTA_LIMITS {
+        let limit = policy.limit(l);
+        let used = t.committed(l);
+        let held = held_in(l, t);
+        let remaining = limit.map(|c| c.saturating_sub(t.used(l)).max(0));
+        let percent = limit.map(|c| {
+            if c == 0 {
+                100.0
+            } else {
+                ((t.used(l) as f64) * 1000.0 / (c as f64)).round() / 10.0
+            }
+        });
+        quotas.insert(
+            l.name().into(),
+            json!({"limit": limit, "used": used, "held": held, "remaining": remaining, "percent": percent,
+                   "window": quota::window_of(l).map(|w| w.name())}),
+        );
+    }
+    let window = |w: Window| {
+        let (s, e) = w.bounds(now);
+        json!({"start": iso(s), "end": iso(e), "resets_in_ms": w.ms_until_end(now)})
+    };
+    let lim = |l: Limit| json!(policy.limit(l));
+    json!({
+        "tenant": tenant,
+        "subject": subject,
+        "enrolled": enrolled.is_some(),
+        "profile": profile,
+        "active": enrolled.is_none_or(|c| c.active),
+        "profile_active": policy.profile_active,
+        "org_id": enrolled.and_then(|c| c.org_id.clone()),
+        "period": {"day": window(Window::Day), "month": window(Window::Month)},
+        "quotas": quotas,
+        "held": {"requests": t.held_requests, "tokens": t.held_tokens},
+        "rate_limits": {
+            "requests_per_second": lim(Limit::RequestsPerSecond),
+            "requests_per_minute": lim(Limit::RequestsPerMinute),
+            "requests_per_hour": lim(Limit::RequestsPerHour),
+            "tokens_per_minute": lim(Limit::TokensPerMinute),
+            "max_concurrent": lim(Limit::MaxConcurrent),
+            "in_flight": t.held_requests,
+        },
+        "budgets": {
+            "daily_budget_cents": lim(Limit::DailyBudgetCents),
+            "monthly_budget_cents": lim(Limit::MonthlyBudgetCents),
+        },
+        "models": {"allowed": policy.allowed_models, "blocked": policy.blocked_models},
+        "grants": [],
+    })
+}
+
+pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
+    let sh = shmem::shared()?;
+    let subject = required("subject", subject)?;
+    check_name("subject", subject)?;
+    let tenant = gucs::tenant()?;
+    let db = database();
+    let key = Key::of(db, &tenant, subject);
+    let now = now_unix_us();
+    match policy_cache::get(&key, &tenant, subject, false)? {
+        Some(c) => {
+            let t = totals_of(sh, &key, db, &tenant, subject)?.ok_or_else(|| {
+                CpError::state(
+                    "the control_plane shared-memory index is full".to_string(),
+                    Some("no entry could be evicted: every entry holds open reservations".into()),
+                    Some("Raise control_plane.max_subjects and restart the server."),
+                )
+            })?;
+            Ok(status_json(&tenant, subject, Some(&c), &c.policy, &c.profile, &t, now))
+        }
+        None => {
+            // Not enrolled: show what the default profile would give, with what the ledger holds.
+            let Some((name, pj)) = catalog::default_profile(&tenant)? else {
+                return Err(CpError::state(
+                    format!("tenant \"{tenant}\" has no default profile"),
+                    None,
+                    None,
+                ));
+            };
+            let v: Value = serde_json::from_str(&pj).map_err(|e| CpError::Internal(e.to_string()))?;
+            let policy = Policy::from_profile(&v).map_err(|e| CpError::state(e.message, Some(e.detail), None))?;
+            let t = catalog::ledger_totals(&tenant, subject, Window::Day.bounds(now), Window::Month.bounds(now))?;
+            Ok(status_json(&tenant, subject, None, &policy, &name, &t, now))
+        }
+    }
+}
+
+/// The subject's profile, period, and for each quota its limit, used, held, remaining and
+/// percentage; rate limits and budgets as configured. Does not enroll an unknown subject.
+#[pg_extern(volatile, parallel_unsafe)]
+fn cp_quota_status(subject: Option<&str>) -> Result<JsonB, ErrorReport> {
+    Ok(JsonB(quota_status(subject)?))
+}

@@ -1,0 +1,332 @@
+//! The subject index: one entry per (database, tenant, subject) with its calendar totals, rate
+//! states and where its policy comes from.
+//!
+//! Entries are split into `NPARTS` partitions, each a ring with linear probing and backward-shift
+//! deletion, guarded by its own LWLock (tranche `control_plane_subjects_v1`). Nothing that can
+//! raise an error runs while a partition lock is held.
+
+use super::{PartGuard, Shared, Stat, NPARTS};
+use crate::admission::State;
+use crate::calendar::{day_index, month_index};
+use crate::key::Key;
+use crate::quota::Totals;
+use pgrx::pg_sys;
+
+/// One subject's entry: calendar totals, rate states and where its policy comes from. 160 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Slot {
+    pub key: Key,
+    pub db: u32,
+    /// `profiles.id` of the subject's profile, valid while `policy_stamp` is current.
+    pub profile_id: i32,
+    pub last_used: i64,
+    pub day: i32,
+    pub month: i32,
+    pub totals: Totals,
+    /// No reservation of this subject expires before this instant (a hint; may be early).
+    pub next_expiry: i64,
+    /// GCRA theoretical arrival times, one per `admission::RATE_LIMITS` entry.
+    pub tat: [i64; 4],
+    /// Subject stamp (see `Shared::subject_stamp`) at which `profile_id` and `policy_flags` were
+    /// read (0 = never).
+    pub policy_stamp: u64,
+    pub policy_flags: u32,
+    pub _pad: u32,
+}
+
+/// `policy_flags` bits.
+pub const POLICY_ACTIVE: u32 = 1;
+pub const POLICY_HAS_OVERRIDES: u32 = 2;
+
+/// Where a subject's policy comes from, as stored in its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyStamp {
+    pub stamp: u64,
+    pub profile_id: i32,
+    pub flags: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 160);
+
+/// Result of looking at a subject's entry under its lock.
+pub enum Seen<R> {
+    Missing,
+    Found(R),
+}
+
+/// What an admission holds until its reservation is settled, released or expires.
+#[derive(Clone, Copy, Debug)]
+pub struct Hold {
+    pub tokens: i64,
+    pub expires_at: i64,
+}
+
+/// What `admit` did.
+pub struct Admitted<V> {
+    pub verdict: V,
+    pub totals: Totals,
+    pub next_expiry: i64,
+}
+
+fn day_of(unix_us: i64) -> i32 {
+    day_index(unix_us).clamp(0, i32::MAX as i64) as i32
+}
+
+fn month_of(unix_us: i64) -> i32 {
+    month_index(unix_us).clamp(0, i32::MAX as i64) as i32
+}
+
+impl Shared {
+    fn part_of(&self, key: &Key) -> usize {
+        (key.hi % NPARTS as u64) as usize
+    }
+
+    fn home(&self, key: &Key) -> usize {
+        ((key.hi / NPARTS as u64) ^ key.lo) as usize % self.slots_per_part
+    }
+
+    /// The partition's slots. Only valid while its lock is held.
+    #[allow(clippy::mut_from_ref)]
+    fn part_slots(&self, part: usize, _g: &PartGuard) -> &mut [Slot] {
+        unsafe { std::slice::from_raw_parts_mut(self.slots.add(part * self.slots_per_part), self.slots_per_part) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn live(&self, part: usize, _g: &PartGuard) -> &mut u32 {
+        unsafe { &mut (*self.header).part_live[part] }
+    }
+
+    fn find(&self, slots: &[Slot], key: &Key, db: u32) -> Option<usize> {
+        let n = slots.len();
+        let mut i = self.home(key);
+        for _ in 0..n {
+            let s = &slots[i];
+            if s.key.is_empty() {
+                return None;
+            }
+            if s.key == *key && s.db == db {
+                return Some(i);
+            }
+            i = (i + 1) % n;
+        }
+        None
+    }
+
+    /// Backward-shift deletion: keeps every probe chain unbroken.
+    fn remove_at(&self, slots: &mut [Slot], at: usize) {
+        let n = slots.len();
+        let mut hole = at;
+        let mut j = (at + 1) % n;
+        loop {
+            if slots[j].key.is_empty() {
+                break;
+            }
+            let home = self.home(&slots[j].key);
+            if (j + n - home) % n >= (j + n - hole) % n {
+                slots[hole] = slots[j];
+                hole = j;
+            }
+            j = (j + 1) % n;
+        }
+        slots[hole] = Slot::default();
+    }
+
+    /// Runs `f` on the subject's entry under its partition lock (rolling its windows to `now`).
+    pub fn with_entry<R>(&self, key: &Key, db: u32, now: i64, f: impl FnOnce(&mut Slot) -> R) -> Seen<R> {
+        let part = self.part_of(key);
+        let g = self.lock(part, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let slots = self.part_slots(part, &g);
+        match self.find(slots, key, db) {
+            None => Seen::Missing,
+            Some(i) => {
+                let s = &mut slots[i];
+                roll(s, now);
+                s.last_used = now;
+                Seen::Found(f(s))
+            }
+        }
+    }
+
+    /// The all-or-nothing step: `check` decides on the entry's totals and rate states and, if it
+    /// admits (returns new rate states), the rate states are stored and `hold` (one request and
+    /// its tokens) is held in the same critical section. `stamp` records where the subject's policy came from.
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit<V>(
+        &self,
+        key: &Key,
+        db: u32,
+        now: i64,
+        hold: Option<Hold>,
+        stamp: Option<PolicyStamp>,
+        check: impl FnOnce(&State) -> (V, Option<[i64; 4]>),
+    ) -> Seen<Admitted<V>> {
+        self.with_entry(key, db, now, |s| {
+            if let Some(p) = stamp {
+                if p.stamp >= s.policy_stamp {
+                    s.policy_stamp = p.stamp;
+                    s.profile_id = p.profile_id;
+                    s.policy_flags = p.flags;
+                }
+            }
+            let (verdict, admitted) = check(&State {
+                totals: s.totals,
+                tat: s.tat,
+            });
+            if let Some(tat) = admitted {
+                s.tat = tat;
+                if let Some(h) = hold {
+                    s.totals.held_requests = s.totals.held_requests.saturating_add(1);
+                    s.totals.held_tokens = s.totals.held_tokens.saturating_add(h.tokens);
+                    if s.next_expiry == 0 || h.expires_at < s.next_expiry {
+                        s.next_expiry = h.expires_at;
+                    }
+                }
+            }
+            Admitted {
+                verdict,
+                totals: s.totals,
+                next_expiry: s.next_expiry,
+            }
+        })
+    }
+
+    /// Where the subject's policy came from, if its entry knows (shared lock).
+    pub fn peek_policy(&self, key: &Key, db: u32) -> Option<PolicyStamp> {
+        let part = self.part_of(key);
+        let g = self.lock(part, pg_sys::LWLockMode::LW_SHARED);
+        let slots = self.part_slots(part, &g);
+        self.find(slots, key, db).map(|i| {
+            let s = &slots[i];
+            PolicyStamp {
+                stamp: s.policy_stamp,
+                profile_id: s.profile_id,
+                flags: s.policy_flags,
+            }
+        })
+    }
+
+    /// Installs a subject's totals read from the ledger. Evicts the least recently used entry
+    /// without open reservations when the partition is full; fails when none can be evicted.
+    pub fn install(&self, key: &Key, db: u32, totals: Totals, now: i64, evict_busy: bool) -> Result<(), ()> {
+        let part = self.part_of(key);
+        let g = self.lock(part, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let slots = self.part_slots(part, &g);
+        if self.find(slots, key, db).is_some() {
+            return Ok(());
+        }
+        if *self.live(part, &g) as usize >= self.part_cap {
+            // An entry without open reservations whose buckets are full again loses nothing when
+            // evicted (its totals come back from the ledger). With evict_busy, the least recently
+            // used entry without reservations goes even if its rate state is lost.
+            let now_ns = now.saturating_mul(1_000);
+            let free = |s: &Slot| !s.key.is_empty() && s.totals.held_requests == 0 && s.totals.held_tokens == 0;
+            let idle = |s: &Slot| s.tat.iter().all(|t| crate::rate::is_idle(*t, now_ns));
+            let pick = |ok: &dyn Fn(&Slot) -> bool| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| ok(s))
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(i, _)| i)
+            };
+            let mut victim = pick(&|s| free(s) && idle(s));
+            if victim.is_none() && evict_busy {
+                victim = pick(&free);
+            }
+            match victim {
+                None => return Err(()),
+                Some(v) => {
+                    self.remove_at(slots, v);
+                    *self.live(part, &g) -= 1;
+                    self.bump(Stat::Evictions);
+                }
+            }
+        }
+        let n = slots.len();
+        let mut i = self.home(key);
+        while !slots[i].key.is_empty() {
+            i = (i + 1) % n;
+        }
+        let s = Slot {
+            key: *key,
+            db,
+            last_used: now,
+            day: day_of(now),
+            month: month_of(now),
+            totals,
+            ..Slot::default()
+        };
+        slots[i] = s;
+        *self.live(part, &g) += 1;
+        Ok(())
+    }
+
+    /// Applies a committed ledger row (at `ts`) and settles its reservation's hold. Never errors:
+    /// it runs inside the commit callback. A missing entry needs nothing: it is rebuilt from the
+    /// ledger, which already holds the row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_commit(&self, key: &Key, db: u32, ts: i64, input: i64, output: i64, hold: Option<i64>, now: i64) {
+        let _ = self.with_entry(key, db, now, |s| {
+            let (d, m) = (day_of(ts), month_of(ts));
+            roll_to(s, d, m);
+            let t = &mut s.totals;
+            if d == s.day {
+                t.day_requests = t.day_requests.saturating_add(1);
+                t.day_input = t.day_input.saturating_add(input);
+                t.day_output = t.day_output.saturating_add(output);
+            }
+            if m == s.month {
+                t.month_requests = t.month_requests.saturating_add(1);
+                t.month_input = t.month_input.saturating_add(input);
+                t.month_output = t.month_output.saturating_add(output);
+            }
+            if let Some(tokens) = hold {
+                release_hold(t, tokens);
+            }
+        });
+    }
+
+    /// Gives back one request and `tokens` held by a reservation.
+    pub(super) fn give_back(&self, key: &Key, db: u32, tokens: i64, now: i64) {
+        let _ = self.with_entry(key, db, now, |s| release_hold(&mut s.totals, tokens));
+    }
+
+    /// Sum of live entries (takes each partition lock in shared mode, one at a time).
+    pub fn entries_in_use(&self) -> i64 {
+        (0..NPARTS)
+            .map(|p| {
+                let g = self.lock(p, pg_sys::LWLockMode::LW_SHARED);
+                *self.live(p, &g) as i64
+            })
+            .sum()
+    }
+
+    // ---------------------------------------------------------------- reservations
+}
+
+fn release_hold(t: &mut Totals, tokens: i64) {
+    t.held_requests = (t.held_requests - 1).max(0);
+    t.held_tokens = (t.held_tokens.saturating_sub(tokens)).max(0);
+}
+
+/// Moves an entry's windows forward to `now` (a new day or month starts at zero).
+fn roll(s: &mut Slot, now: i64) {
+    roll_to(s, day_of(now), month_of(now));
+}
+
+/// Moves an entry's windows forward to day `d` and month `m`; never backwards.
+fn roll_to(s: &mut Slot, d: i32, m: i32) {
+    if d > s.day {
+        s.day = d;
+        s.totals.day_requests = 0;
+        s.totals.day_input = 0;
+        s.totals.day_output = 0;
+    }
+    if m > s.month {
+        s.month = m;
+        s.totals.month_requests = 0;
+        s.totals.month_input = 0;
+        s.totals.month_output = 0;
+    }
+}
