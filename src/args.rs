@@ -39,3 +39,17 @@ pub fn check_tokens(what: &str, v: i64) -> CpResult<()> {
 pub fn optional_name(what: &str, v: Option<&str>) -> CpResult<()> {
     v.map_or(Ok(()), |s| check_name(what, s))
 }
+
+/// A required, well-formed name (subject, ...).
+pub fn name<'a>(what: &'static str, v: Option<&'a str>) -> CpResult<&'a str> {
+    let s = required(what, v)?;
+    check_name(what, s)?;
+    Ok(s)
+}
+
+/// A required token count within 0 ..= `MAX_TOKENS`.
+pub fn tokens(what: &'static str, v: Option<i64>) -> CpResult<i64> {
+    let n = required(what, v)?;
+    check_tokens(what, n)?;
+    Ok(n)
+}

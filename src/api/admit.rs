@@ -1,13 +1,12 @@
 //! `cp_admit`: one admission decision across every limit that applies.
 
-use super::{composite_datum, database, rebuild, tenant_fingerprint};
+use super::{composite_datum, locate, rebuild, tenant_fingerprint};
 use crate::admission::{self, DenyKind, Verdict};
-use crate::args::{check_name, check_tokens, optional_name, required};
+use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
 use crate::catalog::now_unix_us;
 use crate::error::{CpError, CpResult};
 use crate::gucs;
-use crate::key::Key;
 use crate::policy_cache;
 use crate::shmem::{self, Hold, Seen, Stat};
 use pgrx::pg_sys;
@@ -93,15 +92,11 @@ pub fn admit(
     feature: Option<&str>,
 ) -> CpResult<Decision> {
     let sh = shmem::shared()?;
-    let subject = required("subject", subject)?;
-    check_name("subject", subject)?;
-    let tokens = required("tokens", tokens)?;
-    check_tokens("tokens", tokens)?;
+    let subject = args::name("subject", subject)?;
+    let tokens = args::tokens("tokens", tokens)?;
     optional_name("model", model)?;
     optional_name("feature", feature)?;
-    let tenant = gucs::tenant()?;
-    let db = database();
-    let key = Key::of(db, &tenant, subject);
+    let (tenant, db, key) = locate(subject)?;
     let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject)?;
 
     if !pol.active {

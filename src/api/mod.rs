@@ -25,6 +25,14 @@ fn database() -> u32 {
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
+/// The caller's tenant, the database, and the subject's key in shared memory.
+fn locate(subject: &str) -> CpResult<(String, u32, Key)> {
+    let tenant = gucs::tenant()?;
+    let db = database();
+    let key = Key::of(db, &tenant, subject);
+    Ok((tenant, db, key))
+}
+
 fn tenant_fingerprint(db: u32, tenant: &str) -> u64 {
     Key::of(db, tenant, "").hi
 }

@@ -1,11 +1,10 @@
 //! `cp_record_usage` and `cp_release`: what happens after the model call.
 
-use super::{composite_datum, database, ledger_lock, tenant_fingerprint};
-use crate::args::{check_name, check_tokens, optional_name, required};
+use super::{composite_datum, database, ledger_lock, locate, tenant_fingerprint};
+use crate::args::{self, optional_name, required};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::gucs;
-use crate::key::Key;
 use crate::policy_cache;
 use crate::shmem::{self, Taken};
 use crate::xact;
@@ -31,18 +30,13 @@ pub fn record(
     feature: Option<&str>,
 ) -> CpResult<Recorded> {
     let sh = shmem::shared()?;
-    let subject = required("subject", subject)?;
-    check_name("subject", subject)?;
-    let input = required("input_tokens", input)?;
-    check_tokens("input_tokens", input)?;
-    let output = required("output_tokens", output)?;
-    check_tokens("output_tokens", output)?;
+    let subject = args::name("subject", subject)?;
+    let input = args::tokens("input_tokens", input)?;
+    let output = args::tokens("output_tokens", output)?;
     optional_name("model", model)?;
     optional_name("idempotency_key", idempotency_key)?;
     optional_name("feature", feature)?;
-    let tenant = gucs::tenant()?;
-    let db = database();
-    let key = Key::of(db, &tenant, subject);
+    let (tenant, db, key) = locate(subject)?;
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 

@@ -1,12 +1,10 @@
 //! `cp_quota_status`: what a subject has used, holds and has left, as jsonb.
 
-use super::{database, totals_of};
-use crate::args::{check_name, required};
+use super::{locate, totals_of};
+use crate::args;
 use crate::calendar::{civil_from_days, Window, US_PER_DAY, US_PER_SEC};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
-use crate::gucs;
-use crate::key::Key;
 use crate::policy::{Limit, Policy};
 use crate::policy_cache::{self, Cached};
 use crate::quota::{self, Totals, QUOTA_LIMITS};
@@ -99,11 +97,8 @@ pub fn status_json(
 
 pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
     let sh = shmem::shared()?;
-    let subject = required("subject", subject)?;
-    check_name("subject", subject)?;
-    let tenant = gucs::tenant()?;
-    let db = database();
-    let key = Key::of(db, &tenant, subject);
+    let subject = args::name("subject", subject)?;
+    let (tenant, db, key) = locate(subject)?;
     let now = now_unix_us();
     match policy_cache::get(&key, &tenant, subject, false)? {
         Some(c) => {
