@@ -60,5 +60,27 @@ UPDATE control_plane.subjects SET profile = 'pro', overrides = '{}' WHERE subjec
 SELECT allowed, decision, limit_name, remaining FROM control_plane.cp_admit('user_123', 1500, model => 'gpt-4o');
 
 \echo
-\echo '== 9. Shared-memory use and decision counters (control_plane.stats) =='
+\echo '== 9. A worker that crashes after the model call never records: its admission still counts =='
+\echo '   user_321 has 2 requests a day and 5000 input tokens; its reservations expire after 1 second here.'
+INSERT INTO control_plane.subjects (subject_id, profile, overrides)
+VALUES ('user_321', 'unlimited', '{"requests_per_day": 2, "input_tokens_per_day": 5000}');
+SET control_plane.reservation_timeout = 1;
+SELECT allowed FROM control_plane.cp_admit('user_321', 1000);
+SELECT reservation_id AS late_id FROM control_plane.cp_admit('user_321', 2000) \gset
+\echo '   ... 2 seconds later: both expired, unrecorded; their requests and estimates are charged, not given back'
+SELECT pg_sleep(2);
+SELECT allowed, reason, limit_name FROM control_plane.cp_admit('user_321', 100);
+\echo '   the background flusher wrote the charge to the ledger:'
+SELECT kind, requests, input_tokens, jsonb_pretty(metadata) AS metadata
+  FROM control_plane.usage_events WHERE subject_id = 'user_321' ORDER BY id;
+\echo '   one of them records late (it used 700 tokens): its charge of 2000 is replaced, not added to'
+SELECT reservation_settled FROM control_plane.cp_record_usage('user_321', 700, 50, reservation_id => :'late_id');
+SELECT kind, requests, input_tokens FROM control_plane.usage_events WHERE subject_id = 'user_321' ORDER BY id;
+SELECT s->'quotas'->'requests_per_day'->'used' AS requests_used,
+       s->'quotas'->'input_tokens_per_day'->'used' AS input_tokens_used
+  FROM control_plane.cp_quota_status('user_321') s;
+RESET control_plane.reservation_timeout;
+
+\echo
+\echo '== 10. Shared-memory use and decision counters (control_plane.stats) =='
 SELECT name, value FROM control_plane.stats;

@@ -17,8 +17,9 @@ REGRESS_DIR=/tmp/cp-regress
 IT_DIR=/tmp/cp-it
 SMALL_DIR=/tmp/cp-small
 NOPRELOAD_DIR=/tmp/cp-nopreload
+TINY_DIR=/tmp/cp-tiny
 cleanup() {
-    for d in "$REGRESS_DIR" "$IT_DIR" "$SMALL_DIR" "$NOPRELOAD_DIR"; do cp_cluster_stop "$d"; done
+    for d in "$REGRESS_DIR" "$IT_DIR" "$SMALL_DIR" "$NOPRELOAD_DIR" "$TINY_DIR"; do cp_cluster_stop "$d"; done
 }
 trap cleanup EXIT
 
@@ -59,7 +60,8 @@ log "3/3 integration tests (many real connections, restarts, crash recovery)"
 cp_cluster_start "$IT_DIR" 55434 "max_prepared_transactions = 10"
 cp_cluster_start "$SMALL_DIR" 55436 "control_plane.max_subjects = 1024" "control_plane.max_reservations = 8192"
 cp_cluster_start "$NOPRELOAD_DIR" 55435 "shared_preload_libraries = ''"
-for c in "$IT_DIR 55434" "$SMALL_DIR 55436"; do
+cp_cluster_start "$TINY_DIR" 55437 "control_plane.max_reservations = 1024"
+for c in "$IT_DIR 55434" "$SMALL_DIR 55436" "$TINY_DIR 55437"; do
     # shellcheck disable=SC2086
     cp_psql $c -q -c "CREATE DATABASE cp_it" -c "\\c cp_it" -c "CREATE EXTENSION control_plane"
 done
@@ -67,6 +69,7 @@ cp_psql "$NOPRELOAD_DIR" 55435 -q -c "CREATE DATABASE cp_it"
 export CP_DSN="host=$IT_DIR port=55434 user=postgres dbname=cp_it"
 export CP_SMALL_DSN="host=$SMALL_DIR port=55436 user=postgres dbname=cp_it"
 export CP_NOPRELOAD_DSN="host=$NOPRELOAD_DIR port=55435 user=postgres dbname=cp_it"
+export CP_TINY_DSN="host=$TINY_DIR port=55437 user=postgres dbname=cp_it"
 export CP_PGDATA="$IT_DIR" CP_PG_BIN="$PG_BIN"
 CARGO_TARGET_DIR="$CP_ROOT/target/integration" cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=1 2>&1 | tee -a "$SUMMARY"
 

@@ -83,7 +83,7 @@ thread_local! {
 }
 
 /// How a prepared statement runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Mode {
     /// A read at a fresh snapshot (after this statement's own earlier writes).
     ReadLatest,
@@ -117,6 +117,7 @@ unsafe fn run_plan<R>(sql: &'static CStr, args: &[Arg], mode: Mode, mut f: impl 
         };
         let rc = match mode {
             Mode::ReadLatest => {
+                // Make this statement's earlier writes visible, then read at the latest snapshot.
                 pg_sys::CommandCounterIncrement();
                 let snap = pg_sys::GetLatestSnapshot();
                 pg_sys::SPI_execute_snapshot(
@@ -134,7 +135,7 @@ unsafe fn run_plan<R>(sql: &'static CStr, args: &[Arg], mode: Mode, mut f: impl 
         };
         let ok = match mode {
             Mode::ReadLatest => rc == pg_sys::SPI_OK_SELECT as i32,
-            Mode::Write => rc == pg_sys::SPI_OK_INSERT_RETURNING as i32 || rc == pg_sys::SPI_OK_SELECT as i32,
+            Mode::Write => rc == pg_sys::SPI_OK_INSERT_RETURNING as i32,
         };
         if !ok {
             return Err(CpError::Internal(format!("SPI returned {rc} for {sql:?}")));
@@ -243,10 +244,10 @@ pub fn enroll(tenant: &str, subject: &str) -> CpResult<bool> {
 /// Committed usage of a subject in one day and its month, read from the ledger.
 pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, i64)) -> CpResult<Totals> {
     let rows = query_latest(
-        c"SELECT count(*) FILTER (WHERE created_at >= $3 AND created_at < $4),
+        c"SELECT coalesce(sum(requests) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
                  coalesce(sum(input_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
                  coalesce(sum(output_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
-                 count(*),
+                 coalesce(sum(requests), 0)::bigint,
                  coalesce(sum(input_tokens), 0)::bigint,
                  coalesce(sum(output_tokens), 0)::bigint
             FROM control_plane.usage_events
@@ -317,4 +318,69 @@ pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
     ids.into_iter()
         .next()
         .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
+}
+
+/// The charge of an expired reservation, if the flusher wrote it: (its time, tokens charged).
+/// Looks at the subject's expired rows since the admission (a partial index holds only those).
+pub fn expired_charge(tenant: &str, subject: &str, id: &pgrx::Uuid, admitted_at: i64) -> CpResult<Option<(i64, i64)>> {
+    let key = id.to_string();
+    let rows = query_latest(
+        c"SELECT (extract(epoch FROM created_at) * 1000000)::bigint,
+                 (metadata->'expired_reservations'->>$3)::bigint
+            FROM control_plane.usage_events
+           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
+             AND kind OPERATOR(pg_catalog.=) 'expired' AND created_at >= $4
+             AND metadata->'expired_reservations' ? $3
+           LIMIT 1",
+        &[
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
+            Arg::Text(Some(&key)),
+            Arg::TimestampUnixUs(admitted_at - 1_000_000),
+        ],
+        |r| (r.i64(1), r.i64(2)),
+    )?;
+    Ok(rows.into_iter().next())
+}
+
+/// Appends the reversal of an expired reservation's charge (at the charge's time, so that it
+/// lands in the same windows). False when it was reversed already (by another record).
+pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, tokens: i64, at: i64) -> CpResult<bool> {
+    let ids = write(
+        c"INSERT INTO control_plane.usage_events
+              (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, reservation_id, created_at)
+          VALUES ($1, $2, 'expired_reversed', -1, -$3, 0, $4, $5)
+          ON CONFLICT (reservation_id) WHERE kind = 'expired_reversed' DO NOTHING
+          RETURNING id",
+        &[
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
+            Arg::Int(tokens),
+            Arg::Uuid(Some(id)),
+            Arg::TimestampUnixUs(at),
+        ],
+        |r| r.i64(1),
+    )?;
+    Ok(!ids.is_empty())
+}
+
+/// Appends one subject's expired charges of one day: `requests` requests and `tokens` tokens at
+/// `at`, with each reservation's charge in `metadata.expired_reservations` (a JSON object text).
+pub fn insert_charges(tenant: &str, subject: &str, requests: i64, tokens: i64, at: i64, charges: &str) -> CpResult<()> {
+    write(
+        c"INSERT INTO control_plane.usage_events
+              (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, metadata, created_at)
+          VALUES ($1, $2, 'expired', $3, $4, 0, pg_catalog.jsonb_build_object('expired_reservations', $5::jsonb), $6)
+          RETURNING id",
+        &[
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
+            Arg::Int(requests),
+            Arg::Int(tokens),
+            Arg::Text(Some(charges)),
+            Arg::TimestampUnixUs(at),
+        ],
+        |r| r.i64(1),
+    )?;
+    Ok(())
 }

@@ -10,12 +10,13 @@ use std::ffi::{CStr, CString};
 /// load of at most 80 %).
 pub static MAX_SUBJECTS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 
-/// `control_plane.max_reservations` (postmaster): reservations (admitted requests not yet recorded
-/// or released) held at once across the server. 96 bytes each.
-pub static MAX_RESERVATIONS: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+/// `control_plane.max_reservations` (postmaster): reservations (admitted requests that hold
+/// something, not yet recorded, released or written to the ledger as expired) held at once across
+/// the server. 644 bytes each.
+pub static MAX_RESERVATIONS: GucSetting<i32> = GucSetting::<i32>::new(32_768);
 
 /// `control_plane.reservation_timeout` (seconds, user): how long an admission holds its request
-/// and tokens before it expires and is given back.
+/// and tokens before it expires and is charged.
 pub static RESERVATION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 
 /// `control_plane.warn_threshold` (percent, user): an admission that leaves a quota at or above
@@ -35,6 +36,20 @@ pub enum OnFull {
     #[name = c"evict_lru"]
     EvictLru,
 }
+
+/// What an expired reservation's token estimate becomes. Its request always counts.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OnExpiry {
+    /// Charged as used (fail closed): the request may have run and spent it.
+    #[name = c"charge"]
+    Charge,
+    /// Given back: only the request counts.
+    #[name = c"release_estimate"]
+    ReleaseEstimate,
+}
+
+/// `control_plane.on_expiry` (reload).
+pub static ON_EXPIRY: GucSetting<OnExpiry> = GucSetting::<OnExpiry>::new(OnExpiry::Charge);
 
 /// `control_plane.on_full` (reload).
 pub static ON_FULL: GucSetting<OnFull> = GucSetting::<OnFull>::new(OnFull::Deny);
@@ -68,7 +83,7 @@ fn define_startup_gucs() {
     GucRegistry::define_int_guc(
         c"control_plane.max_reservations",
         c"Open reservations held at once across the server (server start).",
-        c"When every slot is taken by an unexpired reservation, admissions are denied with reason capacity.",
+        c"When every slot is taken, the oldest open reservations are expired early (charged, as at their timeout) to make room.",
         &MAX_RESERVATIONS,
         1_024,
         10_000_000,
@@ -86,10 +101,18 @@ fn define_session_gucs() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"control_plane.on_expiry",
+        c"What an expired reservation's token estimate becomes: charge (default) or release_estimate.",
+        c"An admitted request always counts against request quotas, whether or not it is recorded; a reservation that expires unsettled is charged its token estimate unless this is release_estimate.",
+        &ON_EXPIRY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"control_plane.reservation_timeout",
         c"Seconds an admission holds its request and tokens before it expires.",
-        c"An expired reservation is given back by cp_cleanup() or when its subject is next denied; recording usage against it afterwards still records the usage.",
+        c"An expired reservation is charged (its request, and its estimate unless control_plane.on_expiry = release_estimate) and written to the ledger by a background worker; recording it later replaces the charge with the actual usage.",
         &RESERVATION_TIMEOUT,
         1,
         7 * 86_400,

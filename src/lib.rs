@@ -24,6 +24,7 @@ mod api;
 mod args;
 mod catalog;
 mod error;
+mod flusher;
 mod gucs;
 mod policy_cache;
 mod shmem;

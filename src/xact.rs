@@ -7,7 +7,7 @@
 //! applied after commit so that no backend can cache the old rows under the new version.
 
 use crate::key::Key;
-use crate::shmem;
+use crate::shmem::{self, Effect};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -19,8 +19,28 @@ pub struct Pending {
     pub at_unix_us: i64,
     pub input: i64,
     pub output: i64,
-    /// The reservation this row settles: (slot index, tokens held).
-    pub reservation: Option<(usize, i64)>,
+    /// The reservation slot this row settles, taken by this transaction.
+    pub reservation: Option<Settles>,
+    /// A reversal row this transaction wrote for a charge already in the ledger: (its time,
+    /// tokens charged).
+    pub reversal: Option<(i64, i64)>,
+}
+
+/// What settling a taken reservation slot ends.
+#[derive(Clone, Copy, Debug)]
+pub enum Settles {
+    /// An open reservation's hold.
+    Hold { index: usize, tokens: i64 },
+    /// An expired reservation's charge, not yet written to the ledger: it is replaced.
+    Charge { index: usize, tokens: i64, at: i64 },
+}
+
+impl Settles {
+    fn index(&self) -> usize {
+        match *self {
+            Settles::Hold { index, .. } | Settles::Charge { index, .. } => index,
+        }
+    }
 }
 
 /// What a committed admin change makes every backend read again.
@@ -93,8 +113,8 @@ pub fn has_policy_changes() -> bool {
 }
 
 fn undo(p: &Pending) {
-    if let (Some((idx, _)), Ok(sh)) = (p.reservation, shmem::shared()) {
-        sh.untake(idx);
+    if let (Some(r), Ok(sh)) = (p.reservation, shmem::shared()) {
+        sh.untake(r.index());
     }
 }
 
@@ -118,17 +138,36 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             let Ok(sh) = shmem::shared() else { return };
             let now = crate::catalog::now_unix_us();
             for p in &work {
-                sh.apply_commit(
-                    &p.key,
-                    p.db,
-                    p.at_unix_us,
-                    p.input,
-                    p.output,
-                    p.reservation.map(|r| r.1),
-                    now,
-                );
-                if let Some((idx, _)) = p.reservation {
-                    sh.free_taken(idx);
+                let mut effects = vec![Effect::Row {
+                    at: p.at_unix_us,
+                    requests: 1,
+                    input: p.input,
+                    output: p.output,
+                }];
+                match p.reservation {
+                    Some(Settles::Hold { tokens, .. }) => effects.push(Effect::ReleaseHold { tokens }),
+                    Some(Settles::Charge { tokens, at, .. }) => effects.extend([
+                        Effect::Row {
+                            at,
+                            requests: -1,
+                            input: -tokens,
+                            output: 0,
+                        },
+                        Effect::Flushed,
+                    ]),
+                    None => {}
+                }
+                if let Some((at, tokens)) = p.reversal {
+                    effects.push(Effect::Row {
+                        at,
+                        requests: -1,
+                        input: -tokens,
+                        output: 0,
+                    });
+                }
+                sh.settle(&p.key, p.db, now, &effects);
+                if let Some(r) = p.reservation {
+                    sh.free_taken(r.index());
                     sh.bump(shmem::Stat::Settled);
                 }
             }

@@ -17,7 +17,8 @@ use serde_json::json;
 #[pg_extern(volatile, parallel_unsafe)]
 fn cp_cleanup() -> Result<JsonB, ErrorReport> {
     let sh = shmem::shared()?;
-    let (expired, _) = sh.expire_reservations(now_unix_us(), None);
+    let (expired, _) = sh.expire_reservations(now_unix_us(), None, None, false);
+    sh.wake_flushers();
     Ok(JsonB(json!({"reservations_expired": expired})))
 }
 

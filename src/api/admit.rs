@@ -8,7 +8,7 @@ use crate::catalog::now_unix_us;
 use crate::error::{CpError, CpResult};
 use crate::gucs;
 use crate::policy_cache;
-use crate::shmem::{self, Hold, Seen, Stat};
+use crate::shmem::{self, Hold, Owner, Seen, Stat};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -74,15 +74,31 @@ fn random_u64() -> u64 {
 /// The slot number of a reservation id that names no slot (an admission that holds nothing).
 const NO_SLOT: u32 = u32::MAX;
 
-/// A version-4 UUID whose first four bytes are the reservation slot.
-fn reservation_uuid(slot: u32) -> [u8; 16] {
+/// How long an admission waits for the flushers to free a reservation slot when every slot is
+/// taken (the oldest were expired early to make room) before it is denied `capacity`.
+const CLAIM_WAIT_MS: u32 = 2_000;
+
+/// A version-4 UUID: the reservation slot in bytes 0-3, random bytes 4-9, and the admission time
+/// in milliseconds since the epoch in bytes 10-15 (where a late record looks for its charge).
+fn reservation_uuid(slot: u32, now_us: i64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&slot.to_be_bytes());
-    b[4..12].copy_from_slice(&random_u64().to_le_bytes());
-    b[12..].copy_from_slice(&random_u64().to_le_bytes()[..4]);
+    b[4..10].copy_from_slice(&random_u64().to_le_bytes()[..6]);
+    b[10..].copy_from_slice(&((now_us / 1_000) as u64).to_be_bytes()[2..]);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     b
+}
+
+/// The admission time (µs since the epoch, to the millisecond) of a reservation id that names a
+/// slot; None for ids of admissions that held nothing.
+pub fn admitted_at(id: &[u8; 16]) -> Option<i64> {
+    if u32::from_be_bytes([id[0], id[1], id[2], id[3]]) == NO_SLOT {
+        return None;
+    }
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&id[10..]);
+    Some(u64::from_be_bytes(ms) as i64 * 1_000)
 }
 
 pub fn admit(
@@ -125,7 +141,7 @@ pub fn admit(
         // every other way out.
         let claim = match hold {
             None => None,
-            Some(_) => match sh.claim_reservation(now) {
+            Some(_) => match sh.claim_reservation(now, CLAIM_WAIT_MS) {
                 Some(c) => Some(c),
                 None => {
                     sh.bump(Stat::DeniedCapacity);
@@ -154,9 +170,17 @@ pub fn admit(
         };
         match a.verdict {
             Verdict::Allow { tightest, warn, .. } => {
-                let id = reservation_uuid(claim.as_ref().map_or(NO_SLOT, |c| c.index() as u32));
+                let id = reservation_uuid(claim.as_ref().map_or(NO_SLOT, |c| c.index() as u32), now);
                 if let Some(c) = claim {
-                    c.publish(id, db, key, tenant_fingerprint(db, &tenant), tokens, expires_at);
+                    let owner = Owner {
+                        db,
+                        key,
+                        tenant_fp: tenant_fingerprint(db, &tenant),
+                        tenant: &tenant,
+                        subject,
+                    };
+                    c.publish(id, &owner, tokens, expires_at);
+                    sh.ensure_flusher(db, now);
                 }
                 sh.bump(Stat::Allowed);
                 return Ok(Decision {
@@ -180,7 +204,7 @@ pub fn admit(
                 if holds && !expired_once && a.next_expiry != 0 && a.next_expiry <= now && kind != DenyKind::Rate {
                     // Some of what blocks us may be reservations past their time: give them back.
                     expired_once = true;
-                    sh.expire_reservations(now, Some((&key, db)));
+                    sh.expire_reservations(now, Some(db), Some(&key), false);
                     continue;
                 }
                 sh.bump(match kind {

@@ -7,7 +7,7 @@ use crate::error::{CpError, CpResult};
 use crate::gucs;
 use crate::policy_cache;
 use crate::shmem::{self, Taken};
-use crate::xact;
+use crate::xact::{self, Settles};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -41,8 +41,9 @@ pub fn record(
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 
     let mut held = None;
+    let mut reversal = None;
     if let Some(rid) = reservation_id {
-        match sh.take_reservation(rid.as_bytes(), db) {
+        match sh.take_reservation(rid.as_bytes(), db, true) {
             Taken::Held(h) if h.key != key => {
                 sh.untake(h.index);
                 return Err(CpError::invalid_with(
@@ -59,7 +60,20 @@ pub fn record(
                     Some("Each reservation is settled once; wait for the other transaction to end."),
                 ))
             }
-            Taken::Unknown => {}
+            Taken::Expired => return Err(CpError::Internal("an expired reservation was not taken".into())),
+            Taken::Unknown => {
+                // Expired, and its charge already in the ledger? Then this record replaces it: a
+                // reversal row takes the charge back (once per reservation), and the usage row
+                // counts the request and the actual tokens.
+                if let Some(admitted_at) = super::admit::admitted_at(rid.as_bytes()) {
+                    if let Some((at, tokens)) = catalog::expired_charge(&tenant, subject, &rid, admitted_at)? {
+                        ledger_lock(db, &key, pg_sys::ShareLock, true);
+                        if catalog::insert_reversal(&tenant, subject, rid, tokens, at)? {
+                            reversal = Some((at, tokens));
+                        }
+                    }
+                }
+            }
         }
     }
     let now = now_unix_us();
@@ -71,7 +85,18 @@ pub fn record(
         at_unix_us: now,
         input,
         output,
-        reservation: held.map(|h| (h.index, h.tokens)),
+        reservation: held.map(|h| match h.expired {
+            None => Settles::Hold {
+                index: h.index,
+                tokens: h.tokens,
+            },
+            Some((tokens, at)) => Settles::Charge {
+                index: h.index,
+                tokens,
+                at,
+            },
+        }),
+        reversal,
     });
     ledger_lock(db, &key, pg_sys::ShareLock, true);
     let event_id = catalog::insert_usage(catalog::UsageRow {
@@ -89,7 +114,7 @@ pub fn record(
     })?;
     Ok(Recorded {
         event_id,
-        settled: held.is_some(),
+        settled: held.is_some() || reversal.is_some(),
     })
 }
 
@@ -133,7 +158,7 @@ pub fn release(reservation_id: Option<Uuid>) -> CpResult<bool> {
     let rid = required("reservation_id", reservation_id)?;
     let tenant = gucs::tenant()?;
     let db = database();
-    match sh.take_reservation(rid.as_bytes(), db) {
+    match sh.take_reservation(rid.as_bytes(), db, false) {
         Taken::Held(h) if h.tenant_fp != tenant_fingerprint(db, &tenant) => {
             sh.untake(h.index);
             Ok(false)
@@ -147,7 +172,7 @@ pub fn release(reservation_id: Option<Uuid>) -> CpResult<bool> {
             None,
             None,
         )),
-        Taken::Unknown => Ok(false),
+        Taken::Expired | Taken::Unknown => Ok(false),
     }
 }
 

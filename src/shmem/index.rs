@@ -32,7 +32,9 @@ pub struct Slot {
     /// read (0 = never).
     pub policy_stamp: u64,
     pub policy_flags: u32,
-    pub _pad: u32,
+    /// Expired reservations of this subject whose charge is counted in `totals` but not yet
+    /// written to the ledger: the entry cannot be evicted while this is not zero.
+    pub unflushed: u32,
 }
 
 /// `policy_flags` bits.
@@ -53,6 +55,24 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 160);
 pub enum Seen<R> {
     Missing,
     Found(R),
+}
+
+/// A change to a subject's entry (see `Shared::settle`).
+#[derive(Clone, Copy, Debug)]
+pub enum Effect {
+    /// A committed ledger row at `at`.
+    Row {
+        at: i64,
+        requests: i64,
+        input: i64,
+        output: i64,
+    },
+    /// A reservation's hold ends (settled or released).
+    ReleaseHold { tokens: i64 },
+    /// A reservation expired: its hold becomes a charge of one request and `charged` tokens.
+    Charge { tokens_held: i64, charged: i64 },
+    /// One expired charge reached the ledger.
+    Flushed,
 }
 
 /// What an admission holds until its reservation is settled, released or expires.
@@ -220,7 +240,9 @@ impl Shared {
             // evicted (its totals come back from the ledger). With evict_busy, the least recently
             // used entry without reservations goes even if its rate state is lost.
             let now_ns = now.saturating_mul(1_000);
-            let free = |s: &Slot| !s.key.is_empty() && s.totals.held_requests == 0 && s.totals.held_tokens == 0;
+            let free = |s: &Slot| {
+                !s.key.is_empty() && s.totals.held_requests == 0 && s.totals.held_tokens == 0 && s.unflushed == 0
+            };
             let idle = |s: &Slot| s.tat.iter().all(|t| crate::rate::is_idle(*t, now_ns));
             let pick = |ok: &dyn Fn(&Slot) -> bool| {
                 slots
@@ -262,34 +284,31 @@ impl Shared {
         Ok(())
     }
 
-    /// Applies a committed ledger row (at `ts`) and settles its reservation's hold. Never errors:
-    /// it runs inside the commit callback. A missing entry needs nothing: it is rebuilt from the
-    /// ledger, which already holds the row.
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply_commit(&self, key: &Key, db: u32, ts: i64, input: i64, output: i64, hold: Option<i64>, now: i64) {
+    /// Applies `effects` to the subject's entry under one lock. Never errors: it runs inside
+    /// commit callbacks. A missing entry needs nothing: it is rebuilt from the ledger, which
+    /// already holds what the effects describe.
+    pub fn settle(&self, key: &Key, db: u32, now: i64, effects: &[Effect]) {
         let _ = self.with_entry(key, db, now, |s| {
-            let (d, m) = (day_of(ts), month_of(ts));
-            roll_to(s, d, m);
-            let t = &mut s.totals;
-            if d == s.day {
-                t.day_requests = t.day_requests.saturating_add(1);
-                t.day_input = t.day_input.saturating_add(input);
-                t.day_output = t.day_output.saturating_add(output);
-            }
-            if m == s.month {
-                t.month_requests = t.month_requests.saturating_add(1);
-                t.month_input = t.month_input.saturating_add(input);
-                t.month_output = t.month_output.saturating_add(output);
-            }
-            if let Some(tokens) = hold {
-                release_hold(t, tokens);
+            for e in effects {
+                match *e {
+                    Effect::Row {
+                        at,
+                        requests,
+                        input,
+                        output,
+                    } => add_row(s, at, requests, input, output),
+                    Effect::ReleaseHold { tokens } => release_hold(&mut s.totals, tokens),
+                    Effect::Charge { tokens_held, charged } => {
+                        // An expired reservation: its request and (unless lenient) its estimate
+                        // move from held to used, to be written to the ledger by the flusher.
+                        release_hold(&mut s.totals, tokens_held);
+                        add_row(s, now, 1, charged, 0);
+                        s.unflushed = s.unflushed.saturating_add(1);
+                    }
+                    Effect::Flushed => s.unflushed = s.unflushed.saturating_sub(1),
+                }
             }
         });
-    }
-
-    /// Gives back one request and `tokens` held by a reservation.
-    pub(super) fn give_back(&self, key: &Key, db: u32, tokens: i64, now: i64) {
-        let _ = self.with_entry(key, db, now, |s| release_hold(&mut s.totals, tokens));
     }
 
     /// Sum of live entries (takes each partition lock in shared mode, one at a time).
@@ -301,8 +320,23 @@ impl Shared {
             })
             .sum()
     }
+}
 
-    // ---------------------------------------------------------------- reservations
+/// Adds a ledger row (at `at`; negative amounts for a reversal) to the windows it falls in.
+fn add_row(s: &mut Slot, at: i64, requests: i64, input: i64, output: i64) {
+    let (d, m) = (day_of(at), month_of(at));
+    roll_to(s, d, m);
+    let t = &mut s.totals;
+    if d == s.day {
+        t.day_requests = t.day_requests.saturating_add(requests);
+        t.day_input = t.day_input.saturating_add(input);
+        t.day_output = t.day_output.saturating_add(output);
+    }
+    if m == s.month {
+        t.month_requests = t.month_requests.saturating_add(requests);
+        t.month_input = t.month_input.saturating_add(input);
+        t.month_output = t.month_output.saturating_add(output);
+    }
 }
 
 fn release_hold(t: &mut Totals, tokens: i64) {

@@ -13,11 +13,12 @@
 //! Everything here is an index of the ledger: a backend crash zeroes the region and the totals are
 //! rebuilt from `control_plane.usage_events` on first sight.
 
+mod flushers;
 mod index;
 mod reservations;
 
-pub use index::{Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_OVERRIDES};
-pub use reservations::Taken;
+pub use index::{Effect, Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_OVERRIDES};
+pub use reservations::{Charge, Owner, Taken};
 
 use crate::error::{CpError, CpResult};
 use crate::key::Key;
@@ -59,8 +60,10 @@ pub enum Stat {
     Expired,
     SubjectReads,
     ProfileReads,
+    ExpiredEarly,
+    ChargesWritten,
 }
-pub const STAT_NAMES: [&str; 14] = [
+pub const STAT_NAMES: [&str; 16] = [
     "admits_allowed",
     "denied_quota",
     "denied_rate",
@@ -75,6 +78,8 @@ pub const STAT_NAMES: [&str; 14] = [
     "reservations_expired",
     "subject_reads",
     "profile_reads",
+    "reservations_expired_early",
+    "expired_charges_written",
 ];
 
 #[repr(C)]
@@ -96,6 +101,7 @@ pub struct Header {
     stats: [AtomicU64; STAT_NAMES.len()],
     /// Live entries per partition, guarded by the partition's lock.
     part_live: [u32; NPARTS],
+    flushers: [flushers::FlusherSlot; flushers::MAX_FLUSHERS],
 }
 
 struct Layout {

@@ -1,7 +1,22 @@
-//! Reservations: what an admitted request holds (one request and its token estimate) until it
-//! is settled by `cp_record_usage`, released by `cp_release`, or expires. Slots are claimed and
-//! settled with compare-and-swap on their state word, so a reservation is settled exactly once.
+//! Reservations: what an admitted request holds (one request, its token estimate, a place among
+//! `max_concurrent`) until it is settled by `cp_record_usage`, released by `cp_release`, or
+//! expires. Every move is a compare-and-swap on the slot's state word, so each reservation ends
+//! exactly once:
+//!
+//! ```text
+//! FREE -> CLAIMED -> ACTIVE -> SETTLING -> FREE              (recorded or released)
+//!                      |           `-----> ACTIVE            (the recording transaction aborted)
+//!                      `-> EXPIRING -> EXPIRED -> FLUSHING -> FREE     (charge written)
+//!                                         |            `-----> EXPIRED (flush failed)
+//!                                         `-> SETTLING -> FREE         (late record replaces it)
+//! ```
+//!
+//! An expired reservation is charged at once in the subject's totals (its request, and its
+//! estimate unless `control_plane.on_expiry = 'release_estimate'`), and stays in its slot until
+//! the flusher of its database has written the charge to the ledger. The slot keeps the tenant and
+//! subject names for that.
 
+use super::index::Effect;
 use super::{Shared, Stat};
 use crate::key::Key;
 use pgrx::pg_sys;
@@ -12,27 +27,63 @@ const RES_FREE: u32 = 0;
 const RES_CLAIMED: u32 = 1;
 const RES_ACTIVE: u32 = 2;
 const RES_SETTLING: u32 = 3;
+const RES_EXPIRING: u32 = 4;
+const RES_EXPIRED: u32 = 5;
+const RES_FLUSHING: u32 = 6;
 
-/// Slots of the ring that a claim looks at for expired reservations when the free list is empty.
+/// Slots of the ring that a claim expires when the free list is empty.
 const SWEEP: usize = 64;
+/// Longest tenant plus subject name a slot keeps (each is at most 256 bytes).
+const NAMES: usize = 512;
 
-/// One open reservation. 96 bytes. Fields other than `state` are written only by the process
-/// that moved `state` to `RES_CLAIMED` or `RES_SETTLING`.
+/// One reservation. 640 bytes. Fields other than `state` are written only by the process that
+/// moved `state` to `CLAIMED`, `SETTLING`, `EXPIRING` or `FLUSHING`.
 #[repr(C)]
 pub struct Resv {
     state: AtomicU32,
     db: u32,
+    expires_at: i64,
     id: [u8; 16],
     key: Key,
     tenant_fp: u64,
+    /// The estimate held.
     tokens: i64,
-    expires_at: i64,
+    /// What expiry charged (the estimate, or 0 when lenient), and when.
+    charged: i64,
+    charged_at: i64,
     owner_pid: i32,
+    /// The state a taker returns the slot to when its transaction aborts.
+    taken_from: u32,
+    tenant_len: u16,
+    subject_len: u16,
     _pad: u32,
-    _reserved: [u64; 3],
+    names: [u8; NAMES],
+    _reserved: [u8; 32],
 }
 
-const _: () = assert!(std::mem::size_of::<Resv>() == 96);
+const _: () = assert!(std::mem::size_of::<Resv>() == 640);
+
+/// Who a reservation is for.
+#[derive(Clone, Copy)]
+pub struct Owner<'a> {
+    pub db: u32,
+    pub key: Key,
+    pub tenant_fp: u64,
+    pub tenant: &'a str,
+    pub subject: &'a str,
+}
+
+/// An expired reservation's charge, on its way to the ledger.
+#[derive(Clone, Debug)]
+pub struct Charge {
+    pub index: usize,
+    pub id: [u8; 16],
+    pub key: Key,
+    pub tenant: String,
+    pub subject: String,
+    pub tokens: i64,
+    pub at: i64,
+}
 
 impl Shared {
     fn res(&self, i: usize) -> &Resv {
@@ -44,15 +95,38 @@ impl Shared {
         unsafe { &mut *self.resv.add(i) }
     }
 
-    /// Claims a free reservation slot in O(1): the top of the free list, or else one of the next
-    /// `SWEEP` slots of the ring cursor that has expired. `None` when neither has one. The slot
-    /// is given back when the claim is dropped without being published.
-    pub fn claim_reservation(&self, now: i64) -> Option<Claim<'_>> {
+    fn cas(&self, i: usize, from: u32, to: u32) -> bool {
+        self.res(i)
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Claims a free reservation slot: the top of the free list, in constant time. When the list
+    /// is empty, the next `SWEEP` slots of the ring cursor are expired (early if need be: they
+    /// are charged, not given back) and the flushers woken; the claim then waits for them to free
+    /// slots, up to `wait_ms`. `None` when none came free. The slot is given back when the claim is
+    /// dropped without being published.
+    pub fn claim_reservation(&self, now: i64, wait_ms: u32) -> Option<Claim<'_>> {
         let index = match self.pop_free() {
             Some(i) => i,
             None => {
-                self.sweep_expired(now, SWEEP);
-                self.pop_free()?
+                self.sweep(now, SWEEP);
+                self.wake_flushers();
+                let mut waited = 0;
+                loop {
+                    if let Some(i) = self.pop_free() {
+                        break i;
+                    }
+                    if waited >= wait_ms {
+                        return None;
+                    }
+                    unsafe {
+                        pg_sys::pg_usleep(1_000);
+                        pg_sys::check_for_interrupts!();
+                    }
+                    waited += 1;
+                }
             }
         };
         Some(Claim {
@@ -79,11 +153,7 @@ impl Shared {
             let tagged = ((h >> 32).wrapping_add(1) << 32) | next;
             match head.compare_exchange_weak(h, tagged, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let r = self.res(top - 1);
-                    if r.state
-                        .compare_exchange(RES_FREE, RES_CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                    {
+                    if self.cas(top - 1, RES_FREE, RES_CLAIMED) {
                         return Some(top - 1);
                     }
                     h = head.load(Ordering::Acquire); // never expected: a listed slot in use
@@ -108,55 +178,75 @@ impl Shared {
         }
     }
 
-    /// Expires what has expired among the next `n` slots of the ring cursor.
-    fn sweep_expired(&self, now: i64, n: usize) {
+    /// Expires the open reservations among the next `n` slots of the ring cursor, due or not.
+    fn sweep(&self, now: i64, n: usize) {
         let total = self.nres;
         let start = self.header().res_hint.fetch_add(n as u32, Ordering::Relaxed) as usize;
         for k in 0..n.min(total) {
             let i = (start + k) % total;
-            let r = self.res(i);
-            if r.state.load(Ordering::Acquire) == RES_ACTIVE && unsafe { ptr::read_volatile(&r.expires_at) } <= now {
-                self.expire_one(i, now);
+            if self.res(i).state.load(Ordering::Acquire) == RES_ACTIVE && self.expire(i, now, true) {
+                self.bump(Stat::ExpiredEarly);
             }
         }
     }
 
     /// Fills a claimed slot and makes it visible.
-    #[allow(clippy::too_many_arguments)]
-    fn publish(&self, i: usize, id: [u8; 16], db: u32, key: Key, tenant_fp: u64, tokens: i64, expires_at: i64) {
+    fn publish(&self, i: usize, id: [u8; 16], owner: &Owner, tokens: i64, expires_at: i64) {
         let r = self.res_mut(i);
         r.id = id;
-        r.db = db;
-        r.key = key;
-        r.tenant_fp = tenant_fp;
+        r.db = owner.db;
+        r.key = owner.key;
+        r.tenant_fp = owner.tenant_fp;
         r.tokens = tokens;
+        r.charged = 0;
+        r.charged_at = 0;
         r.expires_at = expires_at;
         r.owner_pid = 0;
+        let (t, s) = (owner.tenant.as_bytes(), owner.subject.as_bytes());
+        let (tl, sl) = (t.len().min(NAMES), s.len().min(NAMES - t.len().min(NAMES)));
+        r.names[..tl].copy_from_slice(&t[..tl]);
+        r.names[tl..tl + sl].copy_from_slice(&s[..sl]);
+        r.tenant_len = tl as u16;
+        r.subject_len = sl as u16;
         r.state.store(RES_ACTIVE, Ordering::Release);
     }
 
-    /// Expires reservation `i` if it is still active and past its time.
-    fn expire_one(&self, i: usize, now: i64) -> bool {
-        let r = self.res(i);
-        if r.state
-            .compare_exchange(RES_ACTIVE, RES_SETTLING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+    /// Expires reservation `i` if it is open and past its time (or at once with `early`): its
+    /// hold becomes a charge in its subject's totals, and the slot waits for the flusher.
+    fn expire(&self, i: usize, now: i64, early: bool) -> bool {
+        if !self.cas(i, RES_ACTIVE, RES_EXPIRING) {
             return false;
         }
-        if r.expires_at > now {
+        let r = self.res_mut(i);
+        if !early && r.expires_at > now {
             r.state.store(RES_ACTIVE, Ordering::Release);
             return false;
         }
-        self.give_back(&r.key, r.db, r.tokens, now);
-        self.free_slot(i);
+        let charged = if crate::gucs::ON_EXPIRY.get() == crate::gucs::OnExpiry::Charge {
+            r.tokens
+        } else {
+            0
+        };
+        self.settle(
+            &r.key,
+            r.db,
+            now,
+            &[Effect::Charge {
+                tokens_held: r.tokens,
+                charged,
+            }],
+        );
+        r.charged = charged;
+        r.charged_at = now;
+        r.state.store(RES_EXPIRED, Ordering::Release);
         self.bump(Stat::Expired);
         true
     }
 
-    /// Expires every reservation past its time (all subjects when `only` is None). Returns how many
-    /// it expired, and for `only`, the earliest expiry among that subject's remaining ones.
-    pub fn expire_reservations(&self, now: i64, only: Option<(&Key, u32)>) -> (i64, i64) {
+    /// Expires the reservations past their time: of one database (`db`), of one subject
+    /// (`subject`), or all. With `all`, every open one of `db`, due or not (at shutdown). Returns
+    /// how many it expired, and the earliest expiry among those left open.
+    pub fn expire_reservations(&self, now: i64, db: Option<u32>, subject: Option<&Key>, all: bool) -> (i64, i64) {
         let mut expired = 0;
         let mut next = i64::MAX;
         for i in 0..self.nres {
@@ -164,79 +254,163 @@ impl Shared {
             if r.state.load(Ordering::Acquire) != RES_ACTIVE {
                 continue;
             }
-            let (k, db, exp) = unsafe {
+            let (k, rdb, exp) = unsafe {
                 (
                     ptr::read_volatile(&r.key),
                     ptr::read_volatile(&r.db),
                     ptr::read_volatile(&r.expires_at),
                 )
             };
-            if let Some((ok, odb)) = only {
-                if k != *ok || db != odb {
-                    continue;
-                }
+            if db.is_some_and(|d| d != rdb) || subject.is_some_and(|s| *s != k) {
+                continue;
             }
-            if exp <= now {
-                if self.expire_one(i, now) {
+            if exp <= now || all {
+                if self.expire(i, now, all) {
                     expired += 1;
                 }
             } else {
                 next = next.min(exp);
             }
         }
-        if let Some((k, db)) = only {
-            let _ = self.with_entry(k, db, now, |s| s.next_expiry = if next == i64::MAX { 0 } else { next });
+        if let (Some(k), Some(d)) = (subject, db) {
+            let _ = self.with_entry(k, d, now, |s| s.next_expiry = if next == i64::MAX { 0 } else { next });
         }
         (expired, next)
     }
 
-    /// Finds an active reservation by id and moves it to settling, owned by this backend.
-    pub fn take_reservation(&self, id: &[u8; 16], db: u32) -> Taken {
+    /// Moves up to `max` expired reservations of `db` to flushing and returns their charges.
+    pub fn take_charges(&self, db: u32, max: usize) -> Vec<Charge> {
+        let mut out = Vec::new();
+        for i in 0..self.nres {
+            if out.len() >= max {
+                break;
+            }
+            let r = self.res(i);
+            if r.state.load(Ordering::Acquire) != RES_EXPIRED || unsafe { ptr::read_volatile(&r.db) } != db {
+                continue;
+            }
+            if !self.cas(i, RES_EXPIRED, RES_FLUSHING) {
+                continue;
+            }
+            let (tl, sl) = (r.tenant_len as usize, r.subject_len as usize);
+            out.push(Charge {
+                index: i,
+                id: r.id,
+                key: r.key,
+                tenant: String::from_utf8_lossy(&r.names[..tl]).into_owned(),
+                subject: String::from_utf8_lossy(&r.names[tl..tl + sl]).into_owned(),
+                tokens: r.charged,
+                at: r.charged_at,
+            });
+        }
+        out
+    }
+
+    /// Ends a flush: the charges reached the ledger (`written`) and their slots are free, or they
+    /// did not and wait for the next flush.
+    pub fn end_flush(&self, db: u32, charges: &[Charge], written: bool, now: i64) {
+        for c in charges {
+            if written {
+                self.settle(&c.key, db, now, &[Effect::Flushed]);
+                self.free_slot(c.index);
+            } else {
+                self.res(c.index).state.store(RES_EXPIRED, Ordering::Release);
+            }
+        }
+    }
+
+    /// Puts every slot of `db` left in flushing back to expired (a flusher exiting on an error).
+    pub fn abandon_flush(&self, db: u32) {
+        for i in 0..self.nres {
+            let r = self.res(i);
+            if r.state.load(Ordering::Acquire) == RES_FLUSHING && unsafe { ptr::read_volatile(&r.db) } == db {
+                r.state.store(RES_EXPIRED, Ordering::Release);
+            }
+        }
+    }
+
+    /// Open and expired reservations of `db`.
+    pub fn reservations_of(&self, db: u32) -> (usize, usize) {
+        let (mut open, mut expired) = (0, 0);
+        for i in 0..self.nres {
+            let r = self.res(i);
+            let st = r.state.load(Ordering::Acquire);
+            if st == RES_FREE || unsafe { ptr::read_volatile(&r.db) } != db {
+                continue;
+            }
+            match st {
+                RES_EXPIRED | RES_FLUSHING | RES_EXPIRING => expired += 1,
+                _ => open += 1,
+            }
+        }
+        (open, expired)
+    }
+
+    /// Finds a reservation by id and moves it to settling, owned by this backend. An expired one
+    /// is taken only with `expired_too` (a late record replaces its charge). Waits while the
+    /// reservation is being expired or its charge written (milliseconds).
+    pub fn take_reservation(&self, id: &[u8; 16], db: u32, expired_too: bool) -> Taken {
         let i = u32::from_be_bytes([id[0], id[1], id[2], id[3]]) as usize;
         if i >= self.nres {
             return Taken::Unknown;
         }
         let r = self.res(i);
         let same = || unsafe { ptr::read_volatile(&r.id) == *id && ptr::read_volatile(&r.db) == db };
-        match r.state.load(Ordering::Acquire) {
-            RES_ACTIVE if same() => {}
-            RES_SETTLING if same() => return Taken::Busy,
-            _ => return Taken::Unknown,
+        for _ in 0..10_000 {
+            let st = r.state.load(Ordering::Acquire);
+            if !same() {
+                return Taken::Unknown;
+            }
+            let from = match st {
+                RES_ACTIVE => RES_ACTIVE,
+                RES_EXPIRED if expired_too => RES_EXPIRED,
+                RES_EXPIRED => return Taken::Expired,
+                RES_SETTLING => return Taken::Busy,
+                RES_EXPIRING | RES_FLUSHING => {
+                    unsafe {
+                        pg_sys::pg_usleep(1_000);
+                        pg_sys::check_for_interrupts!();
+                    }
+                    continue;
+                }
+                _ => return Taken::Unknown,
+            };
+            if !self.cas(i, from, RES_SETTLING) {
+                continue;
+            }
+            if !same() {
+                r.state.store(from, Ordering::Release);
+                return Taken::Unknown;
+            }
+            let rm = self.res_mut(i);
+            rm.owner_pid = unsafe { pg_sys::MyProcPid };
+            rm.taken_from = from;
+            return Taken::Held(Held {
+                index: i,
+                key: rm.key,
+                tenant_fp: rm.tenant_fp,
+                tokens: rm.tokens,
+                expired: (from == RES_EXPIRED).then_some((rm.charged, rm.charged_at)),
+            });
         }
-        if r.state
-            .compare_exchange(RES_ACTIVE, RES_SETTLING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return if same() { Taken::Busy } else { Taken::Unknown };
-        }
-        if !same() {
-            r.state.store(RES_ACTIVE, Ordering::Release);
-            return Taken::Unknown;
-        }
-        self.res_mut(i).owner_pid = unsafe { pg_sys::MyProcPid };
-        Taken::Held(Held {
-            index: i,
-            key: r.key,
-            tenant_fp: r.tenant_fp,
-            tokens: r.tokens,
-        })
+        Taken::Busy
     }
 
     /// Puts a reservation taken with `take_reservation` back (its settling transaction aborted).
     pub fn untake(&self, i: usize) {
         let r = self.res_mut(i);
         r.owner_pid = 0;
-        r.state.store(RES_ACTIVE, Ordering::Release);
+        r.state.store(r.taken_from, Ordering::Release);
     }
 
-    /// Frees a taken reservation after its hold was settled.
+    /// Frees a taken reservation after it was settled.
     pub fn free_taken(&self, i: usize) {
         self.free_slot(i);
     }
 
-    /// Releases a taken reservation's hold and frees it (cp_release).
+    /// Releases a taken (open) reservation's hold and frees it (cp_release).
     pub fn release_taken(&self, h: &Held, db: u32, now: i64) {
-        self.give_back(&h.key, db, h.tokens, now);
+        self.settle(&h.key, db, now, &[Effect::ReleaseHold { tokens: h.tokens }]);
         self.free_taken(h.index);
         self.bump(Stat::Released);
     }
@@ -270,8 +444,8 @@ impl Claim<'_> {
     }
 
     /// Fills the slot and makes the reservation visible.
-    pub fn publish(mut self, id: [u8; 16], db: u32, key: Key, tenant_fp: u64, tokens: i64, expires_at: i64) {
-        self.sh.publish(self.index, id, db, key, tenant_fp, tokens, expires_at);
+    pub fn publish(mut self, id: [u8; 16], owner: &Owner, tokens: i64, expires_at: i64) {
+        self.sh.publish(self.index, id, owner, tokens, expires_at);
         self.published = true;
     }
 }
@@ -291,10 +465,14 @@ pub struct Held {
     pub key: Key,
     pub tenant_fp: u64,
     pub tokens: i64,
+    /// For an expired reservation: what its expiry charged, and when.
+    pub expired: Option<(i64, i64)>,
 }
 
 pub enum Taken {
     Held(Held),
+    /// Expired (and charged); not taken.
+    Expired,
     Busy,
     Unknown,
 }

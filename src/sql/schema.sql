@@ -178,18 +178,34 @@ CREATE TABLE control_plane.usage_events (
     org_id          text,
     model           text,
     feature         text,
-    input_tokens    bigint      NOT NULL CHECK (input_tokens >= 0),
-    output_tokens   bigint      NOT NULL CHECK (output_tokens >= 0),
+    -- 'usage': recorded by cp_record_usage; 'expired': reservations that expired unsettled,
+    -- charged by the extension (one row per subject and flush, each reservation's charge in
+    -- metadata.expired_reservations); 'expired_reversed': a late cp_record_usage took one such
+    -- charge back (negative amounts, at the charge's time).
+    kind            text        NOT NULL DEFAULT 'usage'
+                                CHECK (kind IN ('usage', 'expired', 'expired_reversed')),
+    requests        bigint      NOT NULL DEFAULT 1,
+    input_tokens    bigint      NOT NULL,
+    output_tokens   bigint      NOT NULL,
     cost_micros     bigint      CHECK (cost_micros >= 0),
     duration_ms     bigint      CHECK (duration_ms >= 0),
     reservation_id  uuid,
     idempotency_key text,
     metadata        jsonb,
-    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT usage_events_amounts CHECK (
+        CASE kind WHEN 'expired_reversed' THEN requests = -1 AND input_tokens <= 0 AND output_tokens = 0
+                  ELSE requests >= 0 AND input_tokens >= 0 AND output_tokens >= 0 END)
 );
 COMMENT ON TABLE control_plane.usage_events IS
     'The append-only usage ledger: the truth that the shared-memory totals index.';
 CREATE INDEX usage_events_subject_time ON control_plane.usage_events (tenant_id, subject_id, created_at);
+-- Where a late cp_record_usage finds the charge of its expired reservation.
+CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
+    WHERE kind = 'expired';
+-- A charge is taken back at most once.
+CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
+    WHERE kind = 'expired_reversed';
 
 CREATE FUNCTION control_plane._usage_events_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -109,37 +109,48 @@ fn a_plan_with_nothing_to_hold_claims_no_reservation() {
 }
 
 #[test]
-fn every_reservation_slot_can_be_used_and_reused() {
+fn every_reservation_slot_is_used_before_any_expires_early() {
     let s = format!("{}_slots", run_id());
     let mut c = connect();
     let cap = stat(&mut c, "reservations_capacity");
     let in_use = stat(&mut c, "reservations_in_use");
+    let early = stat(&mut c, "reservations_expired_early");
     enroll(&mut c, &s, "unlimited", r#"{"max_concurrent": 1000000}"#);
-    let rows = c
-        .query(
-            "SELECT a.allowed, a.limit_name, a.reservation_id::text
-               FROM generate_series(1, $2::int) g, LATERAL control_plane.cp_admit($1, 0 * g) a",
-            &[&s, &((cap - in_use + 10) as i32)],
+    let fill = |c: &mut Client, n: i64| -> Vec<String> {
+        c.query(
+            "SELECT a.reservation_id::text FROM generate_series(1, $2::bigint) g,
+                    LATERAL control_plane.cp_admit($1, 0 * g) a WHERE a.allowed",
+            &[&s, &n],
         )
-        .unwrap();
-    let held: Vec<String> = rows.iter().filter(|r| r.get::<_, bool>(0)).map(|r| r.get(2)).collect();
-    assert_eq!(
-        held.len() as i64,
-        cap - in_use,
-        "every free slot is used ({cap} slots, {in_use} in use before)"
-    );
-    for r in rows.iter().filter(|r| !r.get::<_, bool>(0)) {
-        assert_eq!(r.get::<_, Option<String>>(1).as_deref(), Some("max_reservations"));
-    }
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let held = fill(&mut c, cap - in_use);
+    assert_eq!(held.len() as i64, cap - in_use, "every free slot is used");
     assert_eq!(stat(&mut c, "reservations_in_use"), cap);
-    assert!(release(&mut c, &held[17]));
-    let again = admit(&mut c, &s, 0);
-    assert!(again.allowed, "a released slot is reused");
-    assert!(!admit(&mut c, &s, 0).allowed);
-    for id in held.iter().chain(std::iter::once(&again.reservation_id.unwrap())) {
-        release(&mut c, id);
-    }
-    assert_eq!(stat(&mut c, "reservations_in_use"), in_use);
+    assert_eq!(
+        stat(&mut c, "reservations_expired_early"),
+        early,
+        "none expired early meanwhile"
+    );
+    // The table is full: the next admission expires the oldest ones early instead of failing.
+    let more = fill(&mut c, 1);
+    assert_eq!(more.len(), 1);
+    let expired_early = stat(&mut c, "reservations_expired_early") - early;
+    assert!((1..=64).contains(&expired_early), "{expired_early}");
+    // A released slot is reused before anything else expires early.
+    let open = held
+        .iter()
+        .rposition(|id| release(&mut c, id))
+        .expect("an open reservation");
+    let reused = fill(&mut c, 1);
+    assert_eq!(reused.len(), 1);
+    assert_eq!(stat(&mut c, "reservations_expired_early") - early, expired_early);
+    let released = held[..open].iter().filter(|id| release(&mut c, id)).count() as i64;
+    assert_eq!(released + 1, cap - in_use - expired_early, "the rest were still open");
+    assert!(release(&mut c, &more[0]) && release(&mut c, &reused[0]));
 }
 
 #[test]

@@ -1,0 +1,139 @@
+//! The flusher: one background worker per database that makes expired reservations durable.
+//!
+//! A backend that opens a reservation makes sure its database has a flusher (started on demand
+//! with `RegisterDynamicBackgroundWorker`, so the extension may live in several databases of one
+//! server without any setting). Every 100 ms, or when woken, the flusher expires the reservations
+//! of its database that are past their time and writes every expired charge to the ledger: one
+//! `kind = 'expired'` row per subject and day, with each reservation's charge in its metadata.
+//! At a clean shutdown it expires every reservation still open and writes them too, so nothing
+//! admitted is lost. It exits after a minute with nothing open in its database.
+//!
+//! Should it fail (the extension dropped, say), it exits; the charges stay in shared memory, still
+//! counted, and the next reservation in that database starts a new flusher (at most once a
+//! second).
+
+use crate::catalog::{self, now_unix_us};
+use crate::shmem::{self, Charge, Shared, Stat};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// How often the flusher looks for reservations past their time.
+const TICK: Duration = Duration::from_millis(100);
+/// A flusher exits after this long with nothing open in its database (µs).
+const IDLE_EXIT_US: i64 = 60_000_000;
+/// Charges written per transaction.
+const BATCH: usize = 10_000;
+
+/// Registers a flusher for database `db`. False when no worker slot is free
+/// (`max_worker_processes`).
+pub fn start(db: u32) -> bool {
+    BackgroundWorkerBuilder::new(&format!("control_plane flusher for database {db}"))
+        .set_type("control_plane flusher")
+        .set_library("control_plane")
+        .set_function("cp_flusher_main")
+        .set_argument(Some(pg_sys::Datum::from(db)))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .load_dynamic()
+        .is_ok()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
+    let db = arg.value() as u32;
+    if let Ok(sh) = shmem::shared() {
+        sh.abandon_flush(db);
+        sh.flusher_stopped(db);
+    }
+}
+
+/// The worker's entry point (named by `start`).
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
+    let db = arg.value() as u32;
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    let Ok(sh) = shmem::shared() else { return };
+    unsafe { pg_sys::on_shmem_exit(Some(on_exit), pg_sys::Datum::from(db)) };
+    if !sh.flusher_running(db, unsafe { pg_sys::MyLatch }) {
+        return;
+    }
+    let mut busy_at = now_unix_us();
+    loop {
+        let alive = BackgroundWorker::wait_latch(Some(TICK));
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let now = now_unix_us();
+        // At shutdown every open reservation is charged and written: nothing admitted is lost.
+        sh.expire_reservations(now, Some(db), None, !alive);
+        flush(sh, db);
+        if !alive {
+            return;
+        }
+        let (open, expired) = sh.reservations_of(db);
+        if open + expired > 0 {
+            busy_at = now;
+        } else if now - busy_at > IDLE_EXIT_US {
+            sh.flusher_stopped(db);
+            // A reservation opened meanwhile saw this flusher running and started none.
+            let (open, expired) = sh.reservations_of(db);
+            if open + expired == 0 || !sh.flusher_running(db, unsafe { pg_sys::MyLatch }) {
+                return;
+            }
+            busy_at = now;
+        }
+    }
+}
+
+/// Writes every expired charge of `db` to the ledger, a batch per transaction.
+fn flush(sh: &Shared, db: u32) {
+    loop {
+        let charges = sh.take_charges(db, BATCH);
+        if charges.is_empty() {
+            return;
+        }
+        // An error raised inside ends the worker; on_exit puts the charges back.
+        let written = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(&charges)));
+        sh.end_flush(db, &charges, written.is_ok(), now_unix_us());
+        if let Err(e) = written {
+            pgrx::warning!("control_plane: could not write expired reservations: {e:?}");
+            return;
+        }
+        for _ in &charges {
+            sh.bump(Stat::ChargesWritten);
+        }
+        if charges.len() < BATCH {
+            return;
+        }
+    }
+}
+
+/// One row per (tenant, subject, day): the sum of its charges, at the latest one's time.
+fn write(charges: &[Charge]) -> crate::error::CpResult<()> {
+    let mut groups: BTreeMap<(&str, &str, i64), Vec<&Charge>> = BTreeMap::new();
+    for c in charges {
+        groups
+            .entry((&c.tenant, &c.subject, crate::calendar::day_index(c.at)))
+            .or_default()
+            .push(c);
+    }
+    for ((tenant, subject, _), cs) in groups {
+        let tokens = cs.iter().map(|c| c.tokens).sum::<i64>();
+        let at = cs.iter().map(|c| c.at).max().unwrap_or_default();
+        let mut json = String::from("{");
+        for (i, c) in cs.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(json, "{sep}\"{}\":{}", pgrx::Uuid::from_bytes(c.id), c.tokens);
+        }
+        json.push('}');
+        catalog::insert_charges(tenant, subject, cs.len() as i64, tokens, at, &json)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Admissions that are never recorded: they count, their estimates are charged when they expire,
+//! the charges reach the ledger without the application's help, and a late record replaces the
+//! charge instead of adding to it.
+
+use control_plane_integration::*;
+use postgres::Client;
+use std::time::{Duration, Instant};
+
+/// (requests, input tokens) of the subject's expired charges in the ledger.
+fn charged(c: &mut Client, s: &str) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(requests), 0)::bigint, coalesce(sum(input_tokens), 0)::bigint
+               FROM control_plane.usage_events WHERE subject_id = $1 AND kind <> 'usage'",
+            &[&s],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// Waits (up to 10 s) until the subject's expired charges in the ledger reach `requests`.
+fn wait_charged(c: &mut Client, s: &str, requests: i64) -> (i64, i64) {
+    let start = Instant::now();
+    loop {
+        let got = charged(c, s);
+        if got.0 >= requests || start.elapsed() > Duration::from_secs(10) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn timeout_1s(c: &mut Client) {
+    c.batch_execute("SET control_plane.reservation_timeout = 1").unwrap();
+}
+
+#[test]
+fn an_admit_only_client_gets_exactly_its_daily_quota_across_timeouts() {
+    let s = format!("{}_admitonly", run_id());
+    let mut c = connect();
+    enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 5}"#);
+    timeout_1s(&mut c);
+    let start = Instant::now();
+    let mut allowed = 0;
+    while start.elapsed() < Duration::from_millis(3500) {
+        let a = admit(&mut c, &s, 0);
+        if a.allowed {
+            allowed += 1;
+        } else {
+            assert_eq!(a.reason.as_deref(), Some("quota_exceeded"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(allowed, 5, "three reservation timeouts give no request back");
+    assert_eq!(wait_charged(&mut c, &s, 5), (5, 0), "the ledger counts them");
+    assert_eq!(quota(&mut c, &s, "requests_per_day"), (5, 0));
+}
+
+#[test]
+fn expired_estimates_are_charged_in_the_ledger_and_in_quota_status() {
+    let s = format!("{}_estimate", run_id());
+    let mut c = connect();
+    enroll(&mut c, &s, "unlimited", r#"{"input_tokens_per_day": 1000}"#);
+    timeout_1s(&mut c);
+    let id = admit(&mut c, &s, 300).reservation_id.unwrap();
+    assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (0, 300));
+    assert_eq!(wait_charged(&mut c, &s, 1), (1, 300));
+    assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (300, 0));
+    let r = c
+        .query_one(
+            "SELECT (metadata->'expired_reservations'->>$2)::bigint, reservation_id IS NULL
+               FROM control_plane.usage_events WHERE subject_id = $1 AND kind = 'expired'",
+            &[&s, &id],
+        )
+        .unwrap();
+    assert_eq!(r.get::<_, Option<i64>>(0), Some(300), "the row names the reservation");
+    // An expired reservation cannot be released: it was charged.
+    assert!(!release(&mut c, &id));
+    // 700 left: a request for 800 is refused
+    assert!(!admit(&mut c, &s, 800).allowed);
+}
+
+#[test]
+fn a_late_record_replaces_the_charge_instead_of_adding_to_it() {
+    let s = format!("{}_late", run_id());
+    let mut c = connect();
+    enroll(
+        &mut c,
+        &s,
+        "unlimited",
+        r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#,
+    );
+    timeout_1s(&mut c);
+    let id = admit(&mut c, &s, 300).reservation_id.unwrap();
+    assert_eq!(wait_charged(&mut c, &s, 1), (1, 300));
+    let record = |c: &mut Client| -> bool {
+        c.query_one(
+            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 120, 30, reservation_id => $2::text::uuid)",
+            &[&s, &id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(record(&mut c), "the late record settles the expired reservation");
+    assert_eq!(
+        quota(&mut c, &s, "input_tokens_per_day"),
+        (120, 0),
+        "actual, not estimate + actual"
+    );
+    assert_eq!(quota(&mut c, &s, "requests_per_day"), (1, 0), "one request");
+    assert_eq!(charged(&mut c, &s), (0, 0), "charge and reversal cancel in the ledger");
+    // The index agrees with the ledger after a rebuild from it.
+    let ledger: (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT sum(requests)::bigint, sum(input_tokens)::bigint FROM control_plane.usage_events WHERE subject_id = $1",
+                &[&s],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(ledger, (1, 120));
+    // A second record of the same reservation settles nothing more: it is usage of its own.
+    assert!(!record(&mut c));
+    assert_eq!(quota(&mut c, &s, "requests_per_day"), (2, 0));
+}
+
+#[test]
+fn the_lenient_setting_charges_the_request_but_not_the_estimate() {
+    let s = format!("{}_lenient", run_id());
+    let mut c = connect();
+    c.batch_execute("ALTER SYSTEM SET control_plane.on_expiry = 'release_estimate'")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    enroll(
+        &mut c,
+        &s,
+        "unlimited",
+        r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#,
+    );
+    timeout_1s(&mut c);
+    admit(&mut c, &s, 400);
+    let got = wait_charged(&mut c, &s, 1);
+    c.batch_execute("ALTER SYSTEM RESET control_plane.on_expiry").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert_eq!(got, (1, 0));
+    assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (0, 0));
+    assert_eq!(quota(&mut c, &s, "requests_per_day"), (1, 0));
+}
+
+#[test]
+fn admit_only_traffic_of_100_times_max_reservations_is_never_denied_capacity() {
+    // The tiny cluster has control_plane.max_reservations = 1024 (and the default timeout of
+    // ten minutes: every admission below holds its request until its slot is needed again).
+    let s = format!("{}_wall", run_id());
+    let mut c = connect_to("CP_TINY_DSN");
+    let cap: i64 = c
+        .query_one(
+            "SELECT value FROM control_plane.stats WHERE name = 'reservations_capacity'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cap, 1024);
+    enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 1000000000}"#);
+    let n = 100 * cap;
+    let r = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE a.allowed), count(*) FILTER (WHERE a.reason = 'capacity')
+               FROM generate_series(1, $2::bigint) g, LATERAL control_plane.cp_admit($1, 0 * g) a",
+            &[&s, &n],
+        )
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (n, 0));
+    let (used, held) = quota(&mut c, &s, "requests_per_day");
+    assert_eq!(used + held, n, "every admission counted once");
+    assert!(held <= cap);
+    let early: i64 = c
+        .query_one(
+            "SELECT value FROM control_plane.stats WHERE name = 'reservations_expired_early'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(early >= n - cap, "{early} expired early");
+    assert_eq!(
+        wait_charged(&mut c, &s, used).0,
+        used,
+        "the early charges reach the ledger"
+    );
+}
