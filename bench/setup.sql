@@ -38,8 +38,9 @@ BEGIN
     RETURN false;
 END $$;
 
--- 10,000 subjects for the admin-change scenario (cp_admit while another client changes them).
-INSERT INTO control_plane.subjects (subject_id, profile) SELECT 'c_' || g, 'bench_all' FROM generate_series(1, 10000) g;
+-- 10,000 subjects for the admin-change scenario (cp_admit while another client changes them), on
+-- the rate-limit plan: nothing is held, so no expiry work blurs the comparison.
+INSERT INTO control_plane.subjects (subject_id, profile) SELECT 'c_' || g, 'bench_rate' FROM generate_series(1, 10000) g;
 
 -- The floor of a durable usage record: the same INSERT into a table shaped like the ledger
 -- (same columns, defaults, identity and indexes), one row per transaction.

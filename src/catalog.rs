@@ -364,23 +364,42 @@ pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, tokens: i64,
     Ok(!ids.is_empty())
 }
 
-/// Appends one subject's expired charges of one day: `requests` requests and `tokens` tokens at
-/// `at`, with each reservation's charge in `metadata.expired_reservations` (a JSON object text).
-pub fn insert_charges(tenant: &str, subject: &str, requests: i64, tokens: i64, at: i64, charges: &str) -> CpResult<()> {
-    write(
+/// Appends expired charges, one row per element of the arrays: `requests` requests and `tokens`
+/// tokens of a subject at `at` (µs), with each reservation's charge in
+/// `metadata.expired_reservations` (JSON object texts). One statement for the whole batch.
+pub fn insert_charges(
+    tenants: &[&str],
+    subjects: &[&str],
+    requests: &[i64],
+    tokens: &[i64],
+    at: &[i64],
+    charges: &[String],
+) -> CpResult<usize> {
+    let texts = |v: &[&str]| v.iter().map(|s| Some(*s)).collect::<Vec<_>>().into_datum();
+    let ints = |v: &[i64]| v.to_vec().into_datum();
+    let times = at
+        .iter()
+        .map(|t| TimestampWithTimeZone::try_from(t.saturating_sub(PG_EPOCH_OFFSET_US)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| CpError::Internal("charge time out of range".into()))?;
+    let ids = write(
         c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, metadata, created_at)
-          VALUES ($1, $2, 'expired', $3, $4, 0, pg_catalog.jsonb_build_object('expired_reservations', $5::jsonb), $6)
+          SELECT t, s, 'expired', r, n, 0, pg_catalog.jsonb_build_object('expired_reservations', c::jsonb), a
+            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]),
+                            pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[]),
+                            pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::text[]))
+                 AS u(t, s, r, n, a, c)
           RETURNING id",
         &[
-            Arg::Text(Some(tenant)),
-            Arg::Text(Some(subject)),
-            Arg::Int(requests),
-            Arg::Int(tokens),
-            Arg::Text(Some(charges)),
-            Arg::TimestampUnixUs(at),
+            Arg::Raw(pg_sys::TEXTARRAYOID, texts(tenants)),
+            Arg::Raw(pg_sys::TEXTARRAYOID, texts(subjects)),
+            Arg::Raw(pg_sys::INT8ARRAYOID, ints(requests)),
+            Arg::Raw(pg_sys::INT8ARRAYOID, ints(tokens)),
+            Arg::Raw(pg_sys::TIMESTAMPTZARRAYOID, times.into_datum()),
+            Arg::Raw(pg_sys::TEXTARRAYOID, charges.to_vec().into_datum()),
         ],
         |r| r.i64(1),
     )?;
-    Ok(())
+    Ok(ids.len())
 }

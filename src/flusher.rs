@@ -3,7 +3,8 @@
 //! A backend that opens a reservation makes sure its database has a flusher (started on demand
 //! with `RegisterDynamicBackgroundWorker`, so the extension may live in several databases of one
 //! server without any setting). Every 100 ms, or when woken, the flusher expires the reservations
-//! of its database that are past their time and writes every expired charge to the ledger: one
+//! of its database that are past their time; every second (at once when an admission waits for a
+//! reservation slot) it writes every expired charge to the ledger, in one statement per batch: one
 //! `kind = 'expired'` row per subject and day, with each reservation's charge in its metadata.
 //! At a clean shutdown it expires every reservation still open and writes them too, so nothing
 //! admitted is lost. It exits after a minute with nothing open in its database.
@@ -23,6 +24,9 @@ use std::time::Duration;
 
 /// How often the flusher looks for reservations past their time.
 const TICK: Duration = Duration::from_millis(100);
+/// How often it writes the charges of what expired (µs): more often, fewer charges per row.
+/// It writes at once when an admission waits for a reservation slot, and at shutdown.
+const FLUSH_EVERY_US: i64 = 1_000_000;
 /// A flusher exits after this long with nothing open in its database (µs).
 const IDLE_EXIT_US: i64 = 60_000_000;
 /// Charges written per transaction.
@@ -65,6 +69,7 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
         return;
     }
     let mut busy_at = now_unix_us();
+    let (mut flushed_at, mut wanted) = (busy_at, sh.slots_wanted());
     loop {
         let alive = BackgroundWorker::wait_latch(Some(TICK));
         if BackgroundWorker::sighup_received() {
@@ -73,7 +78,11 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
         let now = now_unix_us();
         // At shutdown every open reservation is charged and written: nothing admitted is lost.
         sh.expire_reservations(now, Some(db), None, !alive);
-        flush(sh, db);
+        let w = sh.slots_wanted();
+        if !alive || w != wanted || now - flushed_at >= FLUSH_EVERY_US {
+            flush(sh, db);
+            (flushed_at, wanted) = (now, w);
+        }
         if !alive {
             return;
         }
@@ -115,7 +124,8 @@ fn flush(sh: &Shared, db: u32) {
     }
 }
 
-/// One row per (tenant, subject, day): the sum of its charges, at the latest one's time.
+/// One row per (tenant, subject, day): the sum of its charges, at the latest one's time; one
+/// statement for the whole batch.
 fn write(charges: &[Charge]) -> crate::error::CpResult<()> {
     let mut groups: BTreeMap<(&str, &str, i64), Vec<&Charge>> = BTreeMap::new();
     for c in charges {
@@ -124,16 +134,29 @@ fn write(charges: &[Charge]) -> crate::error::CpResult<()> {
             .or_default()
             .push(c);
     }
+    let n = groups.len();
+    let (mut tenants, mut subjects, mut requests, mut tokens, mut at, mut json) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for ((tenant, subject, _), cs) in groups {
-        let tokens = cs.iter().map(|c| c.tokens).sum::<i64>();
-        let at = cs.iter().map(|c| c.at).max().unwrap_or_default();
-        let mut json = String::from("{");
+        tenants.push(tenant);
+        subjects.push(subject);
+        requests.push(cs.len() as i64);
+        tokens.push(cs.iter().map(|c| c.tokens).sum::<i64>());
+        at.push(cs.iter().map(|c| c.at).max().unwrap_or_default());
+        let mut j = String::from("{");
         for (i, c) in cs.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
-            let _ = write!(json, "{sep}\"{}\":{}", pgrx::Uuid::from_bytes(c.id), c.tokens);
+            let _ = write!(j, "{sep}\"{}\":{}", pgrx::Uuid::from_bytes(c.id), c.tokens);
         }
-        json.push('}');
-        catalog::insert_charges(tenant, subject, cs.len() as i64, tokens, at, &json)?;
+        j.push('}');
+        json.push(j);
     }
+    catalog::insert_charges(&tenants, &subjects, &requests, &tokens, &at, &json)?;
     Ok(())
 }

@@ -71,6 +71,17 @@ impl Shared {
         }
     }
 
+    /// Asks the flushers to write what expired now (an admission waits for a free slot).
+    pub fn want_slots(&self) {
+        self.header().slots_wanted.fetch_add(1, Ordering::AcqRel);
+        self.wake_flushers();
+    }
+
+    /// How often slots were wanted (a flusher writes at once when this moved).
+    pub fn slots_wanted(&self) -> u64 {
+        self.header().slots_wanted.load(Ordering::Acquire)
+    }
+
     /// Wakes every running flusher (reservations were expired and wait to be written).
     pub fn wake_flushers(&self) {
         for s in self.flusher_slots() {

@@ -102,6 +102,8 @@ pub struct Header {
     /// Live entries per partition, guarded by the partition's lock.
     part_live: [u32; NPARTS],
     flushers: [flushers::FlusherSlot; flushers::MAX_FLUSHERS],
+    /// Bumped by an admission that waits for a free reservation slot: flushers then write at once.
+    slots_wanted: AtomicU64,
 }
 
 struct Layout {

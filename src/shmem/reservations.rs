@@ -112,7 +112,7 @@ impl Shared {
             Some(i) => i,
             None => {
                 self.sweep(now, SWEEP);
-                self.wake_flushers();
+                self.want_slots();
                 let mut waited = 0;
                 loop {
                     if let Some(i) = self.pop_free() {
