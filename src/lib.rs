@@ -16,6 +16,7 @@ compile_error!("control_plane must be built with panic = \"unwind\"");
 pub mod admission;
 pub mod calendar;
 pub mod key;
+pub mod ledger;
 pub mod policy;
 pub mod quota;
 pub mod rate;

@@ -81,3 +81,21 @@ fn _check_overrides(overrides: Option<JsonB>) -> Result<bool, ErrorReport> {
     })?;
     Ok(true)
 }
+
+/// CHECK-constraint helper of `usage_events`: the kind is known and the amounts have the signs it
+/// allows (one function call: cheaper per INSERT than the same rules as SQL expressions, which
+/// PostgreSQL parses again for every statement).
+#[pg_extern(immutable, parallel_safe)]
+fn _ledger_row_valid(
+    kind: Option<&str>,
+    requests: Option<i64>,
+    input: Option<i64>,
+    output: Option<i64>,
+    cost: Option<i64>,
+    duration: Option<i64>,
+) -> bool {
+    match (kind, requests, input, output) {
+        (Some(k), Some(r), Some(i), Some(o)) => crate::ledger::row_valid(k, r, i, o, cost, duration),
+        _ => false,
+    }
+}

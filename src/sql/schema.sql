@@ -182,20 +182,21 @@ CREATE TABLE control_plane.usage_events (
     -- charged by the extension (one row per subject and flush, each reservation's charge in
     -- metadata.expired_reservations); 'expired_reversed': a late cp_record_usage took one such
     -- charge back (negative amounts, at the charge's time).
-    kind            text        NOT NULL DEFAULT 'usage'
-                                CHECK (kind IN ('usage', 'expired', 'expired_reversed')),
+    kind            text        NOT NULL DEFAULT 'usage',
     requests        bigint      NOT NULL DEFAULT 1,
     input_tokens    bigint      NOT NULL,
     output_tokens   bigint      NOT NULL,
-    cost_micros     bigint      CHECK (cost_micros >= 0),
-    duration_ms     bigint      CHECK (duration_ms >= 0),
+    cost_micros     bigint,
+    duration_ms     bigint,
     reservation_id  uuid,
     idempotency_key text,
     metadata        jsonb,
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT usage_events_amounts CHECK (
-        CASE kind WHEN 'expired_reversed' THEN requests = -1 AND input_tokens <= 0 AND output_tokens = 0
-                  ELSE requests >= 0 AND input_tokens >= 0 AND output_tokens >= 0 END)
+    -- kind is one of the three above; usage and expired rows count forward (no negative amount),
+    -- an expired_reversed row is exactly -1 request, <= 0 input tokens and no output; cost and
+    -- duration are never negative (src/ledger.rs)
+    CONSTRAINT usage_events_row_valid CHECK (control_plane._ledger_row_valid(
+        kind, requests, input_tokens, output_tokens, cost_micros, duration_ms))
 );
 COMMENT ON TABLE control_plane.usage_events IS
     'The append-only usage ledger: the truth that the shared-memory totals index.';
