@@ -90,6 +90,13 @@ pub fn quota(c: &mut Client, subject: &str, dim: &str) -> (i64, i64) {
     (r.get(0), r.get(1))
 }
 
+/// One counter of the `control_plane.stats` view.
+pub fn stat(c: &mut Client, name: &str) -> i64 {
+    c.query_one("SELECT value FROM control_plane.stats WHERE name = $1", &[&name])
+        .expect("stats")
+        .get(0)
+}
+
 /// Runs pg_ctl against the test cluster (as the postgres OS user when we are root).
 pub fn pg_ctl(args: &[&str]) {
     let bin = format!("{}/pg_ctl", env("CP_PG_BIN"));

@@ -210,12 +210,6 @@ fn committed_admin_changes_are_obeyed_by_the_next_admit_in_other_backends() {
     assert!(admit(&mut app, &s, 0).allowed);
 }
 
-fn stat(c: &mut postgres::Client, name: &str) -> i64 {
-    c.query_one("SELECT value FROM control_plane.stats WHERE name = $1", &[&name])
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
     // A cluster of its own, with control_plane.max_subjects = 1024 (a few thousand slots): the

@@ -155,13 +155,7 @@ fn admit_only_traffic_of_100_times_max_reservations_is_never_denied_capacity() {
     // ten minutes: every admission below holds its request until its slot is needed again).
     let s = format!("{}_wall", run_id());
     let mut c = connect_to("CP_TINY_DSN");
-    let cap: i64 = c
-        .query_one(
-            "SELECT value FROM control_plane.stats WHERE name = 'reservations_capacity'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let cap = stat(&mut c, "reservations_capacity");
     assert_eq!(cap, 1024);
     enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 1000000000}"#);
     let n = 100 * cap;
@@ -176,13 +170,7 @@ fn admit_only_traffic_of_100_times_max_reservations_is_never_denied_capacity() {
     let (used, held) = quota(&mut c, &s, "requests_per_day");
     assert_eq!(used + held, n, "every admission counted once");
     assert!(held <= cap);
-    let early: i64 = c
-        .query_one(
-            "SELECT value FROM control_plane.stats WHERE name = 'reservations_expired_early'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let early = stat(&mut c, "reservations_expired_early");
     assert!(early >= n - cap, "{early} expired early");
     assert_eq!(
         wait_charged(&mut c, &s, used).0,

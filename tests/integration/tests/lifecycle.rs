@@ -5,12 +5,6 @@
 use control_plane_integration::*;
 use postgres::Client;
 
-fn stat(c: &mut Client, name: &str) -> i64 {
-    c.query_one("SELECT value FROM control_plane.stats WHERE name = $1", &[&name])
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 fn a_timed_out_rebuild_leaves_shared_memory_as_it_was() {
     let s = format!("{}_slow", run_id());
