@@ -67,8 +67,8 @@ VALUES ('user_321', 'unlimited', '{"requests_per_day": 2, "input_tokens_per_day"
 SET control_plane.reservation_timeout = 1;
 SELECT allowed FROM control_plane.cp_admit('user_321', 1000);
 SELECT reservation_id AS late_id FROM control_plane.cp_admit('user_321', 2000) \gset
-\echo '   ... 2 seconds later: both expired, unrecorded; their requests and estimates are charged, not given back'
-SELECT pg_sleep(2);
+\echo '   ... 3 seconds later: both expired, unrecorded; their requests and estimates are charged, not given back'
+SELECT pg_sleep(3);
 SELECT allowed, reason, limit_name FROM control_plane.cp_admit('user_321', 100);
 \echo '   the background flusher wrote the charge to the ledger:'
 SELECT kind, requests, input_tokens, jsonb_pretty(metadata) AS metadata

@@ -18,7 +18,8 @@ use serde_json::json;
 fn cp_cleanup() -> Result<JsonB, ErrorReport> {
     let sh = shmem::shared()?;
     let (expired, _) = sh.expire_reservations(now_unix_us(), None, None, false);
-    sh.wake_flushers();
+    sh.want_slots(); // the flushers write what expired now
+
     Ok(JsonB(json!({"reservations_expired": expired})))
 }
 
