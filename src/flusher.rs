@@ -32,9 +32,17 @@ const IDLE_EXIT_US: i64 = 60_000_000;
 /// Charges written per transaction.
 const BATCH: usize = 10_000;
 
+/// Makes sure database `db` has a flusher: starts one when none runs (at most once a second).
+/// Called by a backend that has just opened a reservation there.
+pub fn ensure(sh: &Shared, db: u32, now: i64) {
+    if sh.flusher_start_due(db, now) && !start(db) {
+        sh.flusher_stopped(db);
+    }
+}
+
 /// Registers a flusher for database `db`. False when no worker slot is free
 /// (`max_worker_processes`).
-pub fn start(db: u32) -> bool {
+fn start(db: u32) -> bool {
     BackgroundWorkerBuilder::new(&format!("control_plane flusher for database {db}"))
         .set_type("control_plane flusher")
         .set_library("control_plane")

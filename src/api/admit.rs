@@ -180,7 +180,7 @@ pub fn admit(
                         subject,
                     };
                     c.publish(id, &owner, tokens, expires_at);
-                    sh.ensure_flusher(db, now);
+                    crate::flusher::ensure(sh, db, now);
                 }
                 sh.bump(Stat::Allowed);
                 return Ok(Decision {

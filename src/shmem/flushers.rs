@@ -1,6 +1,6 @@
 //! The registry of flushers: one background worker per database that writes expired
-//! reservations' charges to the ledger (see `crate::flusher`). A backend that opens a reservation
-//! makes sure its database has one; backends that expire reservations wake them.
+//! reservations' charges to the ledger (see `crate::flusher`, which starts them). Backends that
+//! expire reservations wake them.
 
 use super::Shared;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -48,27 +48,24 @@ impl Shared {
         None
     }
 
-    /// Makes sure `db` has a flusher: starts one (at most once a second) when none runs.
-    pub fn ensure_flusher(&self, db: u32, now: i64) {
-        let Some(s) = self.flusher_slot(db, true) else { return };
+    /// Whether a flusher for `db` should be started now: none runs or starts, and none was asked
+    /// for in the last second. When true, the slot is marked starting: the caller starts the
+    /// worker, or calls `flusher_stopped` when it cannot.
+    pub fn flusher_start_due(&self, db: u32, now: i64) -> bool {
+        let Some(s) = self.flusher_slot(db, true) else {
+            return false;
+        };
         if s.state.load(Ordering::Acquire) != IDLE {
-            return;
+            return false;
         }
         let last = s.started_at.load(Ordering::Acquire);
-        if now - last < 1_000_000
-            || s.started_at
+        now - last >= 1_000_000
+            && s.started_at
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
-        if s.state
-            .compare_exchange(IDLE, STARTING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            && !crate::flusher::start(db)
-        {
-            s.state.store(IDLE, Ordering::Release);
-        }
+                .is_ok()
+            && s.state
+                .compare_exchange(IDLE, STARTING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Asks the flushers to write what expired now (an admission waits for a free slot).
