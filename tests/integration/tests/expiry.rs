@@ -178,3 +178,59 @@ fn admit_only_traffic_of_100_times_max_reservations_is_never_denied_capacity() {
         "the early charges reach the ledger"
     );
 }
+
+#[test]
+fn a_record_right_after_expiry_replaces_the_charge_before_it_is_written() {
+    // The flusher expires a reservation within 100 ms of its time and writes the charge within
+    // a second: a record that arrives in between takes the charge out of shared memory, and no
+    // reversal row is needed. (Should the flusher write first, the reversal path gives the same
+    // totals: the assertions hold either way.)
+    let s = format!("{}_inslot", run_id());
+    let mut c = connect();
+    enroll(
+        &mut c,
+        &s,
+        "unlimited",
+        r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#,
+    );
+    timeout_1s(&mut c);
+    let id = admit(&mut c, &s, 400).reservation_id.unwrap();
+    let start = Instant::now();
+    while quota(&mut c, &s, "input_tokens_per_day") != (400, 0) {
+        assert!(start.elapsed() < Duration::from_secs(5), "not charged");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let settled: bool = c
+        .query_one(
+            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 150, 20, reservation_id => $2::text::uuid)",
+            &[&s, &id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(settled);
+    assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (150, 0));
+    assert_eq!(quota(&mut c, &s, "requests_per_day"), (1, 0));
+    std::thread::sleep(Duration::from_millis(1500)); // past the next flush
+    let r = c
+        .query_one(
+            "SELECT sum(requests)::bigint, sum(input_tokens)::bigint,
+                    count(*) FILTER (WHERE kind = 'expired_reversed')
+               FROM control_plane.usage_events WHERE subject_id = $1",
+            &[&s],
+        )
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+        (1, 150),
+        "the ledger holds the actual usage once"
+    );
+    eprintln!(
+        "late record path: {}",
+        if r.get::<_, i64>(2) == 0 {
+            "in shared memory"
+        } else {
+            "reversal row"
+        }
+    );
+    assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (150, 0));
+}
