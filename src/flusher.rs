@@ -85,17 +85,19 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
         }
         let now = now_unix_us();
         // At shutdown every open reservation is charged and written: nothing admitted is lost.
-        sh.expire_reservations(now, Some(db), None, !alive);
+        let (expired, next) = sh.expire_reservations(now, Some(db), None, !alive);
         let w = sh.slots_wanted();
+        let mut written = 0;
         if !alive || w != wanted || now - flushed_at >= FLUSH_EVERY_US {
-            flush(sh, db);
+            written = flush(sh, db);
             (flushed_at, wanted) = (now, w);
         }
         if !alive {
             return;
         }
-        let (open, expired) = sh.reservations_of(db);
-        if open + expired > 0 {
+        // One scan a tick: reservations still open (`next`) or just expired or written keep the
+        // flusher busy; only a flusher about to exit counts everything of its database.
+        if expired > 0 || next != i64::MAX || written > 0 {
             busy_at = now;
         } else if now - busy_at > IDLE_EXIT_US {
             sh.flusher_stopped(db);
@@ -109,25 +111,25 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
     }
 }
 
-/// Writes every expired charge of `db` to the ledger, a batch per transaction.
-fn flush(sh: &Shared, db: u32) {
+/// Writes every expired charge of `db` to the ledger, a batch per transaction. Returns how many.
+fn flush(sh: &Shared, db: u32) -> usize {
+    let mut written = 0;
     loop {
         let charges = sh.take_charges(db, BATCH);
         if charges.is_empty() {
-            return;
+            return written;
         }
         // An error raised inside ends the worker; on_exit puts the charges back.
-        let written = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(&charges)));
-        sh.end_flush(db, &charges, written.is_ok(), now_unix_us());
-        if let Err(e) = written {
+        let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(&charges)));
+        sh.end_flush(db, &charges, result.is_ok(), now_unix_us());
+        if let Err(e) = result {
             pgrx::warning!("control_plane: could not write expired reservations: {e:?}");
-            return;
+            return written;
         }
-        for _ in &charges {
-            sh.bump(Stat::ChargesWritten);
-        }
+        sh.bump_by(Stat::ChargesWritten, charges.len() as u64);
+        written += charges.len();
         if charges.len() < BATCH {
-            return;
+            return written;
         }
     }
 }

@@ -247,7 +247,11 @@ impl Shared {
     }
 
     pub fn bump(&self, s: Stat) {
-        self.header().stats[s as usize].fetch_add(1, Ordering::Relaxed);
+        self.bump_by(s, 1);
+    }
+
+    pub fn bump_by(&self, s: Stat, n: u64) {
+        self.header().stats[s as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn stat_values(&self) -> Vec<(&'static str, i64)> {
