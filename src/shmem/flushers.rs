@@ -80,7 +80,7 @@ impl Shared {
     }
 
     /// Wakes every running flusher (reservations were expired and wait to be written).
-    pub fn wake_flushers(&self) {
+    fn wake_flushers(&self) {
         for s in self.flusher_slots() {
             let latch = s.latch.load(Ordering::Acquire);
             if s.state.load(Ordering::Acquire) == RUNNING && latch != 0 {

@@ -71,6 +71,17 @@ pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
     }
 }
 
+/// cp_record_usage(subject, input, output, reservation_id => id): whether it settled the
+/// reservation.
+pub fn record(c: &mut Client, subject: &str, input: i64, output: i64, id: &str) -> bool {
+    c.query_one(
+        "SELECT reservation_settled FROM control_plane.cp_record_usage($1, $2, $3, reservation_id => $4::text::uuid)",
+        &[&subject, &input, &output, &id],
+    )
+    .expect("cp_record_usage")
+    .get(0)
+}
+
 /// cp_release(id): true if the reservation was open.
 pub fn release(c: &mut Client, id: &str) -> bool {
     c.query_one("SELECT control_plane.cp_release($1::text::uuid)", &[&id])

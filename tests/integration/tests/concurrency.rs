@@ -81,13 +81,7 @@ fn admit_and_record_from_many_connections_matches_the_ledger() {
             if a.allowed {
                 admitted += 1;
                 let id = a.reservation_id.expect("reservation id");
-                let r = c
-                    .query_one(
-                        "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 7, 3, reservation_id => $2::text::uuid)",
-                        &[&subject, &id],
-                    )
-                    .expect("record");
-                assert!(r.get::<_, bool>(0));
+                assert!(record(c, &subject, 7, 3, &id));
             }
         }
         admitted

@@ -75,13 +75,7 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     // the reservation charged at the clean shutdown is settled by its late record: the charge is
     // taken back and the actual usage recorded
     let before = index(&mut c, &subjects[0]);
-    let r = c
-        .query_one(
-            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 1, 1, reservation_id => $2::text::uuid)",
-            &[&subjects[0], &open],
-        )
-        .unwrap();
-    assert!(r.get::<_, bool>(0));
+    assert!(record(&mut c, &subjects[0], 1, 1, &open));
     assert_eq!(
         index(&mut c, &subjects[0]),
         (before.0, before.1 - 500 + 1, before.2 + 1)
@@ -119,13 +113,10 @@ fn a_clean_restart_loses_no_admission_and_a_crash_only_the_open_ones() {
         (0, 0),
         "the three open ones are lost"
     );
-    let r = c
-        .query_one(
-            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 5, 5, reservation_id => $2::text::uuid)",
-            &[&t, &open[0]],
-        )
-        .unwrap();
-    assert!(!r.get::<_, bool>(0), "nothing to settle: the crash forgot it");
+    assert!(
+        !record(&mut c, &t, 5, 5, &open[0]),
+        "nothing to settle: the crash forgot it"
+    );
     assert_eq!(
         quota(&mut c, &t, "requests_per_day"),
         (1, 0),

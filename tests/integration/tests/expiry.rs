@@ -30,16 +30,19 @@ fn wait_charged(c: &mut Client, s: &str, requests: i64) -> (i64, i64) {
     }
 }
 
-fn timeout_1s(c: &mut Client) {
+/// A new subject on `unlimited` with `overrides`, and a connection whose reservations expire
+/// after one second.
+fn subject_with_1s_timeout(tag: &str, overrides: &str) -> (Client, String) {
+    let s = format!("{}_{tag}", run_id());
+    let mut c = connect();
+    enroll(&mut c, &s, "unlimited", overrides);
     c.batch_execute("SET control_plane.reservation_timeout = 1").unwrap();
+    (c, s)
 }
 
 #[test]
 fn an_admit_only_client_gets_exactly_its_daily_quota_across_timeouts() {
-    let s = format!("{}_admitonly", run_id());
-    let mut c = connect();
-    enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 5}"#);
-    timeout_1s(&mut c);
+    let (mut c, s) = subject_with_1s_timeout("admitonly", r#"{"requests_per_day": 5}"#);
     let start = Instant::now();
     let mut allowed = 0;
     while start.elapsed() < Duration::from_millis(3500) {
@@ -58,10 +61,7 @@ fn an_admit_only_client_gets_exactly_its_daily_quota_across_timeouts() {
 
 #[test]
 fn expired_estimates_are_charged_in_the_ledger_and_in_quota_status() {
-    let s = format!("{}_estimate", run_id());
-    let mut c = connect();
-    enroll(&mut c, &s, "unlimited", r#"{"input_tokens_per_day": 1000}"#);
-    timeout_1s(&mut c);
+    let (mut c, s) = subject_with_1s_timeout("estimate", r#"{"input_tokens_per_day": 1000}"#);
     let id = admit(&mut c, &s, 300).reservation_id.unwrap();
     assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (0, 300));
     assert_eq!(wait_charged(&mut c, &s, 1), (1, 300));
@@ -82,26 +82,13 @@ fn expired_estimates_are_charged_in_the_ledger_and_in_quota_status() {
 
 #[test]
 fn a_late_record_replaces_the_charge_instead_of_adding_to_it() {
-    let s = format!("{}_late", run_id());
-    let mut c = connect();
-    enroll(
-        &mut c,
-        &s,
-        "unlimited",
-        r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#,
-    );
-    timeout_1s(&mut c);
+    let (mut c, s) = subject_with_1s_timeout("late", r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#);
     let id = admit(&mut c, &s, 300).reservation_id.unwrap();
     assert_eq!(wait_charged(&mut c, &s, 1), (1, 300));
-    let record = |c: &mut Client| -> bool {
-        c.query_one(
-            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 120, 30, reservation_id => $2::text::uuid)",
-            &[&s, &id],
-        )
-        .unwrap()
-        .get(0)
-    };
-    assert!(record(&mut c), "the late record settles the expired reservation");
+    assert!(
+        record(&mut c, &s, 120, 30, &id),
+        "the late record settles the expired reservation"
+    );
     assert_eq!(
         quota(&mut c, &s, "input_tokens_per_day"),
         (120, 0),
@@ -121,25 +108,17 @@ fn a_late_record_replaces_the_charge_instead_of_adding_to_it() {
     };
     assert_eq!(ledger, (1, 120));
     // A second record of the same reservation settles nothing more: it is usage of its own.
-    assert!(!record(&mut c));
+    assert!(!record(&mut c, &s, 120, 30, &id));
     assert_eq!(quota(&mut c, &s, "requests_per_day"), (2, 0));
 }
 
 #[test]
 fn the_lenient_setting_charges_the_request_but_not_the_estimate() {
-    let s = format!("{}_lenient", run_id());
-    let mut c = connect();
+    let (mut c, s) = subject_with_1s_timeout("lenient", r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#);
     c.batch_execute("ALTER SYSTEM SET control_plane.on_expiry = 'release_estimate'")
         .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    enroll(
-        &mut c,
-        &s,
-        "unlimited",
-        r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#,
-    );
-    timeout_1s(&mut c);
     admit(&mut c, &s, 400);
     let got = wait_charged(&mut c, &s, 1);
     c.batch_execute("ALTER SYSTEM RESET control_plane.on_expiry").unwrap();
@@ -185,29 +164,14 @@ fn a_record_right_after_expiry_replaces_the_charge_before_it_is_written() {
     // a second: a record that arrives in between takes the charge out of shared memory, and no
     // reversal row is needed. (Should the flusher write first, the reversal path gives the same
     // totals: the assertions hold either way.)
-    let s = format!("{}_inslot", run_id());
-    let mut c = connect();
-    enroll(
-        &mut c,
-        &s,
-        "unlimited",
-        r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#,
-    );
-    timeout_1s(&mut c);
+    let (mut c, s) = subject_with_1s_timeout("inslot", r#"{"input_tokens_per_day": 1000, "requests_per_day": 10}"#);
     let id = admit(&mut c, &s, 400).reservation_id.unwrap();
     let start = Instant::now();
     while quota(&mut c, &s, "input_tokens_per_day") != (400, 0) {
         assert!(start.elapsed() < Duration::from_secs(5), "not charged");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let settled: bool = c
-        .query_one(
-            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 150, 20, reservation_id => $2::text::uuid)",
-            &[&s, &id],
-        )
-        .unwrap()
-        .get(0);
-    assert!(settled);
+    assert!(record(&mut c, &s, 150, 20, &id));
     assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (150, 0));
     assert_eq!(quota(&mut c, &s, "requests_per_day"), (1, 0));
     std::thread::sleep(Duration::from_millis(1500)); // past the next flush

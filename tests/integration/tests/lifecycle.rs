@@ -87,13 +87,7 @@ fn a_plan_with_nothing_to_hold_claims_no_reservation() {
     }
     assert_eq!(stat(&mut c, "reservations_in_use"), before);
     assert!(!release(&mut c, &ids[0]), "nothing to release");
-    let r = c
-        .query_one(
-            "SELECT reservation_settled FROM control_plane.cp_record_usage($1, 90, 10, reservation_id => $2::text::uuid)",
-            &[&s, &ids[1]],
-        )
-        .unwrap();
-    assert!(!r.get::<_, bool>(0));
+    assert!(!record(&mut c, &s, 90, 10, &ids[1]));
     assert_eq!(quota(&mut c, &s, "output_tokens_per_day"), (10, 0));
     // a request estimate against an input token quota does hold
     enroll(&mut c, &s, "unlimited", r#"{"input_tokens_per_day": 1000}"#);
