@@ -18,7 +18,6 @@ use crate::shmem::{self, Charge, Shared, Stat};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -30,7 +29,10 @@ const FLUSH_EVERY_US: i64 = 1_000_000;
 /// A flusher exits after this long with nothing open in its database (µs).
 const IDLE_EXIT_US: i64 = 60_000_000;
 /// Charges written per transaction.
-const BATCH: usize = 10_000;
+const BATCH: usize = 50_000;
+/// Reservations per ledger row: more would make the row's metadata too large to stay in the row
+/// (TOAST), fewer means more rows.
+const ROW_CHARGES: usize = 24;
 
 /// Makes sure database `db` has a flusher: starts one when none runs (at most once a second).
 /// Called by a backend that has just opened a reservation there.
@@ -115,12 +117,14 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
 fn flush(sh: &Shared, db: u32) -> usize {
     let mut written = 0;
     loop {
-        let charges = sh.take_charges(db, BATCH);
+        let mut charges = sh.take_charges(db, BATCH);
         if charges.is_empty() {
             return written;
         }
+        // A subject's charges of one day side by side: one row per ROW_CHARGES of them.
+        charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, crate::calendar::day_index(c.at)));
         // An error raised inside ends the worker; on_exit puts the charges back.
-        let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(&charges)));
+        let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(sh, &charges)));
         sh.end_flush(db, &charges, result.is_ok(), now_unix_us());
         if let Err(e) = result {
             pgrx::warning!("control_plane: could not write expired reservations: {e:?}");
@@ -134,17 +138,13 @@ fn flush(sh: &Shared, db: u32) -> usize {
     }
 }
 
-/// One row per (tenant, subject, day): the sum of its charges, at the latest one's time; one
-/// statement for the whole batch.
-fn write(charges: &[Charge]) -> crate::error::CpResult<()> {
-    let mut groups: BTreeMap<(&str, &str, i64), Vec<&Charge>> = BTreeMap::new();
-    for c in charges {
-        groups
-            .entry((&c.tenant, &c.subject, crate::calendar::day_index(c.at)))
-            .or_default()
-            .push(c);
-    }
-    let n = groups.len();
+/// One row per (tenant, subject, day) and up to ROW_CHARGES charges (sorted that way): their sum,
+/// at the latest one's time; one statement for the whole batch.
+fn write(sh: &Shared, charges: &[Charge]) -> crate::error::CpResult<()> {
+    let same_row =
+        |a: &Charge, b: &Charge| a.key == b.key && crate::calendar::day_index(a.at) == crate::calendar::day_index(b.at);
+    let rows: Vec<&[Charge]> = charges.chunk_by(same_row).flat_map(|g| g.chunks(ROW_CHARGES)).collect();
+    let n = rows.len();
     let (mut tenants, mut subjects, mut requests, mut tokens, mut at, mut json) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -153,20 +153,56 @@ fn write(charges: &[Charge]) -> crate::error::CpResult<()> {
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for ((tenant, subject, _), cs) in groups {
+    for cs in rows {
+        let (tenant, subject) = sh.charge_names(&cs[0]);
         tenants.push(tenant);
         subjects.push(subject);
         requests.push(cs.len() as i64);
         tokens.push(cs.iter().map(|c| c.tokens).sum::<i64>());
         at.push(cs.iter().map(|c| c.at).max().unwrap_or_default());
-        let mut j = String::from("{");
+        let mut j = String::with_capacity(2 + cs.len() * 48);
+        j.push('{');
         for (i, c) in cs.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let _ = write!(j, "{sep}\"{}\":{}", pgrx::Uuid::from_bytes(c.id), c.tokens);
+            if i > 0 {
+                j.push(',');
+            }
+            j.push('"');
+            push_uuid(&mut j, &c.id);
+            let _ = write!(j, "\":{}", c.tokens);
         }
         j.push('}');
         json.push(j);
     }
-    catalog::insert_charges(&tenants, &subjects, &requests, &tokens, &at, &json)?;
+    catalog::insert_charges(&names(&tenants), &names(&subjects), &requests, &tokens, &at, &json)?;
     Ok(())
+}
+
+fn names(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Appends the canonical text form of a UUID (what `uuid_out` prints).
+fn push_uuid(s: &mut String, id: &[u8; 16]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in id.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn uuids_print_as_postgres_prints_them() {
+        let id = [
+            0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xf0, 0x0f, 0x10, 0x20, 0x30, 0x40, 0x50, 0xff,
+        ];
+        let mut s = String::new();
+        super::push_uuid(&mut s, &id);
+        assert_eq!(s, "01234567-89ab-cdef-f00f-1020304050ff");
+        assert_eq!(s, pgrx::Uuid::from_bytes(id).to_string());
+    }
 }

@@ -1,14 +1,13 @@
 //! 128-bit fingerprints of (database, tenant, subject): the keys of the shared-memory index.
 //!
-//! Two independent SipHash-2-4 passes over a length-prefixed encoding. The fingerprint is stable
-//! for one build of the library (all backends of a server share it); shared memory never outlives
-//! a server, so nothing depends on it across builds. A collision between two live subjects has a
-//! probability near 2^-100 at a million keys.
+//! One XXH3-128 pass over a length-prefixed encoding, seeded with a random value chosen when the
+//! server creates its shared memory (`set_seed`), so that names cannot be crafted to collide
+//! with another subject's. All backends of a server share the seed; shared memory never outlives
+//! it, so nothing depends on a fingerprint across restarts. A collision between two of a million
+//! live subjects has a probability near 2^-89 (n^2 / 2^129).
 
-use std::hash::Hasher;
-
-#[allow(deprecated)]
-use std::hash::SipHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[repr(C)]
@@ -17,21 +16,40 @@ pub struct Key {
     pub lo: u64,
 }
 
+static SEED: AtomicU64 = AtomicU64::new(0x6370_5f6b_6579_7331);
+
+/// Sets the seed of every fingerprint this process computes (the server's, from shared memory).
+pub fn set_seed(seed: u64) {
+    SEED.store(seed, Ordering::Relaxed);
+}
+
+/// Inputs up to this many bytes are encoded on the stack.
+const INLINE: usize = 12 + 2 * crate::args::MAX_NAME_BYTES;
+
 impl Key {
     pub fn of(db: u32, tenant: &str, subject: &str) -> Key {
-        let h = |seed: u64| {
-            #[allow(deprecated)]
-            let mut s = SipHasher::new_with_keys(seed, seed.rotate_left(29) ^ 0x6370_5f6b_6579_7331);
-            s.write_u32(db);
-            s.write_u64(tenant.len() as u64);
-            s.write(tenant.as_bytes());
-            s.write_u64(subject.len() as u64);
-            s.write(subject.as_bytes());
-            s.finish()
+        let n = 12 + tenant.len() + subject.len();
+        let encode = |b: &mut [u8]| {
+            let t = 8 + tenant.len();
+            b[..4].copy_from_slice(&db.to_le_bytes());
+            b[4..8].copy_from_slice(&(tenant.len() as u32).to_le_bytes());
+            b[8..t].copy_from_slice(tenant.as_bytes());
+            b[t..t + 4].copy_from_slice(&(subject.len() as u32).to_le_bytes());
+            b[t + 4..].copy_from_slice(subject.as_bytes());
+        };
+        let seed = SEED.load(Ordering::Relaxed);
+        let h = if n <= INLINE {
+            let mut buf = [0u8; INLINE];
+            encode(&mut buf[..n]);
+            xxh3_128_with_seed(&buf[..n], seed)
+        } else {
+            let mut buf = vec![0u8; n];
+            encode(&mut buf);
+            xxh3_128_with_seed(&buf, seed)
         };
         let mut k = Key {
-            hi: h(0x0123_4567_89ab_cdef),
-            lo: h(0xfedc_ba98_7654_3210),
+            hi: (h >> 64) as u64,
+            lo: h as u64,
         };
         if k.is_empty() {
             k.lo = 1; // (0, 0) marks an empty slot
@@ -67,5 +85,9 @@ mod unit {
         // the length prefix separates ("ab","c") from ("a","bc")
         assert_ne!(Key::of(1, "ab", "c"), Key::of(1, "a", "bc"));
         assert_eq!(Key::of(1, "t", "s"), Key::of(1, "t", "s"));
+        // names longer than the stack buffer take the same encoding
+        let long = "x".repeat(INLINE);
+        assert_ne!(Key::of(1, &long, "s"), Key::of(1, &long, "t"));
+        assert_eq!(Key::of(1, "t", &long), Key::of(1, "t", &long));
     }
 }

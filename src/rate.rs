@@ -53,7 +53,16 @@ pub fn interval(limit: i64, period: Period) -> i64 {
     }
     let p = period.nanos() as i128;
     let l = limit as i128;
-    ((p + l - 1) / l).max(1) as i64
+    div(p + l - 1, l).max(1) as i64
+}
+
+/// `a / b` for `b > 0`, in 64-bit arithmetic when both fit (a 128-bit division is a library call
+/// several times slower, and the operands nearly always fit).
+fn div(a: i128, b: i128) -> i128 {
+    match (i64::try_from(a), i64::try_from(b)) {
+        (Ok(x), Ok(y)) if y > 0 => (x / y) as i128,
+        _ => a / b,
+    }
 }
 
 fn clamp(x: i128) -> i64 {
@@ -76,13 +85,13 @@ pub fn check(limit: i64, period: Period, tat: i64, now: i64, n: i64) -> RateChec
     let new_tat = base + t * n as i128;
     let ahead = new_tat - now as i128; // how far the schedule runs ahead of now
     if ahead <= burst {
-        let remaining = ((burst - ahead) / t) as i64;
+        let remaining = div(burst - ahead, t) as i64;
         RateCheck::Fits {
             new_tat: clamp(new_tat),
             remaining,
         }
     } else {
-        let remaining = ((burst - (base - now as i128)).max(0) / t) as i64;
+        let remaining = div((burst - (base - now as i128)).max(0), t) as i64;
         RateCheck::Denied {
             retry_after_ns: Some(clamp(ahead - burst)),
             remaining,

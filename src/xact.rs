@@ -153,7 +153,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                             input: -tokens,
                             output: 0,
                         },
-                        Effect::Flushed,
+                        Effect::Flushed(1),
                     ]),
                     None => {}
                 }

@@ -71,8 +71,8 @@ pub enum Effect {
     ReleaseHold { tokens: i64 },
     /// A reservation expired: its hold becomes a charge of one request and `charged` tokens.
     Charge { tokens_held: i64, charged: i64 },
-    /// One expired charge reached the ledger.
-    Flushed,
+    /// This many expired charges reached the ledger.
+    Flushed(u32),
 }
 
 /// What an admission holds until its reservation is settled, released or expires.
@@ -305,7 +305,7 @@ impl Shared {
                         add_row(s, now, 1, charged, 0);
                         s.unflushed = s.unflushed.saturating_add(1);
                     }
-                    Effect::Flushed => s.unflushed = s.unflushed.saturating_sub(1),
+                    Effect::Flushed(n) => s.unflushed = s.unflushed.saturating_sub(n),
                 }
             }
         });

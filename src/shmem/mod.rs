@@ -82,23 +82,36 @@ pub const STAT_NAMES: [&str; 16] = [
     "expired_charges_written",
 ];
 
+/// Counters bumped on every call live in stripes of their own cache lines, one stripe per group of
+/// backends: a single line bumped by every backend would move between cores on every call.
+const STAT_STRIPES: usize = 32;
+
+#[repr(C, align(64))]
+struct StatStripe([AtomicU64; STAT_NAMES.len()]);
+
+/// A value alone on its cache line(s).
+#[repr(C, align(64))]
+struct Alone<T>(T);
+
 #[repr(C)]
 pub struct Header {
+    // Read on every call, written at start-up or on admin changes only.
     magic: u64,
     slots_per_part: u32,
     part_cap: u32,
     nres: u32,
     _pad: u32,
+    /// Seed of the subject fingerprints (`key::set_seed`), random per server start.
+    key_seed: u64,
     /// Bumped after a committed change that may touch any subject's policy (profiles added,
     /// removed or renamed; a table truncated).
     pub policy_gen: AtomicU64,
-    /// Cursor of the sweep for expired reservations.
-    res_hint: AtomicU32,
-    _pad2: u32,
     /// Free reservation slots: a stack of slot + 1 (0 = empty) in the low 32 bits, a tag in the
-    /// high ones.
-    free_head: AtomicU64,
-    stats: [AtomicU64; STAT_NAMES.len()],
+    /// high ones. Written by every claim and free.
+    free_head: Alone<AtomicU64>,
+    /// Cursor of the sweep for expired reservations.
+    res_hint: Alone<AtomicU32>,
+    stats: [StatStripe; STAT_STRIPES],
     /// Live entries per partition, guarded by the partition's lock.
     part_live: [u32; NPARTS],
     flushers: [flushers::FlusherSlot; flushers::MAX_FLUSHERS],
@@ -211,9 +224,15 @@ unsafe extern "C-unwind" fn startup_hook() {
             (*h).part_cap = l.part_cap as u32;
             (*h).nres = l.nres as u32;
             (*h).policy_gen.store(1, Ordering::Relaxed);
+            let mut seed = [0u8; 8];
+            if !pg_sys::pg_strong_random(seed.as_mut_ptr().cast(), 8) {
+                seed = (pg_sys::MyStartTime as u64 ^ pg_sys::MyProcPid as u64).to_le_bytes();
+            }
+            (*h).key_seed = u64::from_le_bytes(seed);
             shared.init_free_list();
             (*h).magic = MAGIC;
         }
+        crate::key::set_seed((*(base as *mut Header)).key_seed);
         pg_sys::LWLockRelease(init_lock);
         SHARED = Some(shared);
     }
@@ -251,7 +270,8 @@ impl Shared {
     }
 
     pub fn bump_by(&self, s: Stat, n: u64) {
-        self.header().stats[s as usize].fetch_add(n, Ordering::Relaxed);
+        let stripe = unsafe { pg_sys::MyProcPid } as usize % STAT_STRIPES;
+        self.header().stats[stripe].0[s as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn stat_values(&self) -> Vec<(&'static str, i64)> {
@@ -259,7 +279,14 @@ impl Shared {
         STAT_NAMES
             .iter()
             .enumerate()
-            .map(|(i, n)| (*n, h.stats[i].load(Ordering::Relaxed) as i64))
+            .map(|(i, n)| {
+                let sum = h
+                    .stats
+                    .iter()
+                    .map(|st| st.0[i].load(Ordering::Relaxed))
+                    .fold(0u64, u64::wrapping_add);
+                (*n, sum as i64)
+            })
             .collect()
     }
 

@@ -79,8 +79,6 @@ pub struct Charge {
     pub index: usize,
     pub id: [u8; 16],
     pub key: Key,
-    pub tenant: String,
-    pub subject: String,
     pub tokens: i64,
     pub at: i64,
 }
@@ -142,7 +140,7 @@ impl Shared {
 
     /// Pops the free list (a Treiber stack whose head carries a tag against ABA).
     fn pop_free(&self) -> Option<usize> {
-        let head = &self.header().free_head;
+        let head = &self.header().free_head.0;
         let mut h = head.load(Ordering::Acquire);
         loop {
             let top = (h & 0xffff_ffff) as usize;
@@ -166,7 +164,7 @@ impl Shared {
     /// Marks slot `i` free and pushes it on the free list.
     fn free_slot(&self, i: usize) {
         self.res(i).state.store(RES_FREE, Ordering::Release);
-        let head = &self.header().free_head;
+        let head = &self.header().free_head.0;
         let mut h = head.load(Ordering::Acquire);
         loop {
             self.free_next(i).store((h & 0xffff_ffff) as u32, Ordering::Release);
@@ -181,7 +179,7 @@ impl Shared {
     /// Expires the open reservations among the next `n` slots of the ring cursor, due or not.
     fn sweep(&self, now: i64, n: usize) {
         let total = self.nres;
-        let start = self.header().res_hint.fetch_add(n as u32, Ordering::Relaxed) as usize;
+        let start = self.header().res_hint.0.fetch_add(n as u32, Ordering::Relaxed) as usize;
         for k in 0..n.min(total) {
             let i = (start + k) % total;
             if self.res(i).state.load(Ordering::Acquire) == RES_ACTIVE && self.expire(i, now, true) {
@@ -292,13 +290,10 @@ impl Shared {
             if !self.cas(i, RES_EXPIRED, RES_FLUSHING) {
                 continue;
             }
-            let (tl, sl) = (r.tenant_len as usize, r.subject_len as usize);
             out.push(Charge {
                 index: i,
                 id: r.id,
                 key: r.key,
-                tenant: String::from_utf8_lossy(&r.names[..tl]).into_owned(),
-                subject: String::from_utf8_lossy(&r.names[tl..tl + sl]).into_owned(),
                 tokens: r.charged,
                 at: r.charged_at,
             });
@@ -306,15 +301,31 @@ impl Shared {
         out
     }
 
+    /// The tenant and subject a charge taken by `take_charges` belongs to (its slot stays the
+    /// flusher's until `end_flush`).
+    pub fn charge_names(&self, c: &Charge) -> (String, String) {
+        let r = self.res(c.index);
+        let (tl, sl) = (r.tenant_len as usize, r.subject_len as usize);
+        (
+            String::from_utf8_lossy(&r.names[..tl]).into_owned(),
+            String::from_utf8_lossy(&r.names[tl..tl + sl]).into_owned(),
+        )
+    }
+
     /// Ends a flush: the charges reached the ledger (`written`) and their slots are free, or they
-    /// did not and wait for the next flush.
+    /// did not and wait for the next flush. Charges of one subject next to each other settle its
+    /// entry once.
     pub fn end_flush(&self, db: u32, charges: &[Charge], written: bool, now: i64) {
-        for c in charges {
-            if written {
-                self.settle(&c.key, db, now, &[Effect::Flushed]);
-                self.free_slot(c.index);
-            } else {
+        if !written {
+            for c in charges {
                 self.res(c.index).state.store(RES_EXPIRED, Ordering::Release);
+            }
+            return;
+        }
+        for run in charges.chunk_by(|a, b| a.key == b.key) {
+            self.settle(&run[0].key, db, now, &[Effect::Flushed(run.len() as u32)]);
+            for c in run {
+                self.free_slot(c.index);
             }
         }
     }
@@ -421,7 +432,7 @@ impl Shared {
             let next = if i + 1 < self.nres { i as u32 + 2 } else { 0 };
             self.free_next(i).store(next, Ordering::Relaxed);
         }
-        self.header().free_head.store(1, Ordering::Release);
+        self.header().free_head.0.store(1, Ordering::Release);
     }
 
     pub fn reservations_in_use(&self) -> i64 {
