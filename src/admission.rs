@@ -368,7 +368,129 @@ mod unit {
         assert!(needs_hold(&policy(&[(Limit::MaxConcurrent, 1)]), 0));
     }
 
+    /// Whether dimension `l` alone has room for a request of `tokens` (a model of the rules that
+    /// does not go through `decide`; rates through `rate::check`, tested on its own).
+    fn room(p: &Policy, s: &State, tokens: i64, now_us: i64, l: Limit) -> bool {
+        let Some(cap) = p.limit(l) else { return true };
+        let t = &s.totals;
+        match l {
+            Limit::RequestsPerDay => t.day_requests + t.held_requests < cap,
+            Limit::RequestsPerMonth => t.month_requests + t.held_requests < cap,
+            Limit::InputTokensPerDay => t.day_input + t.held_tokens + tokens.max(1) <= cap,
+            Limit::InputTokensPerMonth => t.month_input + t.held_tokens + tokens.max(1) <= cap,
+            Limit::OutputTokensPerDay => t.day_output < cap,
+            Limit::OutputTokensPerMonth => t.month_output < cap,
+            Limit::MaxConcurrent => t.held_requests < cap,
+            _ => {
+                let i = RATE_LIMITS.iter().position(|(r, _)| *r == l).unwrap();
+                let n = if l == Limit::TokensPerMinute { tokens } else { 1 };
+                matches!(
+                    rate::check(cap, RATE_LIMITS[i].1, s.tat[i], now_us * 1_000, n),
+                    RateCheck::Fits { .. }
+                )
+            }
+        }
+    }
+
+    const ALL_LIMITS: [Limit; 11] = [
+        Limit::RequestsPerSecond,
+        Limit::RequestsPerMinute,
+        Limit::RequestsPerHour,
+        Limit::TokensPerMinute,
+        Limit::RequestsPerDay,
+        Limit::RequestsPerMonth,
+        Limit::InputTokensPerDay,
+        Limit::InputTokensPerMonth,
+        Limit::OutputTokensPerDay,
+        Limit::OutputTokensPerMonth,
+        Limit::MaxConcurrent,
+    ];
+
     proptest! {
+        /// Any mix of limits (each set or not) and any sequence of admissions, records and
+        /// releases: `decide` admits exactly when every dimension has room (so it neither lets
+        /// too much through nor denies what fits), a denial names a dimension without room, a
+        /// rate denial's retry time is exact to the millisecond, and no limit is ever exceeded.
+        #[test]
+        fn decide_admits_exactly_what_every_dimension_has_room_for(
+            caps in proptest::collection::vec(proptest::option::of(1i64..40), 11),
+            token_caps in proptest::collection::vec(proptest::option::of(1i64..2_000), 5),
+            steps in proptest::collection::vec((0i64..90_000_000, 0i64..120, 0u8..4, 0i64..200), 1..150),
+        ) {
+            // Token limits take the second set of caps (they need larger values).
+            let pairs: Vec<(Limit, i64)> = ALL_LIMITS.iter().enumerate().filter_map(|(i, l)| {
+                let cap = match l {
+                    Limit::TokensPerMinute => token_caps[0],
+                    Limit::InputTokensPerDay => token_caps[1],
+                    Limit::InputTokensPerMonth => token_caps[2],
+                    Limit::OutputTokensPerDay => token_caps[3],
+                    Limit::OutputTokensPerMonth => token_caps[4],
+                    _ => caps[i],
+                };
+                cap.map(|c| (*l, c))
+            }).collect();
+            let p = policy(&pairs);
+            let mut s = State::default();
+            let mut now = NOON;
+            let mut open: Vec<i64> = vec![]; // token estimates of the requests in flight
+            let mut admitted: Vec<(i64, i64)> = vec![];
+            for (dt, tokens, action, actual) in steps {
+                now += dt;
+                // A request in flight completes: recorded (actual input and output) or released.
+                if !open.is_empty() && action > 0 {
+                    let est = open.remove(0);
+                    s.totals.held_requests -= 1;
+                    s.totals.held_tokens -= est;
+                    if action < 3 {
+                        let t = &mut s.totals;
+                        t.day_requests += 1;
+                        t.month_requests += 1;
+                        t.day_input += actual;
+                        t.month_input += actual;
+                        t.day_output += actual / 2;
+                        t.month_output += actual / 2;
+                    }
+                }
+                let v = decide(&p, &s, tokens, now, 80);
+                let fits: Vec<Limit> = ALL_LIMITS.iter().copied().filter(|l| !room(&p, &s, tokens, now, *l)).collect();
+                match v {
+                    Verdict::Allow { .. } => prop_assert!(fits.is_empty(), "admitted without room in {fits:?}"),
+                    Verdict::Deny { kind, limit, retry_after_ms, .. } => {
+                        prop_assert!(fits.contains(&limit), "denied on {limit:?}, which has room");
+                        let want = match limit {
+                            Limit::MaxConcurrent => DenyKind::Concurrency,
+                            l if RATE_LIMITS.iter().any(|(r, _)| *r == l) => DenyKind::Rate,
+                            _ => DenyKind::Quota,
+                        };
+                        prop_assert_eq!(kind, want);
+                        if let (DenyKind::Rate, Some(r)) = (kind, retry_after_ms) {
+                            // A millisecond earlier the limit named still has no room (so the
+                            // request is denied); at the retry time it has.
+                            prop_assert!(!room(&p, &s, tokens, now + (r - 1) * 1_000, limit));
+                            let earlier = decide(&p, &s, tokens, now + (r - 1) * 1_000, 80);
+                            prop_assert!(matches!(earlier, Verdict::Deny { .. }), "admitted a millisecond early");
+                            prop_assert!(room(&p, &s, tokens, now + r * 1_000, limit));
+                        }
+                    }
+                }
+                if apply(&v, &mut s, tokens) {
+                    open.push(tokens);
+                    admitted.push((now, tokens));
+                }
+                // Nothing is ever exceeded (recorded output may overshoot by one record).
+                let t = s.totals;
+                let cap = |l: Limit| p.limit(l).unwrap_or(i64::MAX);
+                prop_assert!(t.held_requests <= cap(Limit::MaxConcurrent));
+                prop_assert!(t.day_requests + t.held_requests <= cap(Limit::RequestsPerDay));
+                prop_assert!(t.month_requests + t.held_requests <= cap(Limit::RequestsPerMonth));
+                let count = |window: i64| admitted.iter().filter(|(a, _)| now - a < window).count() as i64;
+                let weight = |window: i64| admitted.iter().filter(|(a, _)| now - a < window).map(|(_, n)| n).sum::<i64>();
+                prop_assert!(count(1_000_000) <= 2 * cap(Limit::RequestsPerSecond).min(i64::MAX / 2));
+                prop_assert!(count(60_000_000) <= 2 * cap(Limit::RequestsPerMinute).min(i64::MAX / 2));
+                prop_assert!(count(3_600_000_000) <= 2 * cap(Limit::RequestsPerHour).min(i64::MAX / 2));
+                prop_assert!(weight(60_000_000) <= 2 * cap(Limit::TokensPerMinute).min(i64::MAX / 2));
+            }
+        }
         /// Sequences of requests never exceed any configured limit, whatever the mix.
         #[test]
         fn all_dimensions_hold_together(

@@ -21,6 +21,8 @@ pub enum CpError {
         detail: Option<String>,
         hint: Option<String>,
     },
+    /// 40001: a concurrent change made the call impossible to complete; retrying it succeeds.
+    Retry { message: String },
     /// 0A000: a feature the extension refuses (two-phase commit with pending usage).
     NotSupported { message: String, hint: Option<String> },
     /// XX000: an invariant broke; never expected.
@@ -57,6 +59,7 @@ impl CpError {
             CpError::InvalidParameter { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             CpError::NotInPrerequisiteState { .. } => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CpError::NotSupported { .. } => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            CpError::Retry { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             CpError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -78,6 +81,7 @@ impl From<CpError> for ErrorReport {
             CpError::InvalidParameter { message, detail, hint } => (message, detail, hint),
             CpError::NotInPrerequisiteState { message, detail, hint } => (message, detail, hint),
             CpError::NotSupported { message, hint } => (message, None, hint),
+            CpError::Retry { message } => (message, None, Some("Retry the call.".into())),
             CpError::Internal(m) => (
                 format!("control_plane internal error: {m}"),
                 None,

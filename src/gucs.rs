@@ -6,8 +6,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
 
 /// `control_plane.max_subjects` (postmaster): how many (database, tenant, subject) entries the
-/// shared-memory index holds at least. Each costs 160 bytes of shared memory (128-byte entry at a
-/// load of at most 80 %).
+/// shared-memory index holds at least. Each costs 200 bytes of shared memory (1.25 slots of 160
+/// bytes per subject; a lock partition holds at most 90 % of its slots).
 pub static MAX_SUBJECTS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 
 /// `control_plane.max_reservations` (postmaster): reservations (admitted requests that hold
@@ -73,7 +73,7 @@ fn define_startup_gucs() {
     GucRegistry::define_int_guc(
         c"control_plane.max_subjects",
         c"Subjects the shared-memory index holds at least (server start).",
-        c"Each entry takes 128 bytes; 1.25 slots are allocated per subject. When a lock partition is full, entries without open reservations are evicted (their totals are rebuilt from the ledger); if none can be, admissions are denied with reason capacity.",
+        c"Each subject takes 200 bytes of shared memory (1.25 slots of 160 bytes; a lock partition holds at most 90 % of its slots). When a lock partition is full, the least recently used entry that loses nothing is evicted (its totals are rebuilt from the ledger); if none can be, control_plane.on_full decides.",
         &MAX_SUBJECTS,
         1_024,
         50_000_000,

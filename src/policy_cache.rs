@@ -213,8 +213,9 @@ fn load(sh: &Shared, tenant: &str, subject: &str, stamp: u64, enroll: bool) -> C
                     Some("Mark one profile is_default (the preset \"free\" is the default unless it was changed)."),
                 ));
             }
-            catalog::load_subject(tenant, subject)?
-                .ok_or_else(|| CpError::Internal(format!("subject \"{subject}\" vanished while being enrolled")))?
+            catalog::load_subject(tenant, subject)?.ok_or_else(|| CpError::Retry {
+                message: format!("subject \"{subject}\" was deleted by another transaction while being enrolled"),
+            })?
         }
     };
     let Some(profile_id) = row.profile_id else {

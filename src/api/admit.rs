@@ -5,7 +5,7 @@ use crate::admission::{self, DenyKind, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
 use crate::catalog::now_unix_us;
-use crate::error::{CpError, CpResult};
+use crate::error::CpResult;
 use crate::gucs;
 use crate::policy_cache;
 use crate::shmem::{self, Hold, Owner, Seen, Stat};
@@ -225,7 +225,10 @@ pub fn admit(
             }
         }
     }
-    Err(CpError::Internal("admission did not settle".into()))
+    // The subject's entry was evicted between its rebuild and the decision, four times over: the
+    // index is too small for the traffic. Fail closed.
+    sh.bump(Stat::DeniedCapacity);
+    Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None))
 }
 
 /// `pg_finfo` record of `cp_admit_fast` (version-1 calling convention).

@@ -85,7 +85,17 @@ fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> Cp
             return Ok(None);
         }
     }
-    Err(CpError::Internal("subject entry keeps disappearing".into()))
+    // Evicted again before it could be read, three times: the index is too small for the traffic.
+    Err(full_index(subject))
+}
+
+/// The error of a call that cannot get its subject into a full index (55000).
+fn full_index(subject: &str) -> CpError {
+    CpError::state(
+        format!("shared memory has no room for subject \"{subject}\""),
+        Some("Every entry of its lock partition is in use and none can be evicted without loss.".into()),
+        Some("Raise control_plane.max_subjects (server restart) or set control_plane.on_full = 'evict_lru'."),
+    )
 }
 
 /// The raw calling convention with a named composite type is the cheapest way PostgreSQL has to
@@ -103,11 +113,11 @@ unsafe fn composite_datum(fcinfo: pg_sys::FunctionCallInfo, cols: &[Option<pg_sy
         let desc = pg_sys::lookup_rowtype_tupdesc(typid, -1);
         if (*desc).natts as usize != cols.len() {
             pg_sys::DecrTupleDescRefCount(desc);
-            return Err(CpError::Internal(format!(
-                "result type {} does not have {} attributes",
-                typid.to_u32(),
-                cols.len()
-            )));
+            return Err(CpError::state(
+                format!("result type {} does not have {} attributes", typid.to_u32(), cols.len()),
+                Some("The extension's result types were altered.".into()),
+                Some("Reinstall the extension (DROP EXTENSION control_plane; CREATE EXTENSION control_plane)."),
+            ));
         }
         let mut values: Vec<pg_sys::Datum> = cols.iter().map(|c| c.unwrap_or(pg_sys::Datum::from(0usize))).collect();
         let mut nulls: Vec<bool> = cols.iter().map(Option::is_none).collect();

@@ -43,7 +43,7 @@ pub fn record(
     let mut held = None;
     let mut reversal = None;
     if let Some(rid) = reservation_id {
-        match sh.take_reservation(rid.as_bytes(), db, true) {
+        match sh.take_reservation(rid.as_bytes(), db, now_unix_us(), true) {
             Taken::Held(h) if h.key != key => {
                 sh.untake(h.index);
                 return Err(CpError::invalid_with(
@@ -158,13 +158,14 @@ pub fn release(reservation_id: Option<Uuid>) -> CpResult<bool> {
     let rid = required("reservation_id", reservation_id)?;
     let tenant = gucs::tenant()?;
     let db = database();
-    match sh.take_reservation(rid.as_bytes(), db, false) {
+    let now = now_unix_us();
+    match sh.take_reservation(rid.as_bytes(), db, now, false) {
         Taken::Held(h) if h.tenant_fp != tenant_fingerprint(db, &tenant) => {
             sh.untake(h.index);
             Ok(false)
         }
         Taken::Held(h) => {
-            sh.release_taken(&h, db, now_unix_us());
+            sh.release_taken(&h, db, now);
             Ok(true)
         }
         Taken::Busy => Err(CpError::state(
@@ -177,7 +178,7 @@ pub fn release(reservation_id: Option<Uuid>) -> CpResult<bool> {
 }
 
 /// Gives back a reservation whose request never ran. True if it was open; false if it was
-/// unknown, already settled, released or expired. Takes effect at once (not transactional).
+/// unknown, already settled, released, or past its time (expired: charged, or about to be). Takes effect at once (not transactional).
 #[pg_extern(volatile, parallel_unsafe)]
 fn cp_release(reservation_id: Option<Uuid>) -> Result<bool, ErrorReport> {
     Ok(release(reservation_id)?)

@@ -1,6 +1,6 @@
 //! `cp_quota_status`: what a subject has used, holds and has left, as jsonb.
 
-use super::{locate, totals_of};
+use super::{full_index, locate, totals_of};
 use crate::args;
 use crate::calendar::{civil_from_days, Window, US_PER_DAY, US_PER_SEC};
 use crate::catalog::{self, now_unix_us};
@@ -102,13 +102,7 @@ pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
     let now = now_unix_us();
     match policy_cache::get(&key, &tenant, subject, false)? {
         Some(c) => {
-            let t = totals_of(sh, &key, db, &tenant, subject)?.ok_or_else(|| {
-                CpError::state(
-                    "the control_plane shared-memory index is full".to_string(),
-                    Some("no entry could be evicted: every entry holds open reservations".into()),
-                    Some("Raise control_plane.max_subjects and restart the server."),
-                )
-            })?;
+            let t = totals_of(sh, &key, db, &tenant, subject)?.ok_or_else(|| full_index(subject))?;
             Ok(status_json(&tenant, subject, Some(&c), &c.policy, &c.profile, &t, now))
         }
         None => {

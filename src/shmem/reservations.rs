@@ -358,9 +358,10 @@ impl Shared {
     }
 
     /// Finds a reservation by id and moves it to settling, owned by this backend. An expired one
-    /// is taken only with `expired_too` (a late record replaces its charge). Waits while the
-    /// reservation is being expired or its charge written (milliseconds).
-    pub fn take_reservation(&self, id: &[u8; 16], db: u32, expired_too: bool) -> Taken {
+    /// is taken only with `expired_too` (a late record replaces its charge); without it, an open
+    /// one past its time at `now` counts as expired too (the sweep has not reached it yet). Waits
+    /// while the reservation is being expired or its charge written (milliseconds).
+    pub fn take_reservation(&self, id: &[u8; 16], db: u32, now: i64, expired_too: bool) -> Taken {
         let i = u32::from_be_bytes([id[0], id[1], id[2], id[3]]) as usize;
         if i >= self.nres {
             return Taken::Unknown;
@@ -373,6 +374,9 @@ impl Shared {
                 return Taken::Unknown;
             }
             let from = match st {
+                RES_ACTIVE if !expired_too && unsafe { ptr::read_volatile(&r.expires_at) } <= now => {
+                    return Taken::Expired
+                }
                 RES_ACTIVE => RES_ACTIVE,
                 RES_EXPIRED if expired_too => RES_EXPIRED,
                 RES_EXPIRED => return Taken::Expired,

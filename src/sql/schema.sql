@@ -208,15 +208,19 @@ CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subj
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';
 
+-- Append-only: the totals that cp_admit enforces are sums of this table, kept in shared memory.
 CREATE FUNCTION control_plane._usage_events_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RAISE EXCEPTION 'control_plane.usage_events is append-only'
+    RAISE EXCEPTION 'control_plane.usage_events is append-only: % is refused', TG_OP
         USING ERRCODE = 'object_not_in_prerequisite_state',
-              HINT = 'Record a correcting usage event instead of changing one.';
+              DETAIL = 'The totals that cp_admit enforces are sums of this ledger, kept in shared memory.',
+              HINT = 'See "The ledger is append-only" in the control_plane README for the maintenance path.';
 END $$;
-CREATE TRIGGER usage_events_append_only BEFORE UPDATE ON control_plane.usage_events
+CREATE TRIGGER usage_events_append_only BEFORE UPDATE OR DELETE ON control_plane.usage_events
     FOR EACH ROW EXECUTE FUNCTION control_plane._usage_events_append_only();
+CREATE TRIGGER usage_events_no_truncate BEFORE TRUNCATE ON control_plane.usage_events
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._usage_events_append_only();
 
 -- ------------------------------------------------------------------------------------- cp_admit
 

@@ -290,40 +290,58 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
 
 #[test]
 fn a_rate_limit_admits_exactly_the_burst_plus_the_refill_under_concurrency() {
-    // 60 per minute: a burst of 60, then one per second.
+    // 60 per minute: a burst of 60, then one every second after the first admission. 32
+    // connections keep the limiter saturated for 2.5 s from a barrier: exactly 62 admissions,
+    // the 61st no sooner than 1 s after the first and the 62nd no sooner than 2 s after it (and,
+    // at saturation, not much later).
     let s = format!("{}_rate", run_id());
     let mut c = connect();
     enroll(&mut c, &s, "unlimited", r#"{"requests_per_minute": 60}"#);
-    let start = std::time::Instant::now();
     let subject = s.clone();
     let results = together(32, move |c| {
         let t0 = std::time::Instant::now();
-        let (mut n, mut tries) = (0i64, 0i64);
+        let (mut stamps, mut tries) = (Vec::new(), 0i64);
         while t0.elapsed() < std::time::Duration::from_millis(2500) {
             tries += 1;
-            if admit(c, &subject, 0).allowed {
-                n += 1;
+            // The server's clock right after the decision.
+            let r = c
+                .query_one(
+                    "SELECT a.allowed, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+                       FROM control_plane.cp_admit($1, 0) a",
+                    &[&subject],
+                )
+                .expect("cp_admit");
+            if r.get::<_, bool>(0) {
+                stamps.push(r.get::<_, i64>(1));
             }
         }
-        (n, tries)
+        (stamps, tries)
     });
-    let elapsed = start.elapsed().as_secs_f64();
-    let admitted: i64 = results.iter().map(|r| r.0).sum();
     let tries: i64 = results.iter().map(|r| r.1).sum();
+    let mut stamps: Vec<i64> = results.into_iter().flat_map(|r| r.0).collect();
+    stamps.sort_unstable();
     assert!(
         tries > 1000,
         "the connections must keep the limiter saturated ({tries} tries)"
     );
-    // Never more than the burst plus one per elapsed second; at saturation, no fewer than that
-    // minus the second that may still be running.
-    assert!(
-        admitted <= 60 + elapsed.ceil() as i64,
-        "{admitted} admitted in {elapsed:.2}s"
-    );
-    assert!(
-        admitted >= 60 + elapsed.floor() as i64 - 2,
-        "{admitted} admitted in {elapsed:.2}s"
-    );
+    assert_eq!(stamps.len(), 62, "admissions in 2.5 s of saturation: {stamps:?}");
+    let first = stamps[0];
+    for (k, t) in stamps[60..].iter().enumerate() {
+        let after_ms = (t - first) as f64 / 1000.0;
+        let due_ms = 1000.0 * (k + 1) as f64;
+        // Stamps are taken just after each decision, so a refill admitted early would show as
+        // less than due; 20 ms covers a stamp of the first admission taken late.
+        assert!(
+            after_ms >= due_ms - 20.0,
+            "refill {} admitted {after_ms} ms after the first",
+            k + 1
+        );
+        assert!(
+            after_ms <= due_ms + 300.0,
+            "refill {} admitted {after_ms} ms after the first",
+            k + 1
+        );
+    }
 }
 
 #[test]

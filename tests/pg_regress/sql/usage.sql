@@ -24,3 +24,5 @@ SELECT subject_id, model, input_tokens, output_tokens, metadata
 
 -- the ledger is append-only
 UPDATE control_plane.usage_events SET input_tokens = 0;
+DELETE FROM control_plane.usage_events WHERE subject_id = 'carol';
+TRUNCATE control_plane.usage_events;
