@@ -21,6 +21,8 @@ pub enum CpError {
         detail: Option<String>,
         hint: Option<String>,
     },
+    /// 23514: a row breaks a rule of its table.
+    CheckViolation { message: String, detail: String },
     /// 40001: a concurrent change made the call impossible to complete; retrying it succeeds.
     Retry { message: String },
     /// 0A000: a feature the extension refuses (two-phase commit with pending usage).
@@ -60,6 +62,7 @@ impl CpError {
             CpError::NotInPrerequisiteState { .. } => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CpError::NotSupported { .. } => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             CpError::Retry { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            CpError::CheckViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             CpError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -82,6 +85,7 @@ impl From<CpError> for ErrorReport {
             CpError::NotInPrerequisiteState { message, detail, hint } => (message, detail, hint),
             CpError::NotSupported { message, hint } => (message, None, hint),
             CpError::Retry { message } => (message, None, Some("Retry the call.".into())),
+            CpError::CheckViolation { message, detail } => (message, Some(detail), None),
             CpError::Internal(m) => (
                 format!("control_plane internal error: {m}"),
                 None,

@@ -3,8 +3,9 @@
 //! A backend that opens a reservation makes sure its database has a flusher (started on demand
 //! with `RegisterDynamicBackgroundWorker`, so the extension may live in several databases of one
 //! server without any setting). Every 100 ms, or when woken, the flusher expires the reservations
-//! of its database that are past their time; every second (at once when an admission waits for a
-//! reservation slot) it writes every expired charge to the ledger, in one statement per batch: one
+//! of its database that are past their time; every second (sooner when its unwritten charges hold
+//! an eighth of the reservation slots, at once when an admission waits for a slot) it writes every
+//! expired charge to the ledger, in one statement per batch: one
 //! `kind = 'expired'` row per subject and day, with each reservation's charge in its metadata.
 //! At a clean shutdown it expires every reservation still open and writes them too, so nothing
 //! admitted is lost. It exits after a minute with nothing open in its database.
@@ -80,6 +81,9 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
     }
     let mut busy_at = now_unix_us();
     let (mut flushed_at, mut wanted) = (busy_at, sh.slots_wanted());
+    // Expired charges keep their reservation slots until written: write early when they fill
+    // an eighth of the table, before admissions have to wait for slots.
+    let (mut unwritten, soon) = (0i64, (sh.capacity().1 / 8).max(1));
     loop {
         let alive = BackgroundWorker::wait_latch(Some(TICK));
         if BackgroundWorker::sighup_received() {
@@ -90,9 +94,10 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
         let (expired, next) = sh.expire_reservations(now, Some(db), None, !alive);
         let w = sh.slots_wanted();
         let mut written = 0;
-        if !alive || w != wanted || now - flushed_at >= FLUSH_EVERY_US {
+        unwritten += expired;
+        if !alive || w != wanted || unwritten >= soon || now - flushed_at >= FLUSH_EVERY_US {
             written = flush(sh, db);
-            (flushed_at, wanted) = (now, w);
+            (flushed_at, wanted, unwritten) = (now, w, 0);
         }
         if !alive {
             return;

@@ -1,4 +1,5 @@
-//! The rules a ledger row obeys (checked by the table's one CHECK constraint).
+//! The rules a ledger row obeys (checked by the table's BEFORE INSERT trigger
+//! `usage_events_row_valid`).
 //!
 //! Pure Rust. A `usage` row (recorded) and an `expired` row (charged by the extension) count
 //! requests and tokens, never negative; an `expired_reversed` row takes one expired charge back:

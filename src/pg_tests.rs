@@ -429,6 +429,11 @@ mod tests {
             ("SELECT control_plane.cp_quota_status(NULL)", "22004"),
             ("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('pgt_bad2', 'platinum')", "23503"),
             ("UPDATE control_plane.profiles SET requests_per_day = -1 WHERE name = 'pro'", "23514"),
+            // the ledger's row rule (trigger usage_events_row_valid), for direct inserts too
+            ("INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens) VALUES ('default', 'pgt_l', -1, 0)", "23514"),
+            ("INSERT INTO control_plane.usage_events (tenant_id, subject_id, kind, input_tokens, output_tokens) VALUES ('default', 'pgt_l', 'refund', 1, 0)", "23514"),
+            ("INSERT INTO control_plane.usage_events (tenant_id, subject_id, kind, requests, input_tokens, output_tokens) VALUES ('default', 'pgt_l', 'expired_reversed', -2, -5, 0)", "23514"),
+            ("INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, cost_micros) VALUES ('default', 'pgt_l', 1, 1, -1)", "23514"),
             ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad3', 'free', '{\"requests_per_dya\": 1}')", "22023"),
             ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad4', 'free', '{\"requests_per_day\": \"ten\"}')", "22023"),
             ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad5', 'free', '{\"requests_per_day\": -3}')", "22023"),
@@ -438,6 +443,7 @@ mod tests {
             // refused even when it would remove nothing
             ("TRUNCATE control_plane.usage_events", "55000"),
             ("SET control_plane.no_such_setting = 1", "42602"),
+            ("INSERT INTO control_plane.usage_events (tenant_id, subject_id, kind, requests, input_tokens, output_tokens) VALUES ('default', 'pgt_l', 'expired_reversed', -1, -5, 0)", "ok"),
         ];
         run("SELECT * FROM control_plane.cp_admit('pgt_bad_user')"); // makes 'free' in use
         for (sql, want) in cases {

@@ -191,12 +191,7 @@ CREATE TABLE control_plane.usage_events (
     reservation_id  uuid,
     idempotency_key text,
     metadata        jsonb,
-    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    -- kind is one of the three above; usage and expired rows count forward (no negative amount),
-    -- an expired_reversed row is exactly -1 request, <= 0 input tokens and no output; cost and
-    -- duration are never negative (src/ledger.rs)
-    CONSTRAINT usage_events_row_valid CHECK (control_plane._ledger_row_valid(
-        kind, requests, input_tokens, output_tokens, cost_micros, duration_ms))
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE control_plane.usage_events IS
     'The append-only usage ledger: the truth that the shared-memory totals index.';
@@ -207,6 +202,15 @@ CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subj
 -- A charge is taken back at most once.
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';
+
+-- Every row: kind is one of the three above; usage and expired rows count forward (no negative
+-- amount), an expired_reversed row is exactly -1 request, <= 0 input tokens and no output; cost
+-- and duration are never negative (src/ledger.rs). A C trigger, not a CHECK constraint: PostgreSQL
+-- parses CHECK expressions again for every execution of an INSERT.
+CREATE FUNCTION control_plane._usage_events_row_check() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '_usage_events_row_check';
+CREATE TRIGGER usage_events_row_valid BEFORE INSERT ON control_plane.usage_events
+    FOR EACH ROW EXECUTE FUNCTION control_plane._usage_events_row_check();
 
 -- Append-only: the totals that cp_admit enforces are sums of this table, kept in shared memory.
 CREATE FUNCTION control_plane._usage_events_append_only() RETURNS trigger
