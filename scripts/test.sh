@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up and runs every test layer:
-#   1. Rust unit and property tests + #[pg_test]s      (cargo pgrx test)
+#   1. unit and property tests of the pure decisions    (crates/core, cargo test: no server)
+#      and the #[pg_test]s                              (cargo pgrx test)
 #   2. golden SQL tests with pg_regress                  (tests/pg_regress)
 #   3. integration tests over real connections           (tests/integration)
 # Each layer that needs a server gets a throwaway cluster with control_plane preloaded.
@@ -26,8 +27,10 @@ trap cleanup EXIT
 log "0/3 formatting"
 cargo fmt --check
 (cd tests/integration && cargo fmt --check)
+(cd crates/core && cargo fmt --check)
 
-log "1/3 unit, property and #[pg_test] tests"
+log "1/3 unit and property tests (crates/core), then #[pg_test] tests"
+CARGO_TARGET_DIR="$CP_ROOT/target/core" cargo test --manifest-path crates/core/Cargo.toml 2>&1 | tee -a "$SUMMARY"
 install -d -o postgres -g postgres /tmp/control_plane-pgtest 2>/dev/null || install -d /tmp/control_plane-pgtest
 runas=()
 [ "$(id -u)" = 0 ] && runas=(--runas postgres)

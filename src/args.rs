@@ -5,7 +5,7 @@ use crate::error::{CpError, CpResult};
 /// Largest token count one call accepts (a trillion): beyond it the input is refused as absurd.
 pub const MAX_TOKENS: i64 = 1_000_000_000_000;
 /// Longest tenant, subject, model, feature or idempotency key, in bytes.
-pub const MAX_NAME_BYTES: usize = 256;
+pub use control_plane_core::MAX_NAME_BYTES;
 
 pub fn check_name(what: &str, s: &str) -> CpResult<()> {
     if s.is_empty() {

@@ -1,7 +1,8 @@
 //! control_plane: usage limits for AI/LLM applications, enforced inside PostgreSQL.
 //!
-//! Pure decision logic lives in `calendar`, `policy`, `quota` and `key` (no pgrx types);
-//! the rest is glue: settings, shared memory, SPI, transaction callbacks and the SQL surface.
+//! Pure decision logic lives in the crate `control_plane_core` (`crates/core`: calendar windows,
+//! rates, policies, quotas, admissions, keys, ledger rules); this crate is the glue: settings,
+//! shared memory, SPI, transaction callbacks, the flusher and the SQL surface.
 
 // pgrx reports SQL errors as `ErrorReport` values, which are large by design.
 #![allow(clippy::result_large_err)]
@@ -13,13 +14,9 @@ compile_error!("control_plane must be built with panic = \"unwind\"");
 
 ::pgrx::pg_module_magic!(name, version);
 
-pub mod admission;
-pub mod calendar;
-pub mod key;
-pub mod ledger;
-pub mod policy;
-pub mod quota;
-pub mod rate;
+/// The pure decision modules live in `crates/core`; re-exported so that they read as part of
+/// this crate.
+pub use control_plane_core::{admission, calendar, key, ledger, policy, quota, rate};
 
 mod api;
 mod args;

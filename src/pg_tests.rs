@@ -190,6 +190,19 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_warning_follows_a_non_default_warn_threshold() {
+        enroll("pgt_warn", "unlimited", r#"{"requests_per_day": 4}"#);
+        run("SET LOCAL control_plane.warn_threshold = 50");
+        assert_eq!(admit("pgt_warn", 0, None)["decision"], "allow"); // 1 of 4: 25 %
+        let d = admit("pgt_warn", 0, None); // 2 of 4: 50 %
+        assert_eq!(d["decision"], "warn", "{d}");
+        assert_eq!(d["reason"], "quota_warning");
+        run("SET LOCAL control_plane.warn_threshold = 100");
+        assert_eq!(admit("pgt_warn", 0, None)["decision"], "allow"); // 3 of 4: 75 %
+        assert_eq!(admit("pgt_warn", 0, None)["decision"], "warn"); // 4 of 4: 100 %
+    }
+
+    #[pg_test]
     fn inactive_subjects_and_profiles_are_denied() {
         assert_eq!(admit("pgt_inactive", 0, None)["allowed"], true);
         run("UPDATE control_plane.subjects SET active = false WHERE subject_id = 'pgt_inactive'");
@@ -422,6 +435,11 @@ mod tests {
             ("SELECT * FROM control_plane.cp_admit('pgt_bad', NULL)", "22004"),
             ("SELECT * FROM control_plane.cp_admit('pgt_bad', 9223372036854775807)", "22023"),
             ("SELECT * FROM control_plane.cp_admit('pgt_bad', 0, '')", "22023"),
+            ("SELECT * FROM control_plane.cp_admit('pgt_bad', 0, repeat('m', 257))", "22023"),
+            ("SELECT * FROM control_plane.cp_admit('pgt_bad', 0, feature => repeat('f', 257))", "22023"),
+            ("SELECT * FROM control_plane.cp_record_usage('pgt_bad', 1, 1, model => repeat('m', 257))", "22023"),
+            ("SELECT * FROM control_plane.cp_record_usage('pgt_bad', 1, 1, feature => repeat('f', 257))", "22023"),
+            ("SELECT * FROM control_plane.cp_record_usage('pgt_bad', 1, 1, idempotency_key => repeat('k', 257))", "22023"),
             ("SELECT * FROM control_plane.cp_record_usage('pgt_bad', -5, 0)", "22023"),
             ("SELECT * FROM control_plane.cp_record_usage('pgt_bad', 1, NULL)", "22004"),
             ("SELECT * FROM control_plane.cp_record_usage(NULL, 1, 1)", "22004"),
@@ -439,6 +457,7 @@ mod tests {
             ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad5', 'free', '{\"requests_per_day\": -3}')", "22023"),
             ("INSERT INTO control_plane.subjects (subject_id, profile, overrides) VALUES ('pgt_bad6', 'free', '[1]')", "22023"),
             ("DELETE FROM control_plane.profiles WHERE name = 'free'", "23503"),
+            ("UPDATE control_plane.profiles SET name = 'free2' WHERE name = 'free'", "23503"),
             ("UPDATE control_plane.usage_events SET input_tokens = 0", "ok"),
             // refused even when it would remove nothing
             ("TRUNCATE control_plane.usage_events", "55000"),

@@ -53,13 +53,14 @@ pub struct Admission {
     pub allowed: bool,
     pub reason: Option<String>,
     pub limit_name: Option<String>,
+    pub remaining: Option<i64>,
     pub reservation_id: Option<String>,
 }
 
 pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
     let r = c
         .query_one(
-            "SELECT allowed, reason, limit_name, reservation_id::text FROM control_plane.cp_admit($1, $2)",
+            "SELECT allowed, reason, limit_name, reservation_id::text, remaining FROM control_plane.cp_admit($1, $2)",
             &[&subject, &tokens],
         )
         .expect("cp_admit");
@@ -67,6 +68,7 @@ pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
         allowed: r.get(0),
         reason: r.get(1),
         limit_name: r.get(2),
+        remaining: r.get(4),
         reservation_id: r.get(3),
     }
 }

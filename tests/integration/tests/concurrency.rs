@@ -224,12 +224,14 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
          INSERT INTO control_plane.profiles (name, requests_per_hour) VALUES ('rated', 10);"
     ))
     .unwrap();
+    let e0 = stat(&mut c, "entries_in_use");
     let mut held = Vec::new();
     let mut denied = 0;
     for i in 0..(cap + 600) {
-        let a = admit(&mut c, &format!("{id}_cap{i}"), 0);
+        let s = format!("{id}_cap{i}");
+        let a = admit(&mut c, &s, 0);
         if a.allowed {
-            held.push(a.reservation_id.unwrap());
+            held.push((s, a.reservation_id.unwrap()));
         } else {
             assert_eq!(a.reason.as_deref(), Some("capacity"));
             assert_eq!(a.limit_name.as_deref(), Some("max_subjects"));
@@ -237,15 +239,18 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
         }
     }
     assert!(denied > 0, "a table full of entries with open reservations must deny");
-    assert!(stat(&mut c, "entries_in_use") <= cap);
+    // Every admitted subject has its entry (none with an open reservation was evicted).
+    assert_eq!(stat(&mut c, "entries_in_use"), e0 + held.len() as i64);
+    assert!(held.len() as i64 <= cap);
     assert!(stat(&mut c, "denied_capacity") >= denied);
-    for r in &held {
-        let ok: bool = release(&mut c, &r);
-        assert!(ok);
+    // Each request is recorded (one request, 10 input tokens): these entries now hold usage
+    // that only the ledger keeps once they are evicted.
+    for (s, r) in &held {
+        assert!(record(&mut c, s, 10, 1, r));
     }
     // Reservations ended and no rate state: eviction makes room and loses nothing.
     let ev0 = stat(&mut c, "evictions");
-    let (mut admitted, mut refused) = (0, Vec::new());
+    let (mut admitted, mut refused) = (Vec::new(), Vec::new());
     for i in 0..(cap + 600) {
         let s = format!("{id}_rated{i}");
         c.execute(
@@ -256,19 +261,42 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
         let a = admit(&mut c, &s, 0);
         if a.allowed {
             release(&mut c, &a.reservation_id.unwrap());
-            admitted += 1;
+            admitted.push(s);
         } else {
             // a partition full of entries whose rate state has not refilled: nothing to evict
             assert_eq!(a.reason.as_deref(), Some("capacity"), "{:?}", a.limit_name);
             refused.push(s);
         }
     }
-    assert!(stat(&mut c, "evictions") > ev0, "idle entries were evicted");
-    assert!(admitted >= cap / 2, "only {admitted} admitted");
+    let evicted = stat(&mut c, "evictions") - ev0;
+    assert!(evicted > 0, "idle entries were evicted");
     assert!(
         !refused.is_empty(),
         "more subjects than capacity, none idle: control_plane.on_full = deny must refuse"
     );
+    // The status of an evicted subject whose partition is now full of entries that cannot be
+    // evicted fails with 55000 (shared memory has no room to rebuild it), never XX000.
+    let mut no_room = 0;
+    for (s, _) in &held {
+        match c.query_one("SELECT control_plane.cp_quota_status($1)", &[s]) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("55000"), "{e}");
+                no_room += 1;
+            }
+        }
+    }
+    assert!(
+        no_room > 0,
+        "some evicted subjects' partitions are full of rated entries"
+    );
+    // No entry with rate state was evicted: each admitted rated subject still remembers its one
+    // request of the hour (10 an hour: 8 left after a second one).
+    for s in &admitted {
+        let a = admit(&mut c, s, 0);
+        assert_eq!(a.remaining, Some(8), "{s} lost its rate state");
+        release(&mut c, &a.reservation_id.unwrap());
+    }
     // With on_full = evict_lru, the least recently used entry goes (its rate state restarts).
     c.batch_execute("ALTER SYSTEM SET control_plane.on_full = 'evict_lru'")
         .unwrap();
@@ -279,10 +307,30 @@ fn a_full_index_evicts_only_what_loses_nothing_then_follows_on_full() {
         .unwrap();
     let on_full: String = c.query_one("SHOW control_plane.on_full", &[]).unwrap().get(0);
     assert_eq!(on_full, "evict_lru");
+    let ev1 = stat(&mut c, "evictions");
     for s in &refused {
         let a = admit(&mut c, s, 0);
         assert!(a.allowed, "evict_lru makes room: {:?}", a.reason);
         release(&mut c, &a.reservation_id.unwrap());
+    }
+    // Each of them took the place of exactly one entry.
+    assert_eq!(stat(&mut c, "evictions") - ev1, refused.len() as i64);
+    // An evicted rated subject's rate state restarts full: 9 of 10 left after one more request.
+    let restarted = admitted
+        .iter()
+        .filter(|s| {
+            let a = admit(&mut c, s, 0);
+            release(&mut c, &a.reservation_id.unwrap());
+            a.remaining == Some(9)
+        })
+        .count();
+    assert!(
+        restarted > 0,
+        "evict_lru evicted rated entries: their rate state restarts"
+    );
+    // Nothing was lost: every evicted subject's usage comes back from the ledger, exactly.
+    for (s, _) in &held {
+        assert_eq!(quota(&mut c, s, "requests_per_day"), (1, 0), "{s}");
     }
     c.batch_execute("ALTER SYSTEM RESET control_plane.on_full").unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();

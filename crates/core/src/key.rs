@@ -24,7 +24,7 @@ pub fn set_seed(seed: u64) {
 }
 
 /// Inputs up to this many bytes are encoded on the stack.
-const INLINE: usize = 12 + 2 * crate::args::MAX_NAME_BYTES;
+const INLINE: usize = 12 + 2 * crate::MAX_NAME_BYTES;
 
 impl Key {
     pub fn of(db: u32, tenant: &str, subject: &str) -> Key {
