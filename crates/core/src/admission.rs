@@ -245,6 +245,10 @@ mod unit {
 
     #[test]
     fn concurrency_counts_open_holds() {
+        // (the reasons as the SQL surface spells them)
+        assert_eq!(DenyKind::Quota.reason(), "quota_exceeded");
+        assert_eq!(DenyKind::Rate.reason(), "rate_limited");
+        assert_eq!(DenyKind::Concurrency.reason(), "concurrency_limit");
         let p = policy(&[(Limit::MaxConcurrent, 2)]);
         let mut s = State::default();
         assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
@@ -261,6 +265,36 @@ mod unit {
         );
         s.totals.held_requests -= 1; // one request finished
         assert!(matches!(decide(&p, &s, 0, NOON, 80), Verdict::Allow { .. }));
+        // As the tightest dimension, concurrency reports the places left after this admission.
+        let p = policy(&[(Limit::MaxConcurrent, 5), (Limit::RequestsPerDay, 1000)]);
+        let mut s = State::default();
+        s.totals.held_requests = 2;
+        match decide(&p, &s, 0, NOON, 80) {
+            Verdict::Allow { tightest, .. } => assert_eq!(tightest, Some((Limit::MaxConcurrent, 2))),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn on_equal_retry_times_the_first_dimension_checked_is_reported() {
+        // One second before midnight: the day quota frees in 1000 ms, and so does the
+        // per-second rate. Quotas are checked first.
+        let p = policy(&[(Limit::RequestsPerDay, 1), (Limit::RequestsPerSecond, 1)]);
+        let now = NOON + US_PER_DAY / 2 - 1_000_000;
+        let mut s = State::default();
+        assert!(apply(&decide(&p, &s, 0, now, 80), &mut s, 0));
+        match decide(&p, &s, 0, now, 80) {
+            Verdict::Deny {
+                kind,
+                limit,
+                retry_after_ms,
+                ..
+            } => {
+                assert_eq!(retry_after_ms, Some(1000));
+                assert_eq!((kind, limit), (DenyKind::Quota, Limit::RequestsPerDay));
+            }
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]

@@ -105,6 +105,15 @@ mod unit {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_last_day_of_a_400_year_era_round_trips() {
+        for (y, m, d) in [(2000, 2, 29), (2400, 2, 29), (1600, 2, 29), (2000, 3, 1), (2100, 2, 28)] {
+            assert_eq!(civil_from_days(days_from_civil(y, m, d)), (y, m, d));
+        }
+        assert_eq!(Window::Day.name(), "day");
+        assert_eq!(Window::Month.name(), "month");
+    }
+
     const fn ts(days: i64, secs: i64) -> i64 {
         days * US_PER_DAY + secs * US_PER_SEC
     }

@@ -16,7 +16,8 @@ pub struct Key {
     pub lo: u64,
 }
 
-static SEED: AtomicU64 = AtomicU64::new(0x6370_5f6b_6579_7331);
+const DEFAULT_SEED: u64 = 0x6370_5f6b_6579_7331;
+static SEED: AtomicU64 = AtomicU64::new(DEFAULT_SEED);
 
 /// Sets the seed of every fingerprint this process computes (the server's, from shared memory).
 pub fn set_seed(seed: u64) {
@@ -71,9 +72,34 @@ impl Key {
 mod unit {
     use super::*;
     use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// Serialises the tests that compute keys: one of them changes the process-wide seed.
+    static SEEDED: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn both_halves_carry_the_hash_and_the_seed_matters() {
+        let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let (a, b) = (Key::of(1, "t", "a"), Key::of(1, "t", "b"));
+        assert_ne!(a.hi, b.hi);
+        assert_ne!(a.lo, b.lo);
+        assert!(!a.is_empty() && !b.is_empty());
+        assert!(Key::default().is_empty());
+        assert!(!Key { hi: 1, lo: 0 }.is_empty() && !Key { hi: 0, lo: 1 }.is_empty());
+        assert_eq!(Key { hi: 9, lo: 7 }.bucket(5), 2);
+        assert_eq!(Key { hi: 9, lo: 130 }.bucket(128), 2);
+        // Other tests in this process use the default seed: set it back.
+        let before = Key::of(3, "t", "s");
+        set_seed(42);
+        let seeded = Key::of(3, "t", "s");
+        set_seed(DEFAULT_SEED);
+        assert_ne!(before, seeded);
+        assert_eq!(Key::of(3, "t", "s"), before);
+    }
 
     #[test]
     fn distinct_inputs_distinct_keys() {
+        let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = HashSet::new();
         for db in 0..3u32 {
             for t in ["default", "acme", "a", ""] {

@@ -286,6 +286,15 @@ mod unit {
     use serde_json::json;
 
     #[test]
+    fn gates_and_activity_as_the_sql_surface_spells_them() {
+        assert_eq!(Gate::ModelBlocked.reason(), "model_blocked");
+        assert_eq!(Gate::ModelNotAllowed.reason(), "model_not_allowed");
+        assert_eq!(Gate::FeatureDisabled.reason(), "feature_disabled");
+        assert!(Policy::with_limits(&[]).profile_active);
+        assert!(Policy::from_profile(&json!({"name": "p"})).unwrap().profile_active);
+    }
+
+    #[test]
     fn names_round_trip() {
         for l in Limit::ALL {
             assert_eq!(Limit::from_name(l.name()), Some(l));

@@ -144,9 +144,10 @@ pub fn check(policy: &Policy, totals: &Totals, tokens: i64, now_us: i64, warn_pc
             retry_after_ms,
         };
     }
+    // (A quota of 0 denies every request, so it is never the tightest of an admission.)
     let warn = tightest.is_some_and(|(_, after, cap)| {
         let used_after = (cap - after) as i128;
-        cap > 0 && used_after * 100 >= (cap as i128) * (warn_pct as i128)
+        used_after * 100 >= (cap as i128) * (warn_pct as i128)
     });
     QuotaVerdict::Allow {
         tightest: tightest.map(|(l, a, _)| (l, a)),
@@ -221,6 +222,74 @@ mod unit {
             QuotaVerdict::Deny { limit, .. } => assert_eq!(limit, Limit::RequestsPerMonth),
             v => panic!("{v:?}"),
         }
+    }
+
+    #[test]
+    fn a_month_quota_frees_at_the_end_of_the_month() {
+        let p = policy(&[(Limit::RequestsPerMonth, 1)]);
+        let t = Totals {
+            month_requests: 1,
+            ..Totals::default()
+        };
+        // 2026-11-22 12:00 to 2026-12-01 00:00: 8.5 days.
+        assert_eq!(
+            check(&p, &t, 0, noon(), 80),
+            QuotaVerdict::Deny {
+                limit: Limit::RequestsPerMonth,
+                remaining: 0,
+                retry_after_ms: Some(734_400_000)
+            }
+        );
+    }
+
+    #[test]
+    fn on_equal_retry_times_the_first_quota_is_reported() {
+        let p = policy(&[(Limit::RequestsPerDay, 1), (Limit::InputTokensPerDay, 10)]);
+        let t = Totals {
+            day_requests: 1,
+            day_input: 10,
+            ..Totals::default()
+        };
+        match check(&p, &t, 0, noon(), 80) {
+            QuotaVerdict::Deny { limit, .. } => assert_eq!(limit, Limit::RequestsPerDay),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn committed_usage_leaves_holds_out() {
+        let t = Totals {
+            day_requests: 1,
+            day_input: 2,
+            day_output: 3,
+            month_requests: 4,
+            month_input: 5,
+            month_output: 6,
+            held_requests: 100,
+            held_tokens: 1000,
+        };
+        let got: Vec<i64> = QUOTA_LIMITS.iter().map(|l| t.committed(*l)).collect();
+        assert_eq!(got, [1, 4, 2, 5, 3, 6]);
+        let used: Vec<i64> = QUOTA_LIMITS.iter().map(|l| t.used(*l)).collect();
+        assert_eq!(used, [101, 104, 1002, 1005, 3, 6]);
+        assert_eq!(t.committed(Limit::MaxConcurrent), 0);
+    }
+
+    #[test]
+    fn shares_compare_without_division_and_warn_at_the_threshold() {
+        assert!(tighter(1, 10, 1, 2), "10 % left is tighter than 50 %");
+        assert!(!tighter(5, 10, 1, 2), "equal shares are not tighter");
+        let p = policy(&[(Limit::RequestsPerDay, 10)]);
+        let at = |used: i64| {
+            let t = Totals {
+                day_requests: used,
+                ..Totals::default()
+            };
+            check(&p, &t, 0, noon(), 80)
+        };
+        // 7 of 10 used after this admission: 70 %, no warning; 8 of 10: 80 %, a warning.
+        assert!(matches!(at(6), QuotaVerdict::Allow { warn: false, .. }));
+        assert!(matches!(at(7), QuotaVerdict::Allow { warn: true, .. }));
     }
 
     #[test]

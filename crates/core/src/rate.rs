@@ -139,6 +139,13 @@ mod unit {
     }
 
     #[test]
+    fn a_bucket_is_idle_once_its_schedule_is_not_ahead() {
+        assert!(is_idle(NOW, NOW));
+        assert!(is_idle(NOW - 1, NOW));
+        assert!(!is_idle(NOW + 1, NOW));
+    }
+
+    #[test]
     fn remaining_counts_down() {
         let c = check(3, Period::Second, 0, NOW, 1);
         assert!(matches!(c, RateCheck::Fits { remaining: 2, .. }), "{c:?}");
