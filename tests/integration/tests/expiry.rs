@@ -159,6 +159,37 @@ fn admit_only_traffic_of_100_times_max_reservations_is_never_denied_capacity() {
 }
 
 #[test]
+fn when_every_slot_is_being_settled_an_admission_is_denied_capacity_after_two_seconds() {
+    // Only open reservations can be expired early. Here one transaction admits and records (and
+    // so takes, until it ends) reservation after reservation until every one of the tiny
+    // cluster's 1024 slots is being settled: the next admission waits for a slot, in vain, and
+    // is denied with reason capacity, max_reservations.
+    let s = format!("{}_settling", run_id());
+    let mut c = connect_to("CP_TINY_DSN");
+    enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 1000000000}"#);
+    c.batch_execute("BEGIN").unwrap();
+    let mut recorded = 0;
+    let denied = loop {
+        let a = admit(&mut c, &s, 0);
+        if !a.allowed {
+            break a;
+        }
+        // A slot expired early by this loop is charged; a record of it replaces the charge.
+        record(&mut c, &s, 1, 1, a.reservation_id.as_ref().unwrap());
+        recorded += 1;
+        assert!(recorded <= 4 * 1024, "slots kept coming free");
+    };
+    assert_eq!(denied.reason.as_deref(), Some("capacity"));
+    assert_eq!(denied.limit_name.as_deref(), Some("max_reservations"));
+    assert!(recorded >= 1024, "{recorded}");
+    c.batch_execute("COMMIT").unwrap();
+    // Settled at commit: the slots are free again.
+    let a = admit(&mut c, &s, 0);
+    assert!(a.allowed, "{:?}", a.reason);
+    assert!(release(&mut c, a.reservation_id.as_ref().unwrap()));
+}
+
+#[test]
 fn a_record_right_after_expiry_replaces_the_charge_before_it_is_written() {
     // The flusher expires a reservation within 100 ms of its time and writes the charge within
     // a second: a record that arrives in between takes the charge out of shared memory, and no
