@@ -190,6 +190,40 @@ fn when_every_slot_is_being_settled_an_admission_is_denied_capacity_after_two_se
 }
 
 #[test]
+fn cp_cleanup_expires_and_charges_what_is_due() {
+    // The flusher expires what is due within 100 ms; cp_cleanup called in a tight loop from the
+    // reservation's due time gets there first nearly always (up to five tries make a miss
+    // vanishingly rare). What it expires is charged like any expiry.
+    let (mut c, s) = subject_with_1s_timeout("cleanup", r#"{"requests_per_day": 100, "input_tokens_per_day": 1000}"#);
+    let mut tries = 0;
+    let expired_by_cleanup = loop {
+        tries += 1;
+        assert!(tries <= 5, "the flusher expired it first five times in a row");
+        let admitted = Instant::now();
+        assert!(admit(&mut c, &s, 30).allowed);
+        std::thread::sleep(Duration::from_millis(990));
+        let mut expired = 0;
+        while expired == 0 && admitted.elapsed() < Duration::from_millis(1500) {
+            expired = c
+                .query_one(
+                    "SELECT (control_plane.cp_cleanup()->>'reservations_expired')::bigint",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, i64>(0);
+        }
+        if expired > 0 {
+            break expired;
+        }
+    };
+    assert_eq!(expired_by_cleanup, 1);
+    // Every admission of this subject is charged now: its request and its estimate.
+    assert_eq!(quota(&mut c, &s, "requests_per_day"), (tries, 0));
+    assert_eq!(quota(&mut c, &s, "input_tokens_per_day"), (30 * tries, 0));
+    assert_eq!(wait_charged(&mut c, &s, tries).0, tries, "the charges reach the ledger");
+}
+
+#[test]
 fn a_record_right_after_expiry_replaces_the_charge_before_it_is_written() {
     // The flusher expires a reservation within 100 ms of its time and writes the charge within
     // a second: a record that arrives in between takes the charge out of shared memory, and no
