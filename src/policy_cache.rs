@@ -267,11 +267,14 @@ fn subject_row(sh: &Shared, key: &Key, tenant: &str, subject: &str, enroll: bool
 /// when its row was read from the catalog. Subjects without overrides whose entry already knows
 /// their profile (at the current subject stamp) need no catalog read at all, even in a backend
 /// that has never seen them: this is what keeps a million subjects as fast as a thousand.
+/// `own_changes`: the calling transaction has changed policy rows it has not committed yet
+/// (neither in the entry nor for others to see: read from the catalog, publish nothing).
 pub fn for_admission(
     key: &Key,
     db: u32,
     tenant: &str,
     subject: &str,
+    own_changes: bool,
 ) -> CpResult<(Rc<Cached>, Option<shmem::PolicyStamp>)> {
     let sh = shmem::shared()?;
     refresh(sh);
@@ -281,8 +284,6 @@ pub fn for_admission(
             return Ok((effective(sh, &r, subject)?, None));
         }
     }
-    // This transaction's own uncommitted changes are neither in the entry nor for others to see.
-    let own_changes = crate::xact::has_policy_changes();
     if let Some(st) = (!own_changes).then(|| sh.peek_policy(key, db)).flatten() {
         if st.stamp == stamp && st.flags & shmem::POLICY_HAS_OVERRIDES == 0 && st.profile_id != 0 {
             if let Some(p) = profile(sh, st.profile_id)? {

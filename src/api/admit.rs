@@ -113,7 +113,7 @@ pub fn admit(
     optional_name("model", model)?;
     optional_name("feature", feature)?;
     let (tenant, db, key) = locate(subject)?;
-    let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject)?;
+    let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject, crate::xact::has_policy_changes())?;
 
     if !pol.active {
         sh.bump(Stat::DeniedInactive);

@@ -426,19 +426,15 @@ mod unit {
         }
     }
 
-    const ALL_LIMITS: [Limit; 11] = [
-        Limit::RequestsPerSecond,
-        Limit::RequestsPerMinute,
-        Limit::RequestsPerHour,
-        Limit::TokensPerMinute,
-        Limit::RequestsPerDay,
-        Limit::RequestsPerMonth,
-        Limit::InputTokensPerDay,
-        Limit::InputTokensPerMonth,
-        Limit::OutputTokensPerDay,
-        Limit::OutputTokensPerMonth,
-        Limit::MaxConcurrent,
-    ];
+    /// Every limit `decide` looks at: the rates, the calendar quotas, concurrency.
+    fn all_limits() -> Vec<Limit> {
+        RATE_LIMITS
+            .iter()
+            .map(|(l, _)| *l)
+            .chain(quota::QUOTA_LIMITS)
+            .chain([Limit::MaxConcurrent])
+            .collect()
+    }
 
     proptest! {
         /// Any mix of limits (each set or not) and any sequence of admissions, records and
@@ -452,7 +448,7 @@ mod unit {
             steps in proptest::collection::vec((0i64..90_000_000, 0i64..120, 0u8..4, 0i64..200), 1..150),
         ) {
             // Token limits take the second set of caps (they need larger values).
-            let pairs: Vec<(Limit, i64)> = ALL_LIMITS.iter().enumerate().filter_map(|(i, l)| {
+            let pairs: Vec<(Limit, i64)> = all_limits().iter().enumerate().filter_map(|(i, l)| {
                 let cap = match l {
                     Limit::TokensPerMinute => token_caps[0],
                     Limit::InputTokensPerDay => token_caps[1],
@@ -486,7 +482,7 @@ mod unit {
                     }
                 }
                 let v = decide(&p, &s, tokens, now, 80);
-                let fits: Vec<Limit> = ALL_LIMITS.iter().copied().filter(|l| !room(&p, &s, tokens, now, *l)).collect();
+                let fits: Vec<Limit> = all_limits().iter().copied().filter(|l| !room(&p, &s, tokens, now, *l)).collect();
                 match v {
                     Verdict::Allow { .. } => prop_assert!(fits.is_empty(), "admitted without room in {fits:?}"),
                     Verdict::Deny { kind, limit, retry_after_ms, .. } => {
