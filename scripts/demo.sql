@@ -82,5 +82,16 @@ SELECT s->'quotas'->'requests_per_day'->'used' AS requests_used,
 RESET control_plane.reservation_timeout;
 
 \echo
-\echo '== 10. Shared-memory use and decision counters (control_plane.stats) =='
+\echo '== 10. The ledger is append-only: nobody edits or deletes usage that limits were enforced on =='
+SET client_min_messages = notice;
+DO $$
+BEGIN
+    DELETE FROM control_plane.usage_events WHERE subject_id = 'user_321';
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    RAISE NOTICE 'refused (SQLSTATE %): %', SQLSTATE, SQLERRM;
+END $$;
+SET client_min_messages = warning;
+
+\echo
+\echo '== 11. Shared-memory use and decision counters (control_plane.stats) =='
 SELECT name, value FROM control_plane.stats;
