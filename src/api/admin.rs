@@ -137,10 +137,14 @@ pub unsafe extern "C-unwind" fn _usage_events_row_check(fcinfo: pg_sys::Function
                 cols
             }
         };
+        // A column missing from the table (altered by hand) reads as NULL: the row is refused.
         let get = |i: usize| {
+            if cols[i] <= 0 {
+                return None;
+            }
             let mut isnull = false;
             let d = pg_sys::heap_getattr(tuple, cols[i], desc, &mut isnull);
-            (!isnull && cols[i] > 0).then_some(d)
+            (!isnull).then_some(d)
         };
         let int = |i: usize| get(i).map(|d| d.value() as i64);
         let kind = get(0).and_then(|d| <&str>::from_datum(d, false));
