@@ -368,14 +368,14 @@ pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, tokens: i64,
 /// tokens of a subject at `at` (µs), with each reservation's charge in
 /// `metadata.expired_reservations` (JSON object texts). One statement for the whole batch.
 pub fn insert_charges(
-    tenants: &[&str],
-    subjects: &[&str],
+    tenants: &[String],
+    subjects: &[String],
     requests: &[i64],
     tokens: &[i64],
     at: &[i64],
     charges: &[String],
 ) -> CpResult<usize> {
-    let texts = |v: &[&str]| v.iter().map(|s| Some(*s)).collect::<Vec<_>>().into_datum();
+    let texts = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().into_datum();
     let ints = |v: &[i64]| v.to_vec().into_datum();
     let times = at
         .iter()
@@ -397,7 +397,7 @@ pub fn insert_charges(
             Arg::Raw(pg_sys::INT8ARRAYOID, ints(requests)),
             Arg::Raw(pg_sys::INT8ARRAYOID, ints(tokens)),
             Arg::Raw(pg_sys::TIMESTAMPTZARRAYOID, times.into_datum()),
-            Arg::Raw(pg_sys::TEXTARRAYOID, charges.to_vec().into_datum()),
+            Arg::Raw(pg_sys::TEXTARRAYOID, texts(charges)),
         ],
         |r| r.i64(1),
     )?;

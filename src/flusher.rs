@@ -178,12 +178,8 @@ fn write(sh: &Shared, charges: &[Charge]) -> crate::error::CpResult<()> {
         j.push('}');
         json.push(j);
     }
-    catalog::insert_charges(&names(&tenants), &names(&subjects), &requests, &tokens, &at, &json)?;
+    catalog::insert_charges(&tenants, &subjects, &requests, &tokens, &at, &json)?;
     Ok(())
-}
-
-fn names(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// Appends the canonical text form of a UUID (what `uuid_out` prints).
