@@ -19,6 +19,9 @@ as_pg() {
 cp_install() {
     log "building and installing control_plane (release) into PostgreSQL ${PG_MAJOR}"
     (cd "$CP_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+    # pgrx generates the current version's install script and copies the upgrade scripts; the
+    # frozen install scripts of earlier releases (sql/control_plane--X.Y.Z.sql) go beside them.
+    install -m 644 "$CP_ROOT"/sql/control_plane--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 # cp_cluster_start DIR PORT [postgresql.conf lines...]
@@ -42,6 +45,12 @@ cp_cluster_start() {
         done
         printf '%s\n' "$preload"
     } | as_pg tee -a "$dir/postgresql.conf" >/dev/null
+    cp_cluster_start_existing "$dir"
+}
+
+# cp_cluster_start_existing DIR: starts again a cluster made by cp_cluster_start (after a stop).
+cp_cluster_start_existing() {
+    local dir="$1"
     as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
         || { cat "$dir/server.log"; return 1; }
 }

@@ -4,6 +4,8 @@
 #      and the #[pg_test]s                              (cargo pgrx test)
 #   2. golden SQL tests with pg_regress                  (tests/pg_regress)
 #   3. integration tests over real connections           (tests/integration)
+#   4. upgrade tests: every release updates to this version (tests/upgrade)
+# Before them: formatting, and no change to a released SQL script (scripts/check-released.sh).
 # Each layer that needs a server gets a throwaway cluster with control_plane preloaded.
 # Usage: scripts/test.sh [--bless]   (--bless copies pg_regress results over expected/)
 set -euo pipefail
@@ -24,12 +26,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "0/3 formatting"
+log "0/4 formatting; released SQL scripts unchanged"
+bash "$CP_ROOT/scripts/check-released.sh"
 cargo fmt --check
 (cd tests/integration && cargo fmt --check)
 (cd crates/core && cargo fmt --check)
 
-log "1/3 unit and property tests (crates/core), then #[pg_test] tests"
+log "1/4 unit and property tests (crates/core), then #[pg_test] tests"
 CARGO_TARGET_DIR="$CP_ROOT/target/core" cargo test --manifest-path crates/core/Cargo.toml 2>&1 | tee -a "$SUMMARY"
 install -d -o postgres -g postgres /tmp/control_plane-pgtest 2>/dev/null || install -d /tmp/control_plane-pgtest
 runas=()
@@ -39,7 +42,7 @@ cargo pgrx test "pg${PG_MAJOR}" "${runas[@]}" --pgdata /tmp/control_plane-pgtest
 cleanup
 cp_install
 
-log "2/3 golden SQL tests (pg_regress)"
+log "2/4 golden SQL tests (pg_regress)"
 cp_cluster_start "$REGRESS_DIR" 55432
 OUT="$(mktemp -d /tmp/cp-regress-out.XXXXXX)"
 tests=$(cd tests/pg_regress/sql && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | grep -v '^setup$' | sort)
@@ -59,7 +62,7 @@ if ! "/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress" \
     fi
 fi
 
-log "3/3 integration tests (many real connections, restarts, crash recovery)"
+log "3/4 integration tests (many real connections, restarts, crash recovery)"
 cp_cluster_start "$IT_DIR" 55434 "max_prepared_transactions = 10"
 cp_cluster_start "$SMALL_DIR" 55436 "control_plane.max_subjects = 1024" "control_plane.max_reservations = 8192"
 cp_cluster_start "$NOPRELOAD_DIR" 55435 "shared_preload_libraries = ''"
@@ -76,8 +79,13 @@ export CP_TINY_DSN="host=$TINY_DIR port=55437 user=postgres dbname=cp_it"
 export CP_PGDATA="$IT_DIR" CP_PG_BIN="$PG_BIN"
 CARGO_TARGET_DIR="$CP_ROOT/target/integration" cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=1 2>&1 | tee -a "$SUMMARY"
 
+cleanup
+log "4/4 upgrade tests (each release's library and data, updated to this version)"
+bash tests/upgrade/run.sh 2>&1 | tee -a "$SUMMARY"
+
 # One closing line over every layer: cargo's "N passed; M failed" and pg_regress's "All N tests passed".
 awk '/test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }
      /All [0-9]+ tests passed/ { for (i = 1; i <= NF; i++) if ($(i) == "All") p += $(i + 1) }
+     /^upgrade tests: [0-9]+ passed/ { p += $3; f += $5 }
      END { printf "\nall layers: %d passed, %d failed\n", p, f }' "$SUMMARY"
 rm -f "$SUMMARY"

@@ -26,6 +26,7 @@ mod flusher;
 mod gucs;
 mod policy_cache;
 mod shmem;
+mod upgrade;
 mod xact;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -25,8 +25,10 @@ fn database() -> u32 {
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
-/// The caller's tenant, the database, and the subject's key in shared memory.
+/// The caller's tenant, the database, and the subject's key in shared memory. Fails while the
+/// extension's SQL objects are older than the library (`crate::upgrade`).
 fn locate(subject: &str) -> CpResult<(String, u32, Key)> {
+    crate::upgrade::check_schema()?;
     let tenant = gucs::tenant()?;
     let db = database();
     let key = Key::of(db, &tenant, subject);
@@ -98,8 +100,6 @@ fn full_index(subject: &str) -> CpError {
     )
 }
 
-/// The raw calling convention with a named composite type is the cheapest way PostgreSQL has to
-/// return a row: no per-call result descriptor from the catalog, no set-returning machinery.
 /// Forms a row of the function's declared composite result type from `cols` (None = NULL).
 /// The raw calling convention with a named composite type is the cheapest way PostgreSQL has to
 /// return a row: no per-call result descriptor from the catalog, no set-returning machinery.

@@ -178,12 +178,6 @@ CREATE TABLE control_plane.usage_events (
     org_id          text,
     model           text,
     feature         text,
-    -- 'usage': recorded by cp_record_usage; 'expired': reservations that expired unsettled,
-    -- charged by the extension (one row per subject and flush, each reservation's charge in
-    -- metadata.expired_reservations); 'expired_reversed': a late cp_record_usage took one such
-    -- charge back (negative amounts, at the charge's time).
-    kind            text        NOT NULL DEFAULT 'usage',
-    requests        bigint      NOT NULL DEFAULT 1,
     input_tokens    bigint      NOT NULL,
     output_tokens   bigint      NOT NULL,
     cost_micros     bigint,
@@ -191,7 +185,13 @@ CREATE TABLE control_plane.usage_events (
     reservation_id  uuid,
     idempotency_key text,
     metadata        jsonb,
-    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- (0.2.0; last, where an upgrade adds them.) 'usage': recorded by cp_record_usage; 'expired':
+    -- reservations that expired unsettled, charged by the extension (one row per subject and
+    -- flush, each reservation's charge in metadata.expired_reservations); 'expired_reversed': a
+    -- late cp_record_usage took one such charge back (negative amounts, at the charge's time).
+    kind            text        NOT NULL DEFAULT 'usage',
+    requests        bigint      NOT NULL DEFAULT 1
 );
 COMMENT ON TABLE control_plane.usage_events IS
     'The append-only usage ledger: the truth that the shared-memory totals index.';

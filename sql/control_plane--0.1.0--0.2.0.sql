@@ -1,0 +1,125 @@
+-- control_plane 0.1.0 -> 0.2.0: admissions count whether recorded or not, expired reservations
+-- are charged to the ledger, admin changes re-read only what they touch, the ledger is
+-- append-only against DELETE and TRUNCATE too. See CHANGELOG.md.
+--
+-- Never edit this file once 0.2.0 is released (scripts/check-released.sh): every later change is
+-- a new script.
+
+\echo Use "ALTER EXTENSION control_plane UPDATE TO '0.2.0'" to load this file. \quit
+
+-- ------------------------------------------------------------------- admin changes, per object
+
+CREATE FUNCTION control_plane."_profile_changed"(
+    "id" INT
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_profile_changed_wrapper';
+
+CREATE FUNCTION control_plane."_subject_changed"(
+    "tenant" TEXT,
+    "subject" TEXT
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_subject_changed_wrapper';
+
+DROP TRIGGER profiles_policy_changed ON control_plane.profiles;
+DROP TRIGGER subjects_policy_changed ON control_plane.subjects;
+
+CREATE FUNCTION control_plane._subjects_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM control_plane._subject_changed(OLD.tenant_id, OLD.subject_id);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM control_plane._subject_changed(NEW.tenant_id, NEW.subject_id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER subjects_policy_changed AFTER INSERT OR UPDATE OR DELETE ON control_plane.subjects
+    FOR EACH ROW EXECUTE FUNCTION control_plane._subjects_changed();
+
+CREATE FUNCTION control_plane._profiles_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.id = NEW.id AND OLD.tenant_id = NEW.tenant_id AND OLD.name = NEW.name THEN
+        PERFORM control_plane._profile_changed(NEW.id);
+    ELSE
+        PERFORM control_plane._policy_changed();
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER profiles_policy_changed AFTER INSERT OR UPDATE OR DELETE ON control_plane.profiles
+    FOR EACH ROW EXECUTE FUNCTION control_plane._profiles_changed();
+
+CREATE TRIGGER profiles_truncated AFTER TRUNCATE ON control_plane.profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+CREATE TRIGGER subjects_truncated AFTER TRUNCATE ON control_plane.subjects
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+
+-- ------------------------------------------------------------------------------- usage_events
+
+-- Every 0.1.0 row is one recorded request: the defaults say so without rewriting the table.
+ALTER TABLE control_plane.usage_events
+    ADD COLUMN kind     text   NOT NULL DEFAULT 'usage',
+    ADD COLUMN requests bigint NOT NULL DEFAULT 1;
+
+-- The row rule moves from CHECK constraints to a C trigger (it allows reversal rows).
+ALTER TABLE control_plane.usage_events
+    DROP CONSTRAINT usage_events_input_tokens_check,
+    DROP CONSTRAINT usage_events_output_tokens_check,
+    DROP CONSTRAINT usage_events_cost_micros_check,
+    DROP CONSTRAINT usage_events_duration_ms_check;
+
+CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
+    WHERE kind = 'expired';
+CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
+    WHERE kind = 'expired_reversed';
+
+CREATE FUNCTION control_plane._usage_events_row_check() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '_usage_events_row_check';
+CREATE TRIGGER usage_events_row_valid BEFORE INSERT ON control_plane.usage_events
+    FOR EACH ROW EXECUTE FUNCTION control_plane._usage_events_row_check();
+
+CREATE OR REPLACE FUNCTION control_plane._usage_events_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'control_plane.usage_events is append-only: % is refused', TG_OP
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              DETAIL = 'The totals that cp_admit enforces are sums of this ledger, kept in shared memory.',
+              HINT = 'See "The ledger is append-only" in the control_plane README for the maintenance path.';
+END $$;
+DROP TRIGGER usage_events_append_only ON control_plane.usage_events;
+CREATE TRIGGER usage_events_append_only BEFORE UPDATE OR DELETE ON control_plane.usage_events
+    FOR EACH ROW EXECUTE FUNCTION control_plane._usage_events_append_only();
+CREATE TRIGGER usage_events_no_truncate BEFORE TRUNCATE ON control_plane.usage_events
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._usage_events_append_only();
+
+-- ---------------------------------------------------------------------------- cp_record_usage
+
+-- 0.1.0 returned a table; 0.2.0 returns one composite row and takes a feature.
+DROP FUNCTION control_plane.cp_record_usage(text, bigint, bigint, text, uuid, text, jsonb);
+
+CREATE TYPE control_plane.usage_record AS (
+    event_id            bigint,
+    cost_micros         bigint,
+    reservation_settled boolean
+);
+COMMENT ON TYPE control_plane.usage_record IS 'What cp_record_usage recorded.';
+
+CREATE FUNCTION control_plane.cp_record_usage(
+    subject         text,
+    input_tokens    bigint,
+    output_tokens   bigint,
+    model           text  DEFAULT NULL,
+    reservation_id  uuid  DEFAULT NULL,
+    idempotency_key text  DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    feature         text  DEFAULT NULL
+) RETURNS control_plane.usage_record
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'cp_record_usage_fast';
+COMMENT ON FUNCTION control_plane.cp_record_usage(text, bigint, bigint, text, uuid, text, jsonb, text) IS
+    'Appends actual usage to the ledger and settles its reservation; totals move at commit.';

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Upgrade tests: every released version updates to the current one, and the result is the same as
+# a fresh install.
+#
+# For each release in RELEASES:
+#   1. its library is built from its commit and installed (the server runs the old binaries);
+#      the install script it generates must equal the frozen sql/control_plane--X.sql;
+#   2. a cluster with it preloaded gets data through its public API: profiles, subjects, recorded
+#      usage (some with their reservation), reservations left open;
+#   3. the cluster stops, the current library is installed, the cluster starts again: before the
+#      update every call fails with 55000 and a hint (src/upgrade.rs);
+#   4. ALTER EXTENSION control_plane UPDATE; then the catalog listing (tests/upgrade/catalog.sql)
+#      must equal a fresh install's, every row must still be there, every quota total must be
+#      the same, and admission must go on from those totals.
+# Then, with the current library only: every released install script still installs (its
+# symbols are exported, removed ones as stubs), updates, and equals a fresh install; and the
+# listing does see a difference when there is one.
+#
+# Usage: tests/upgrade/run.sh   (scripts/test.sh runs it; needs the repository's git history)
+set -euo pipefail
+. "$(dirname "$0")/../../scripts/lib.sh"
+cd "$CP_ROOT"
+
+# version  commit it was released from
+RELEASES=("0.1.0 4259436967d14562f0f5e72c1d7d59ae77d6c26e")
+CURRENT="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+DIR=/tmp/cp-upgrade
+PORT=55490
+trap 'cp_cluster_stop "$DIR"' EXIT
+psql_u() { cp_psql "$DIR" "$PORT" -v ON_ERROR_STOP=1 -X -At "$@"; }
+fail() {
+    echo "upgrade test FAILED: $*" >&2
+    exit 1
+}
+passed=0
+pass() {
+    passed=$((passed + 1))
+    echo "ok - $*"
+}
+
+# The catalog listing of database $1, into file $2.
+listing() { psql_u -d "$1" -f tests/upgrade/catalog.sql >"$2"; }
+same_listing() { # db_a db_b what
+    listing "$1" /tmp/cp-upgrade-a.txt
+    listing "$2" /tmp/cp-upgrade-b.txt
+    [ -s /tmp/cp-upgrade-a.txt ] || fail "empty catalog listing"
+    diff -u /tmp/cp-upgrade-b.txt /tmp/cp-upgrade-a.txt >&2 || fail "$3: schema differs from a fresh install of $CURRENT"
+}
+
+# What the data looks like: rows per table, ledger sums per subject, every quota's use.
+state() { # db
+    psql_u -d "$1" -c "
+        SELECT 'profiles ' || count(*) FROM control_plane.profiles
+        UNION ALL SELECT 'subjects ' || count(*) FROM control_plane.subjects
+        UNION ALL SELECT format('usage %s %s: %s rows, %s in, %s out', tenant_id, subject_id, count(*),
+                                sum(input_tokens), sum(output_tokens))
+                    FROM control_plane.usage_events GROUP BY tenant_id, subject_id
+        UNION ALL SELECT format('quota %s %s = %s', s, q.key, q.value->>'used')
+                    FROM unnest(ARRAY['u_1', 'u_2', 'u_3']) s,
+                         LATERAL jsonb_each(control_plane.cp_quota_status(s)->'quotas') q
+        ORDER BY 1"
+}
+
+for release in "${RELEASES[@]}"; do
+    read -r version commit <<<"$release"
+    log "upgrade from $version (commit ${commit:0:7}) to $CURRENT"
+    git cat-file -e "$commit^{commit}" 2>/dev/null \
+        || fail "commit $commit of release $version is not in this clone (a shallow clone? fetch the history)"
+    src="$CP_ROOT/target/release-$version/src"
+    rm -rf "$src" && mkdir -p "$src"
+    git archive "$commit" | tar -x -C "$src"
+    log "building the $version library (its own target dir; the first build takes a few minutes)"
+    (cd "$src" && CARGO_TARGET_DIR="$CP_ROOT/target/release-$version/target" \
+        cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null)
+    sharedir="$("$PG_CONFIG" --sharedir)/extension"
+    diff -q "$sharedir/control_plane--$version.sql" "sql/control_plane--$version.sql" >/dev/null \
+        || fail "commit $commit generates an install script that differs from sql/control_plane--$version.sql"
+    pass "$version: its commit generates exactly the frozen sql/control_plane--$version.sql"
+
+    cp_cluster_start "$DIR" "$PORT"
+    psql_u -q -c "CREATE DATABASE up" -c "CREATE DATABASE fresh"
+    psql_u -d up -q -c "CREATE EXTENSION control_plane VERSION '$version'"
+    [ "$(psql_u -d up -c "SELECT extversion FROM pg_extension WHERE extname = 'control_plane'")" = "$version" ] \
+        || fail "the $version library did not install version $version"
+    # Data through the public API of that release: three subjects on a plan with daily quotas,
+    # usage recorded with and without reservations, and reservations left open.
+    psql_u -d up -q -c "
+        INSERT INTO control_plane.profiles (name, requests_per_day, input_tokens_per_day, max_concurrent)
+        VALUES ('up_plan', 10, 100000, 50);
+        INSERT INTO control_plane.subjects (subject_id, profile)
+        VALUES ('u_1', 'up_plan'), ('u_2', 'up_plan'), ('u_3', 'pro');
+        SET control_plane.tenant = 'other';
+        INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('u_1', 'free');
+        SELECT control_plane.cp_record_usage('u_1', 100, 10);
+        RESET control_plane.tenant;" \
+        -c "SELECT control_plane.cp_record_usage('u_1', 1000, 100, 'gpt-4o-mini')" \
+        -c "SELECT control_plane.cp_record_usage('u_1', 2000, 200, metadata => '{\"order\": 7}')" \
+        -c "SELECT control_plane.cp_record_usage('u_3', 5, 5)" \
+        -c "SELECT control_plane.cp_record_usage('u_2', 300, 30, reservation_id => reservation_id)
+              FROM control_plane.cp_admit('u_2', 500)" \
+        -c "SELECT count(*) FROM generate_series(1, 3) g, LATERAL control_plane.cp_admit('u_1', 50 + 0 * g)" >/dev/null
+    open_id="$(psql_u -d up -c "SELECT reservation_id FROM control_plane.cp_admit('u_2', 40)")"
+    [ -n "$open_id" ] || fail "$version admitted nothing"
+    state up >/tmp/cp-upgrade-before.txt
+    rows_before="$(psql_u -d up -c "SELECT count(*) FROM control_plane.usage_events")"
+
+    log "installing the $CURRENT library over it (server restart), then ALTER EXTENSION UPDATE"
+    cp_cluster_stop "$DIR"
+    cp_install
+    cp_cluster_start_existing "$DIR"
+    out="$(cp_psql "$DIR" "$PORT" -X -d up -c "\\set VERBOSITY sqlstate" \
+        -c "SELECT * FROM control_plane.cp_admit('u_1', 1)" 2>&1 || true)"
+    [ "$out" = "ERROR:  55000" ] || fail "before the update, cp_admit should fail with 55000; it printed: $out"
+    out="$(cp_psql "$DIR" "$PORT" -X -d up -c "SELECT * FROM control_plane.cp_record_usage('u_1', 1, 1)" 2>&1 || true)"
+    grep -q "HINT:  Run ALTER EXTENSION control_plane UPDATE" <<<"$out" \
+        || fail "before the update, cp_record_usage should fail with the update hint; it printed: $out"
+    pass "$version: with the $CURRENT library and the $version objects, calls fail with 55000 and the update hint"
+
+    psql_u -d up -q -c "ALTER EXTENSION control_plane UPDATE"
+    [ "$(psql_u -d up -c "SELECT extversion FROM pg_extension WHERE extname = 'control_plane'")" = "$CURRENT" ] \
+        || fail "ALTER EXTENSION UPDATE did not reach $CURRENT"
+    psql_u -d fresh -q -c "CREATE EXTENSION control_plane"
+    same_listing up fresh "$version updated to $CURRENT"
+    pass "$version updated to $CURRENT: catalog listing equals a fresh install ($(wc -l </tmp/cp-upgrade-a.txt) lines)"
+
+    state up >/tmp/cp-upgrade-after.txt
+    diff -u /tmp/cp-upgrade-before.txt /tmp/cp-upgrade-after.txt >&2 || fail "$version: data or totals changed"
+    [ "$(psql_u -d up -c "SELECT count(*) FROM control_plane.usage_events
+                          WHERE kind = 'usage' AND requests = 1")" = "$rows_before" ] \
+        || fail "$version: old ledger rows are not one recorded request each"
+    [ "$(psql_u -d up -c "SELECT metadata::text FROM control_plane.usage_events WHERE metadata ? 'order'")" \
+        = '{"order": 7}' ] || fail "$version: metadata changed"
+    pass "$version: every row, ledger sum and quota total is the same after the update"
+
+    # u_1 used 2 of its 10 requests today (recorded; the 3 admissions never recorded were lost
+    # with the $version library's shared memory): 8 more are admitted, then the quota denies.
+    admitted="$(psql_u -d up -c "SELECT string_agg(a.allowed::text, ' ' ORDER BY g)
+                                  FROM generate_series(1, 9) g, LATERAL control_plane.cp_admit('u_1', 1 + 0 * g) a")"
+    [ "$admitted" = "true true true true true true true true false" ] \
+        || fail "$version: after the update u_1 should get exactly 8 more admissions; got: $admitted"
+    settled="$(psql_u -d up -c "SELECT reservation_settled FROM control_plane.cp_record_usage('u_2', 10, 1,
+                                  reservation_id => '$open_id')")"
+    [ "$settled" = "f" ] || fail "$version: a reservation of the old library's shared memory was settled"
+    [ "$(psql_u -d up -c "SELECT count(*) FROM control_plane.usage_events
+                          WHERE subject_id = 'u_2' AND reservation_id = '$open_id'")" = 1 ] \
+        || fail "$version: usage recorded with a reservation of the old library was not appended"
+    pass "$version: admission goes on from the same totals (8 more of 10, then denied); an old reservation id records without settling"
+    cp_cluster_stop "$DIR"
+done
+
+log "released install scripts against the $CURRENT library"
+cp_cluster_start "$DIR" "$PORT"
+psql_u -q -c "CREATE DATABASE fresh" -c "CREATE DATABASE probe"
+psql_u -d fresh -q -c "CREATE EXTENSION control_plane"
+for release in "${RELEASES[@]}"; do
+    read -r version _ <<<"$release"
+    db="chain_${version//./_}"
+    psql_u -q -c "CREATE DATABASE $db"
+    psql_u -d "$db" -q -c "CREATE EXTENSION control_plane VERSION '$version'" -c "ALTER EXTENSION control_plane UPDATE"
+    same_listing "$db" fresh "$version installed with the $CURRENT library and updated"
+    pass "$version: its install script runs against the $CURRENT library, and updates to a fresh install's schema"
+done
+# The listing is not blind: a changed default and a comment are differences.
+psql_u -d probe -q -c "CREATE EXTENSION control_plane" \
+    -c "ALTER TABLE control_plane.usage_events ALTER COLUMN requests SET DEFAULT 2"
+listing probe /tmp/cp-upgrade-a.txt
+listing fresh /tmp/cp-upgrade-b.txt
+! diff -q /tmp/cp-upgrade-a.txt /tmp/cp-upgrade-b.txt >/dev/null || fail "the listing misses a changed default"
+pass "the catalog listing sees a changed column default"
+echo "upgrade tests: $passed passed, 0 failed"
