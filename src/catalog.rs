@@ -135,7 +135,7 @@ unsafe fn run_plan<R>(sql: &'static CStr, args: &[Arg], mode: Mode, mut f: impl 
         };
         let ok = match mode {
             Mode::ReadLatest => rc == pg_sys::SPI_OK_SELECT as i32,
-            Mode::Write => rc == pg_sys::SPI_OK_INSERT_RETURNING as i32,
+            Mode::Write => rc == pg_sys::SPI_OK_INSERT_RETURNING as i32 || rc == pg_sys::SPI_OK_SELECT as i32,
         };
         if !ok {
             return Err(CpError::Internal(format!("SPI returned {rc} for {sql:?}")));
@@ -161,8 +161,9 @@ pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], f: impl FnMut(&Row) -> 
     Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::ReadLatest, f) })
 }
 
-/// Runs a prepared write (INSERT ... RETURNING) in the caller's transaction.
-fn write(sql: &'static CStr, args: &[Arg], f: impl FnMut(&Row) -> i64) -> CpResult<Vec<i64>> {
+/// Runs a prepared write (INSERT ... RETURNING, or a SELECT whose CTEs write) in the caller's
+/// transaction, at its snapshot.
+fn write<R>(sql: &'static CStr, args: &[Arg], f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
     Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::Write, f) })
 }
 
@@ -402,4 +403,81 @@ pub fn insert_charges(
         |r| r.i64(1),
     )?;
     Ok(ids.len())
+}
+
+// ---------------------------------------------------------------------------------- compaction
+
+/// Where ledger compaction resumes (µs, a UTC midnight): the day of the newest rollup row, or,
+/// with none yet, eight days before the day of the oldest row (a reversal row can be that much
+/// older than the rows written before it). None for an empty ledger.
+pub fn compaction_start() -> CpResult<Option<i64>> {
+    let rows = write(
+        c"SELECT (extract(epoch FROM coalesce(
+                    (SELECT pg_catalog.date_trunc('day', created_at, 'UTC')
+                       FROM control_plane.usage_events
+                      WHERE kind OPERATOR(pg_catalog.=) 'rollup' ORDER BY created_at DESC LIMIT 1),
+                    (SELECT pg_catalog.date_trunc('day', created_at, 'UTC') OPERATOR(pg_catalog.-) interval '8 days'
+                       FROM control_plane.usage_events ORDER BY id LIMIT 1))) * 1000000)::bigint",
+        &[],
+        |r| r.i64_opt(1),
+    )?;
+    Ok(rows.into_iter().next().flatten())
+}
+
+/// Compacts the rows of UTC days in [from, to) (µs): each (tenant, subject, org, day) that has more
+/// than one row, or a row that is not a rollup, becomes one `rollup` row with their sums (at the
+/// latest one's time, so in the same day); at most `max_groups` of them, oldest days first.
+/// Returns (rows removed, rollups written).
+pub fn compact_window(from: i64, to: i64, max_groups: i64) -> CpResult<(i64, i64)> {
+    let rows = write(
+        c"WITH groups AS (
+              SELECT tenant_id, subject_id, org_id, pg_catalog.date_trunc('day', created_at, 'UTC') AS day
+                FROM control_plane.usage_events
+               WHERE created_at >= $1 AND created_at < $2
+               GROUP BY 1, 2, 3, 4
+              HAVING pg_catalog.count(*) > 1 OR pg_catalog.bool_or(kind OPERATOR(pg_catalog.<>) 'rollup')
+               ORDER BY 4
+               LIMIT $3
+          ), doomed AS (
+              DELETE FROM control_plane.usage_events e
+               USING groups g
+               WHERE e.tenant_id OPERATOR(pg_catalog.=) g.tenant_id
+                 AND e.subject_id OPERATOR(pg_catalog.=) g.subject_id
+                 AND e.org_id IS NOT DISTINCT FROM g.org_id
+                 AND e.created_at >= g.day AND e.created_at < g.day OPERATOR(pg_catalog.+) interval '24 hours'
+              RETURNING e.tenant_id, e.subject_id, e.org_id, g.day, e.kind, e.requests, e.input_tokens,
+                        e.output_tokens, e.cost_micros, e.metadata, e.created_at
+          ), rolled AS (
+              INSERT INTO control_plane.usage_events
+                  (tenant_id, subject_id, org_id, kind, requests, input_tokens, output_tokens, cost_micros,
+                   metadata, created_at)
+              SELECT tenant_id, subject_id, org_id, 'rollup', pg_catalog.sum(requests), pg_catalog.sum(input_tokens),
+                     pg_catalog.sum(output_tokens), pg_catalog.sum(cost_micros),
+                     pg_catalog.jsonb_build_object('rows', pg_catalog.sum(CASE WHEN kind OPERATOR(pg_catalog.=) 'rollup'
+                         THEN coalesce((metadata OPERATOR(pg_catalog.->>) 'rows')::bigint, 1) ELSE 1 END)),
+                     pg_catalog.max(created_at)
+                FROM doomed
+               GROUP BY tenant_id, subject_id, org_id, day
+              RETURNING 1
+          )
+          SELECT (SELECT pg_catalog.count(*) FROM doomed), (SELECT pg_catalog.count(*) FROM rolled)",
+        &[
+            Arg::TimestampUnixUs(from),
+            Arg::TimestampUnixUs(to),
+            Arg::Int(max_groups),
+        ],
+        |r| (r.i64(1), r.i64(2)),
+    )?;
+    Ok(rows.into_iter().next().unwrap_or((0, 0)))
+}
+
+/// Takes the transaction-level lock that one compaction holds at a time; false when another
+/// transaction holds it.
+pub fn try_compaction_lock() -> CpResult<bool> {
+    let rows = write(
+        c"SELECT pg_catalog.pg_try_advisory_xact_lock(1668243311, 2)",
+        &[],
+        |r| r.bool(1),
+    )?;
+    Ok(rows.into_iter().next().flatten().unwrap_or(false))
 }

@@ -19,6 +19,10 @@ pub static MAX_RESERVATIONS: GucSetting<i32> = GucSetting::<i32>::new(32_768);
 /// and tokens before it expires and is charged.
 pub static RESERVATION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 
+/// `control_plane.ledger_retention` (seconds, superuser): `cp_cleanup` rolls ledger rows older
+/// than this up into one row per subject and day; 0 (the default) keeps every row.
+pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// `control_plane.warn_threshold` (percent, user): an admission that leaves a quota at or above
 /// this share used is returned with decision `warn` (still allowed).
 pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
@@ -117,6 +121,16 @@ fn define_session_gucs() {
         1,
         7 * 86_400,
         GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.ledger_retention",
+        c"Age past which cp_cleanup rolls ledger rows up into one row per subject and day (0: keep every row).",
+        c"Whole UTC days only, and never less than 8 days: every quota window and cp_quota_status stay exact.",
+        &LEDGER_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(

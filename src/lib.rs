@@ -21,6 +21,7 @@ pub use control_plane_core::{admission, calendar, key, ledger, policy, quota, ra
 mod api;
 mod args;
 mod catalog;
+mod compaction;
 mod error;
 mod flusher;
 mod gucs;

@@ -492,6 +492,66 @@ mod tests {
     }
 
     #[pg_test]
+    fn cleanup_rolls_old_ledger_rows_up_without_changing_any_sum() {
+        run("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('pgt_cmp_1', 'pro'), ('pgt_cmp_2', 'pro')");
+        // Per subject: 3 rows on each of the days 20 and 12 days ago, 1 row 3 days ago; subject 1
+        // also has an expired charge and its reversal 11 days ago.
+        run("INSERT INTO control_plane.usage_events
+                 (tenant_id, subject_id, requests, input_tokens, output_tokens, cost_micros, created_at)
+             SELECT 'default', 'pgt_cmp_' || s, 1, 10 * g + s, g, 7,
+                    date_trunc('day', now() - d * interval '1 day', 'UTC') + g * interval '1 hour'
+               FROM generate_series(1, 2) s, generate_series(1, 3) g, unnest(ARRAY[20, 12]) d
+             UNION ALL
+             SELECT 'default', 'pgt_cmp_' || s, 1, 5, 5, NULL, now() - interval '3 days' FROM generate_series(1, 2) s");
+        run("INSERT INTO control_plane.usage_events
+                 (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, created_at)
+             VALUES ('default', 'pgt_cmp_1', 'expired', 2, 50, 0, now() - interval '11 days'),
+                    ('default', 'pgt_cmp_1', 'expired_reversed', -1, -20, 0, now() - interval '11 days')");
+        let by_day = "SELECT jsonb_agg(x ORDER BY x.subject_id, x.day) FROM (
+                          SELECT subject_id, date_trunc('day', created_at, 'UTC') AS day, sum(requests) AS r,
+                                 sum(input_tokens) AS i, sum(output_tokens) AS o, sum(cost_micros) AS c
+                            FROM control_plane.usage_events WHERE subject_id LIKE 'pgt_cmp_%' GROUP BY 1, 2) x";
+        let quotas = "SELECT jsonb_build_array(control_plane.cp_quota_status('pgt_cmp_1')->'quotas',
+                                               control_plane.cp_quota_status('pgt_cmp_2')->'quotas')";
+        let (days_before, quotas_before) = (json(by_day), json(quotas));
+
+        assert_eq!(
+            json("SELECT control_plane.cp_cleanup()->'ledger'"),
+            serde_json::json!({"retention": "off"})
+        );
+        run("SET LOCAL control_plane.ledger_retention = '9d'");
+        let done = json("SELECT control_plane.cp_cleanup()->'ledger'");
+        assert_eq!(done["rows_compacted"], 14, "{done}");
+        assert_eq!(done["rollups_written"], 5, "{done}");
+        assert_eq!(done["done"], true, "{done}");
+        assert_eq!(json(by_day), days_before, "every day's sums stay");
+        assert_eq!(json(quotas), quotas_before, "every quota total stays");
+        let kinds = json(
+            "SELECT jsonb_object_agg(kind, n) FROM (SELECT kind, count(*) AS n FROM control_plane.usage_events
+              WHERE subject_id LIKE 'pgt_cmp_%' GROUP BY kind) k",
+        );
+        assert_eq!(kinds, serde_json::json!({"rollup": 5, "usage": 2}));
+        assert_eq!(
+            json(
+                "SELECT metadata FROM control_plane.usage_events WHERE subject_id = 'pgt_cmp_1' AND kind = 'rollup'
+                   AND created_at < now() - interval '15 days'"
+            ),
+            serde_json::json!({"rows": 3})
+        );
+        // Nothing left to do, and the ledger is append-only again.
+        let again = json("SELECT control_plane.cp_cleanup()->'ledger'");
+        assert_eq!(
+            (again["rows_compacted"].clone(), again["rollups_written"].clone()),
+            (0.into(), 0.into())
+        );
+        assert_eq!(
+            sqlstate("DELETE FROM control_plane.usage_events WHERE subject_id = 'pgt_cmp_1'"),
+            "55000"
+        );
+        assert_eq!(json(by_day), days_before);
+    }
+
+    #[pg_test]
     fn no_default_profile_fails_closed() {
         run("UPDATE control_plane.profiles SET is_default = false");
         assert_eq!(

@@ -16,6 +16,8 @@ pub struct Pending {
     pub subid: pg_sys::SubTransactionId,
     pub key: Key,
     pub db: u32,
+    /// The slot of the tenant's counters (`control_plane.tenant_stats`).
+    pub tenant_slot: usize,
     pub at_unix_us: i64,
     pub input: i64,
     pub output: i64,
@@ -166,6 +168,9 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                     });
                 }
                 sh.settle(&p.key, p.db, now, &effects);
+                sh.bump_usage(p.tenant_slot, shmem::Usage::Recorded, 1);
+                sh.bump_usage(p.tenant_slot, shmem::Usage::InputTokens, p.input);
+                sh.bump_usage(p.tenant_slot, shmem::Usage::OutputTokens, p.output);
                 if let Some(r) = p.reservation {
                     sh.free_taken(r.index());
                     sh.bump(shmem::Stat::Settled);

@@ -13,15 +13,19 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
-/// Expires reservations past their time and gives back what they held. Safe to run
-/// concurrently (each reservation is expired exactly once); meant for pg_cron.
+/// Expires reservations past their time (charged as at their timeout; the flushers write them at
+/// once) and, past `control_plane.ledger_retention`, rolls old ledger rows up into one row per
+/// subject and day (`crate::compaction`). Safe to run concurrently with itself and with traffic
+/// (each reservation expires exactly once; one compaction at a time; nothing blocks admission);
+/// meant for pg_cron. Returns what it did.
 #[pg_extern(volatile, parallel_unsafe)]
 fn cp_cleanup() -> Result<JsonB, ErrorReport> {
     let sh = shmem::shared()?;
+    crate::upgrade::check_schema()?;
     let (expired, _) = sh.expire_reservations(now_unix_us(), None, None, false);
     sh.want_slots(); // the flushers write what expired now
-
-    Ok(JsonB(json!({"reservations_expired": expired})))
+    let ledger = crate::compaction::run()?;
+    Ok(JsonB(json!({"reservations_expired": expired, "ledger": ledger})))
 }
 
 /// Shared-memory use and decision counters since server start (read by the `stats` view).
@@ -38,6 +42,60 @@ fn cp_stats() -> Result<TableIterator<'static, (name!(name, String), name!(value
         ("policy_generation".to_string(), sh.policy_generation() as i64),
     ];
     rows.extend(sh.stat_values().into_iter().map(|(n, v)| (n.to_string(), v)));
+    Ok(TableIterator::new(rows))
+}
+
+/// Per-tenant counters since server start, of every database (read by the `tenant_stats` view):
+/// the tenant's database and name (NULL for the tenants beyond the capacity of the per-tenant
+/// counters, counted together), admission outcomes, committed usage, expiries.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn cp_tenant_stats() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(database_oid, pg_sys::Oid),
+            name!(tenant, Option<String>),
+            name!(admitted, i64),
+            name!(denied_quota, i64),
+            name!(denied_rate, i64),
+            name!(denied_concurrency, i64),
+            name!(denied_model_or_feature, i64),
+            name!(denied_inactive, i64),
+            name!(denied_capacity, i64),
+            name!(recorded, i64),
+            name!(recorded_input_tokens, i64),
+            name!(recorded_output_tokens, i64),
+            name!(expired, i64),
+            name!(expired_tokens, i64),
+        ),
+    >,
+    ErrorReport,
+> {
+    let sh = shmem::shared()?;
+    let rows: Vec<_> = sh
+        .tenant_counts()
+        .into_iter()
+        .map(|t| {
+            let c = t.counts;
+            (
+                pg_sys::Oid::from(t.db),
+                t.tenant,
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                c[4],
+                c[5],
+                c[6],
+                c[7],
+                c[8],
+                c[9],
+                c[10],
+                c[11],
+            )
+        })
+        .collect();
     Ok(TableIterator::new(rows))
 }
 

@@ -1,6 +1,6 @@
 //! `cp_admit`: one admission decision across every limit that applies.
 
-use super::{composite_datum, locate, rebuild, tenant_fingerprint};
+use super::{composite_datum, locate, rebuild, tenant_of};
 use crate::admission::{self, DenyKind, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
@@ -113,18 +113,19 @@ pub fn admit(
     optional_name("model", model)?;
     optional_name("feature", feature)?;
     let (tenant, db, key) = locate(subject)?;
+    let (tenant_fp, tenant_slot) = tenant_of(sh, db, &tenant);
     let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject, crate::xact::has_policy_changes())?;
 
     if !pol.active {
-        sh.bump(Stat::DeniedInactive);
+        sh.bump_outcome(tenant_slot, Stat::DeniedInactive);
         return Ok(Decision::deny("inactive", None, None, None));
     }
     if !pol.policy.profile_active {
-        sh.bump(Stat::DeniedInactive);
+        sh.bump_outcome(tenant_slot, Stat::DeniedInactive);
         return Ok(Decision::deny("profile_inactive", None, None, None));
     }
     if let Some(g) = pol.policy.gate(model, feature) {
-        sh.bump(Stat::DeniedModel);
+        sh.bump_outcome(tenant_slot, Stat::DeniedModel);
         return Ok(Decision::deny(g.reason(), None, None, None));
     }
 
@@ -144,7 +145,7 @@ pub fn admit(
             Some(_) => match sh.claim_reservation(now, CLAIM_WAIT_MS) {
                 Some(c) => Some(c),
                 None => {
-                    sh.bump(Stat::DeniedCapacity);
+                    sh.bump_outcome(tenant_slot, Stat::DeniedCapacity);
                     return Ok(Decision::deny("capacity", Some("max_reservations"), Some(0), None));
                 }
             },
@@ -162,7 +163,7 @@ pub fn admit(
             Seen::Missing => {
                 drop(claim);
                 if !rebuild(sh, &key, db, &tenant, subject)? {
-                    sh.bump(Stat::DeniedCapacity);
+                    sh.bump_outcome(tenant_slot, Stat::DeniedCapacity);
                     return Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None));
                 }
                 continue;
@@ -175,14 +176,15 @@ pub fn admit(
                     let owner = Owner {
                         db,
                         key,
-                        tenant_fp: tenant_fingerprint(db, &tenant),
+                        tenant_fp,
+                        tenant_slot,
                         tenant: &tenant,
                         subject,
                     };
                     c.publish(id, &owner, tokens, expires_at);
                     crate::flusher::ensure(sh, db, now);
                 }
-                sh.bump(Stat::Allowed);
+                sh.bump_outcome(tenant_slot, Stat::Allowed);
                 return Ok(Decision {
                     allowed: true,
                     decision: if warn { "warn" } else { "allow" },
@@ -207,11 +209,14 @@ pub fn admit(
                     sh.expire_reservations(now, Some(db), Some(&key), false);
                     continue;
                 }
-                sh.bump(match kind {
-                    DenyKind::Quota => Stat::DeniedQuota,
-                    DenyKind::Rate => Stat::DeniedRate,
-                    DenyKind::Concurrency => Stat::DeniedConcurrency,
-                });
+                sh.bump_outcome(
+                    tenant_slot,
+                    match kind {
+                        DenyKind::Quota => Stat::DeniedQuota,
+                        DenyKind::Rate => Stat::DeniedRate,
+                        DenyKind::Concurrency => Stat::DeniedConcurrency,
+                    },
+                );
                 if kind == DenyKind::Concurrency && a.next_expiry > now {
                     // At the latest, the oldest open request expires then.
                     retry_after_ms = Some(((a.next_expiry - now) + 999) / 1_000);
@@ -227,7 +232,7 @@ pub fn admit(
     }
     // The subject's entry was evicted between its rebuild and the decision, four times over: the
     // index is too small for the traffic. Fail closed.
-    sh.bump(Stat::DeniedCapacity);
+    sh.bump_outcome(tenant_slot, Stat::DeniedCapacity);
     Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None))
 }
 

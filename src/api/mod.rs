@@ -39,6 +39,23 @@ fn tenant_fingerprint(db: u32, tenant: &str) -> u64 {
     Key::of(db, tenant, "").hi
 }
 
+thread_local! {
+    /// The last tenant this backend served: (database, name, fingerprint, counters' slot).
+    static TENANT: std::cell::RefCell<(u32, String, u64, usize)> = const { std::cell::RefCell::new((0, String::new(), 0, 0)) };
+}
+
+/// The tenant's fingerprint and the slot of its counters (`control_plane.tenant_stats`),
+/// remembered while the backend keeps serving the same tenant.
+fn tenant_of(sh: &Shared, db: u32, tenant: &str) -> (u64, usize) {
+    TENANT.with_borrow_mut(|t| {
+        if t.0 != db || t.1 != tenant || t.2 == 0 {
+            let fp = tenant_fingerprint(db, tenant);
+            *t = (db, tenant.to_string(), fp, sh.tenant_slot(db, fp, tenant));
+        }
+        (t.2, t.3)
+    })
+}
+
 /// Heavyweight lock that orders a ledger rebuild of a subject against transactions recording
 /// usage for it (see README, "How totals stay exact").
 fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {

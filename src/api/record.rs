@@ -1,6 +1,6 @@
 //! `cp_record_usage` and `cp_release`: what happens after the model call.
 
-use super::{composite_datum, database, ledger_lock, locate, tenant_fingerprint};
+use super::{composite_datum, database, ledger_lock, locate, tenant_fingerprint, tenant_of};
 use crate::args::{self, optional_name, required};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
@@ -37,6 +37,7 @@ pub fn record(
     optional_name("idempotency_key", idempotency_key)?;
     optional_name("feature", feature)?;
     let (tenant, db, key) = locate(subject)?;
+    let (_, tenant_slot) = tenant_of(sh, db, &tenant);
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 
@@ -82,6 +83,7 @@ pub fn record(
         subid: xact::current_subid(),
         key,
         db,
+        tenant_slot,
         at_unix_us: now,
         input,
         output,

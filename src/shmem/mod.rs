@@ -2,11 +2,13 @@
 //! `control_plane.max_reservations`, zeroed in place (never built on the stack):
 //!
 //! ```text
-//! Header | versions | Slot x (NPARTS * slots_per_part) | Resv x max_reservations
+//! Header | versions | Slot x (NPARTS * slots_per_part) | Resv x max_reservations | free list
+//!        | TenantSlot x (MAX_TENANTS + 1)
 //! ```
 //!
 //! - `index`: running totals, rate states and policy stamps per (database, tenant, subject);
 //! - `reservations`: what admitted requests hold until they are settled, released or expire;
+//! - `tenants`: per-tenant counters for monitoring;
 //! - here: the region, its hooks, the decision counters and the version counters that tell
 //!   backends which cached policies are stale.
 //!
@@ -16,9 +18,11 @@
 mod flushers;
 mod index;
 mod reservations;
+mod tenants;
 
 pub use index::{Effect, Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_OVERRIDES};
 pub use reservations::{Charge, Owner, Taken};
+pub use tenants::Usage;
 
 use crate::error::{CpError, CpResult};
 use crate::key::Key;
@@ -127,6 +131,7 @@ struct Layout {
     slots_off: usize,
     res_off: usize,
     free_off: usize,
+    tenants_off: usize,
     total: usize,
 }
 
@@ -144,7 +149,8 @@ impl Layout {
         let slots_off = align64(versions_off + (SUBJECT_VERSIONS + PROFILE_VERSIONS) * 8);
         let res_off = align64(slots_off + NPARTS * slots_per_part * std::mem::size_of::<Slot>());
         let free_off = align64(res_off + nres * std::mem::size_of::<Resv>());
-        let total = free_off + nres * std::mem::size_of::<AtomicU32>();
+        let tenants_off = align64(free_off + nres * std::mem::size_of::<AtomicU32>());
+        let total = tenants_off + tenants::region_bytes();
         Layout {
             slots_per_part,
             part_cap,
@@ -153,6 +159,7 @@ impl Layout {
             slots_off,
             res_off,
             free_off,
+            tenants_off,
             total,
         }
     }
@@ -164,6 +171,7 @@ pub struct Shared {
     slots: *mut Slot,
     resv: *mut Resv,
     free_next: *const AtomicU32,
+    tenants: *mut tenants::TenantSlot,
     locks: *mut pg_sys::LWLockPadded,
     slots_per_part: usize,
     part_cap: usize,
@@ -212,6 +220,7 @@ unsafe extern "C-unwind" fn startup_hook() {
             slots: base.add(l.slots_off) as *mut Slot,
             resv: base.add(l.res_off) as *mut Resv,
             free_next: base.add(l.free_off) as *const AtomicU32,
+            tenants: base.add(l.tenants_off) as *mut tenants::TenantSlot,
             locks: pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()),
             slots_per_part: l.slots_per_part,
             part_cap: l.part_cap,

@@ -17,7 +17,7 @@
 //! subject names for that.
 
 use super::index::Effect;
-use super::{Shared, Stat};
+use super::{Shared, Stat, Usage};
 use crate::key::Key;
 use pgrx::pg_sys;
 use std::ptr;
@@ -58,7 +58,9 @@ pub struct Resv {
     subject_len: u16,
     _pad: u32,
     names: [u8; NAMES],
-    _reserved: [u8; 32],
+    /// The slot of the tenant's counters (`tenants`).
+    tenant_slot: u32,
+    _reserved: [u8; 28],
 }
 
 const _: () = assert!(std::mem::size_of::<Resv>() == 640);
@@ -69,6 +71,8 @@ pub struct Owner<'a> {
     pub db: u32,
     pub key: Key,
     pub tenant_fp: u64,
+    /// The slot of the tenant's counters.
+    pub tenant_slot: usize,
     pub tenant: &'a str,
     pub subject: &'a str,
 }
@@ -195,6 +199,7 @@ impl Shared {
         r.db = owner.db;
         r.key = owner.key;
         r.tenant_fp = owner.tenant_fp;
+        r.tenant_slot = owner.tenant_slot as u32;
         r.tokens = tokens;
         r.charged = 0;
         r.charged_at = 0;
@@ -236,8 +241,11 @@ impl Shared {
         );
         r.charged = charged;
         r.charged_at = now;
+        let slot = r.tenant_slot as usize;
         r.state.store(RES_EXPIRED, Ordering::Release);
         self.bump(Stat::Expired);
+        self.bump_usage(slot, Usage::Expired, 1);
+        self.bump_usage(slot, Usage::ExpiredTokens, charged);
         true
     }
 

@@ -189,13 +189,18 @@ CREATE TABLE control_plane.usage_events (
     -- (0.2.0; last, where an upgrade adds them.) 'usage': recorded by cp_record_usage; 'expired':
     -- reservations that expired unsettled, charged by the extension (one row per subject and
     -- flush, each reservation's charge in metadata.expired_reservations); 'expired_reversed': a
-    -- late cp_record_usage took one such charge back (negative amounts, at the charge's time).
+    -- late cp_record_usage took one such charge back (negative amounts, at the charge's time);
+    -- 'rollup': the sums of one subject's day, written by cp_cleanup past ledger_retention.
     kind            text        NOT NULL DEFAULT 'usage',
     requests        bigint      NOT NULL DEFAULT 1
 );
 COMMENT ON TABLE control_plane.usage_events IS
     'The append-only usage ledger: the truth that the shared-memory totals index.';
 CREATE INDEX usage_events_subject_time ON control_plane.usage_events (tenant_id, subject_id, created_at);
+-- Where cp_cleanup finds the days to roll up (ledger_retention): a block-range index costs
+-- nothing to keep on an append-only table; and where it resumes (the newest rollup).
+CREATE INDEX usage_events_created ON control_plane.usage_events USING brin (created_at);
+CREATE INDEX usage_events_rollups ON control_plane.usage_events (created_at) WHERE kind = 'rollup';
 -- Where a late cp_record_usage finds the charge of its expired reservation.
 CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
     WHERE kind = 'expired';
@@ -203,10 +208,10 @@ CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subj
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';
 
--- Every row: kind is one of the three above; usage and expired rows count forward (no negative
--- amount), an expired_reversed row is exactly -1 request, <= 0 input tokens and no output; cost
--- and duration are never negative (src/ledger.rs). A C trigger, not a CHECK constraint: PostgreSQL
--- parses CHECK expressions again for every execution of an INSERT.
+-- Every row: kind is one of the four above; usage, expired and rollup rows count forward (no
+-- negative amount), an expired_reversed row is exactly -1 request, <= 0 input tokens and no
+-- output; cost and duration are never negative (crates/core/src/ledger.rs). A C trigger, not a
+-- CHECK constraint: PostgreSQL parses CHECK expressions again for every execution of an INSERT.
 CREATE FUNCTION control_plane._usage_events_row_check() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '_usage_events_row_check';
 CREATE TRIGGER usage_events_row_valid BEFORE INSERT ON control_plane.usage_events
@@ -216,6 +221,10 @@ CREATE TRIGGER usage_events_row_valid BEFORE INSERT ON control_plane.usage_event
 CREATE FUNCTION control_plane._usage_events_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- The deletes of cp_cleanup's compaction, which rolls rows up without changing any sum.
+    IF TG_OP = 'DELETE' AND control_plane._ledger_compacting() THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION 'control_plane.usage_events is append-only: % is refused', TG_OP
         USING ERRCODE = 'object_not_in_prerequisite_state',
               DETAIL = 'The totals that cp_admit enforces are sums of this ledger, kept in shared memory.',
@@ -281,6 +290,17 @@ COMMENT ON FUNCTION control_plane.cp_record_usage(text, bigint, bigint, text, uu
 CREATE VIEW control_plane.stats AS SELECT name, value FROM control_plane.cp_stats();
 COMMENT ON VIEW control_plane.stats IS 'Shared-memory use and decision counters since server start.';
 
+-- Per-tenant counters since server start. They name the tenants of every database of the server,
+-- so they are for monitoring roles (pg_monitor), not for PUBLIC.
+CREATE VIEW control_plane.tenant_stats AS
+SELECT d.datname AS database, s.tenant, s.admitted, s.denied_quota, s.denied_rate, s.denied_concurrency,
+       s.denied_model_or_feature, s.denied_inactive, s.denied_capacity, s.recorded, s.recorded_input_tokens,
+       s.recorded_output_tokens, s.expired, s.expired_tokens
+  FROM control_plane.cp_tenant_stats() s
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.database_oid;
+COMMENT ON VIEW control_plane.tenant_stats IS
+    'Per-tenant admission outcomes, committed usage and expiries since server start (tenant NULL: beyond the first 1024 tenants).';
+
 -- ------------------------------------------------------------------------------ dump and grants
 
 SELECT pg_catalog.pg_extension_config_dump('control_plane.profiles', $$WHERE tenant_id <> '*'$$);
@@ -289,3 +309,6 @@ SELECT pg_catalog.pg_extension_config_dump('control_plane.usage_events', '');
 
 GRANT USAGE ON SCHEMA control_plane TO PUBLIC;
 GRANT SELECT ON control_plane.stats TO PUBLIC;
+REVOKE ALL ON FUNCTION control_plane.cp_tenant_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION control_plane.cp_tenant_stats() TO pg_monitor;
+GRANT SELECT ON control_plane.tenant_stats TO pg_monitor;

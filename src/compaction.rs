@@ -1,0 +1,88 @@
+//! Ledger compaction, run by `cp_cleanup` past `control_plane.ledger_retention`: the rows of a
+//! subject's day older than the retention become one `rollup` row with their sums (and their org),
+//! so every day and month window, and so every total in shared memory and `cp_quota_status`,
+//! stays exactly what it was. Rows and rollups swap in one statement, so a concurrent ledger
+//! rebuild sees either the rows or their rollup. One compaction runs at a time (a transaction
+//! advisory lock; a second `cp_cleanup` skips it); it never blocks admission or recording, which
+//! only insert.
+//!
+//! The ledger refuses DELETE (`usage_events_append_only`); the trigger lets through the deletes
+//! of a compaction, which only this module can announce (`_ledger_compacting`).
+
+use crate::catalog::{self, now_unix_us};
+use crate::error::CpResult;
+use crate::gucs;
+use crate::ledger;
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+use std::cell::Cell;
+
+/// Days per compaction statement.
+const WINDOW_DAYS: i64 = 7;
+/// (subject, day) groups per compaction statement.
+const MAX_GROUPS: i64 = 10_000;
+/// Rows one `cp_cleanup` compacts at most: a backlog is worked off over successive runs.
+const MAX_ROWS_PER_RUN: i64 = 200_000;
+const US_PER_DAY: i64 = crate::calendar::US_PER_DAY;
+
+thread_local! {
+    static COMPACTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Trigger helper: true while this backend's `cp_cleanup` is compacting the ledger.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _ledger_compacting() -> bool {
+    COMPACTING.get()
+}
+
+/// Marks this backend as compacting until dropped (also when an error unwinds through it).
+struct Compacting;
+
+impl Compacting {
+    fn start() -> Compacting {
+        COMPACTING.set(true);
+        Compacting
+    }
+}
+
+impl Drop for Compacting {
+    fn drop(&mut self) {
+        COMPACTING.set(false);
+    }
+}
+
+fn timestamp(us: i64) -> String {
+    let t = TimestampWithTimeZone::try_from(us.saturating_sub(catalog::PG_EPOCH_OFFSET_US));
+    t.map(|t| t.to_iso_string()).unwrap_or_default()
+}
+
+/// Compacts what the retention allows (at most `MAX_ROWS_PER_RUN` rows) and says what it did.
+pub fn run() -> CpResult<Value> {
+    let retention = gucs::LEDGER_RETENTION.get() as i64;
+    let Some(cutoff) = ledger::retention_cutoff(now_unix_us(), retention) else {
+        return Ok(json!({"retention": "off"}));
+    };
+    if !catalog::try_compaction_lock()? {
+        return Ok(json!({"skipped": "another cp_cleanup is compacting"}));
+    }
+    let _compacting = Compacting::start();
+    let Some(mut from) = catalog::compaction_start()? else {
+        return Ok(json!({"before": timestamp(cutoff), "rows_compacted": 0, "rollups_written": 0, "done": true}));
+    };
+    let (mut rows, mut rollups) = (0i64, 0i64);
+    while from < cutoff && rows < MAX_ROWS_PER_RUN {
+        let to = from.saturating_add(WINDOW_DAYS * US_PER_DAY).min(cutoff);
+        let (r, n) = catalog::compact_window(from, to, MAX_GROUPS)?;
+        rows += r;
+        rollups += n;
+        if n < MAX_GROUPS {
+            from = to; // this window is done; otherwise it has more groups to compact
+        }
+    }
+    Ok(json!({
+        "before": timestamp(cutoff),
+        "rows_compacted": rows,
+        "rollups_written": rollups,
+        "done": from >= cutoff,
+    }))
+}

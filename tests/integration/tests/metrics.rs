@@ -1,0 +1,144 @@
+//! The Prometheus queries (`contrib/prometheus/queries.yaml`) through the real exporter
+//! (Debian's prometheus-postgres-exporter, `CP_EXPORTER`): its `/metrics` shows control_plane's
+//! counters, shared-memory use and per-tenant figures with the values the database holds.
+
+use control_plane_integration::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The exporter process; killed when dropped.
+struct Exporter(Child);
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_exporter(port: u16) -> Exporter {
+    let queries = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/prometheus/queries.yaml");
+    let child = Command::new(env("CP_EXPORTER"))
+        .env("DATA_SOURCE_NAME", format!("{} sslmode=disable", env("CP_DSN")))
+        .args([
+            "--disable-default-metrics",
+            "--disable-settings-metrics",
+            &format!("--extend.query-path={queries}"),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus-postgres-exporter");
+    Exporter(child)
+}
+
+/// GET /metrics, retrying while the exporter starts.
+fn scrape(port: u16) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            assert!(
+                body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+                "{body}"
+            );
+            return body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the exporter did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of the series `name` whose labels include every one of `labels`.
+fn series(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn the_exporter_shows_counters_shared_memory_and_tenant_figures_as_the_database_holds_them() {
+    let mut c = connect();
+    let tenant = format!("{}_prom", run_id());
+    c.batch_execute(&format!("SET control_plane.tenant = '{tenant}'"))
+        .unwrap();
+    enroll(&mut c, "user_1", "unlimited", r#"{"requests_per_day": 3}"#);
+    // 3 admitted, 2 denied by the quota; 2 recorded (100 + 10 tokens each), 1 released.
+    let ids: Vec<String> = (0..5)
+        .filter_map(|_| admit(&mut c, "user_1", 100).reservation_id)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(record(&mut c, "user_1", 100, 10, &ids[0]));
+    assert!(record(&mut c, "user_1", 100, 10, &ids[1]));
+    assert!(release(&mut c, &ids[2]));
+    let row = c
+        .query_one(
+            "SELECT database, admitted, denied_quota, denied_rate, recorded, recorded_input_tokens,
+                    recorded_output_tokens, expired
+               FROM control_plane.tenant_stats WHERE tenant = $1",
+            &[&tenant],
+        )
+        .expect("tenant_stats");
+    let db: String = row.get(0);
+    let sql: Vec<i64> = (1..8).map(|i| row.get(i)).collect();
+    assert_eq!(sql, [3, 2, 0, 2, 200, 20, 0], "tenant_stats of {tenant}");
+
+    let port = 59187;
+    let _exporter = start_exporter(port);
+    let allowed = stat(&mut c, "admits_allowed");
+    let capacity = stat(&mut c, "reservations_capacity");
+    let body = scrape(port);
+    let t = [("database", db.as_str()), ("tenant", tenant.as_str())];
+    let got = |name: &str, extra: &[(&str, &str)]| {
+        let labels: Vec<(&str, &str)> = t.iter().chain(extra).copied().collect();
+        series(&body, name, &labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{body}"))
+    };
+    assert_eq!(got("control_plane_tenant_admitted_total", &[]), 3.0);
+    assert_eq!(got("control_plane_tenant_denials_total", &[("reason", "quota")]), 2.0);
+    assert_eq!(got("control_plane_tenant_denials_total", &[("reason", "rate")]), 0.0);
+    assert_eq!(got("control_plane_tenant_recorded_total", &[]), 2.0);
+    assert_eq!(got("control_plane_tenant_input_tokens_total", &[]), 200.0);
+    assert_eq!(got("control_plane_tenant_output_tokens_total", &[]), 20.0);
+    assert_eq!(got("control_plane_tenant_expired_total", &[]), 0.0);
+    assert_eq!(
+        series(&body, "control_plane_events_total", &[("counter", "admits_allowed")]),
+        Some(allowed as f64)
+    );
+    assert_eq!(
+        series(
+            &body,
+            "control_plane_shared_memory_capacity",
+            &[("resource", "reservations")]
+        ),
+        Some(capacity as f64)
+    );
+    assert!(series(&body, "control_plane_shared_memory_in_use", &[("resource", "entries")]).is_some());
+}
+
+#[test]
+fn tenant_stats_are_for_monitoring_roles_only() {
+    let mut c = connect();
+    let role = format!("{}_mon", run_id());
+    c.batch_execute(&format!("CREATE ROLE {role}")).unwrap();
+    let denied = c
+        .batch_execute(&format!(
+            "SET ROLE {role}; SELECT * FROM control_plane.tenant_stats; RESET ROLE"
+        ))
+        .unwrap_err();
+    assert_eq!(denied.code().map(|s| s.code()), Some("42501"), "{denied}");
+    c.batch_execute("RESET ROLE").unwrap();
+    c.batch_execute(&format!(
+        "GRANT pg_monitor TO {role}; SET ROLE {role}; SELECT * FROM control_plane.tenant_stats; RESET ROLE"
+    ))
+    .unwrap();
+}
