@@ -93,5 +93,20 @@ END $$;
 SET client_min_messages = warning;
 
 \echo
-\echo '== 11. Shared-memory use and decision counters (control_plane.stats) =='
+\echo '== 11. Retention: cp_cleanup rolls old rows up into one row per subject and day, sums unchanged =='
+\echo '   (forty days of history for user_999, written straight into the ledger)'
+INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, created_at)
+SELECT 'default', 'user_999', 100, 10, now() - interval '40 days' + g * interval '1 hour'
+  FROM generate_series(1, 48) g;
+SELECT kind, count(*) AS rows, sum(requests) AS requests, sum(input_tokens) AS input_tokens
+  FROM control_plane.usage_events WHERE subject_id = 'user_999' GROUP BY kind;
+SET control_plane.ledger_retention = '30d';
+SELECT jsonb_pretty(control_plane.cp_cleanup()) AS cp_cleanup;
+SELECT kind, count(*) AS rows, sum(requests) AS requests, sum(input_tokens) AS input_tokens
+  FROM control_plane.usage_events WHERE subject_id = 'user_999' GROUP BY kind;
+RESET control_plane.ledger_retention;
+
+\echo
+\echo '== 12. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
 SELECT name, value FROM control_plane.stats;
+SELECT * FROM control_plane.tenant_stats ORDER BY database, tenant;

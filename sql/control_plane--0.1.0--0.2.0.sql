@@ -75,8 +75,7 @@ ALTER TABLE control_plane.usage_events
 
 CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
     WHERE kind = 'expired';
-CREATE INDEX usage_events_created ON control_plane.usage_events USING brin (created_at);
-CREATE INDEX usage_events_rollups ON control_plane.usage_events (created_at) WHERE kind = 'rollup';
+CREATE INDEX usage_events_uncompacted ON control_plane.usage_events (created_at) WHERE kind <> 'rollup';
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';
 

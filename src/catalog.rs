@@ -407,37 +407,21 @@ pub fn insert_charges(
 
 // ---------------------------------------------------------------------------------- compaction
 
-/// Where ledger compaction resumes (µs, a UTC midnight): the day of the newest rollup row, or,
-/// with none yet, eight days before the day of the oldest row (a reversal row can be that much
-/// older than the rows written before it). None for an empty ledger.
-pub fn compaction_start() -> CpResult<Option<i64>> {
+/// Compacts the oldest rows before `cutoff` (µs) that are not rollups, `max_rows` of them at
+/// most: each (tenant, subject, org, UTC day) they fall in becomes one `rollup` row with the sums
+/// of all its rows (earlier rollups included), at the latest one's time, so in the same day.
+/// Returns (rows considered, rows removed, rollups written); fewer rows considered than
+/// `max_rows` means none is left.
+pub fn compact_batch(cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
     let rows = write(
-        c"SELECT (extract(epoch FROM coalesce(
-                    (SELECT pg_catalog.date_trunc('day', created_at, 'UTC')
-                       FROM control_plane.usage_events
-                      WHERE kind OPERATOR(pg_catalog.=) 'rollup' ORDER BY created_at DESC LIMIT 1),
-                    (SELECT pg_catalog.date_trunc('day', created_at, 'UTC') OPERATOR(pg_catalog.-) interval '8 days'
-                       FROM control_plane.usage_events ORDER BY id LIMIT 1))) * 1000000)::bigint",
-        &[],
-        |r| r.i64_opt(1),
-    )?;
-    Ok(rows.into_iter().next().flatten())
-}
-
-/// Compacts the rows of UTC days in [from, to) (µs): each (tenant, subject, org, day) that has more
-/// than one row, or a row that is not a rollup, becomes one `rollup` row with their sums (at the
-/// latest one's time, so in the same day); at most `max_groups` of them, oldest days first.
-/// Returns (rows removed, rollups written).
-pub fn compact_window(from: i64, to: i64, max_groups: i64) -> CpResult<(i64, i64)> {
-    let rows = write(
-        c"WITH groups AS (
+        c"WITH todo AS (
               SELECT tenant_id, subject_id, org_id, pg_catalog.date_trunc('day', created_at, 'UTC') AS day
                 FROM control_plane.usage_events
-               WHERE created_at >= $1 AND created_at < $2
-               GROUP BY 1, 2, 3, 4
-              HAVING pg_catalog.count(*) > 1 OR pg_catalog.bool_or(kind OPERATOR(pg_catalog.<>) 'rollup')
-               ORDER BY 4
-               LIMIT $3
+               WHERE kind OPERATOR(pg_catalog.<>) 'rollup' AND created_at < $1
+               ORDER BY created_at
+               LIMIT $2
+          ), groups AS (
+              SELECT DISTINCT tenant_id, subject_id, org_id, day FROM todo
           ), doomed AS (
               DELETE FROM control_plane.usage_events e
                USING groups g
@@ -460,15 +444,12 @@ pub fn compact_window(from: i64, to: i64, max_groups: i64) -> CpResult<(i64, i64
                GROUP BY tenant_id, subject_id, org_id, day
               RETURNING 1
           )
-          SELECT (SELECT pg_catalog.count(*) FROM doomed), (SELECT pg_catalog.count(*) FROM rolled)",
-        &[
-            Arg::TimestampUnixUs(from),
-            Arg::TimestampUnixUs(to),
-            Arg::Int(max_groups),
-        ],
-        |r| (r.i64(1), r.i64(2)),
+          SELECT (SELECT pg_catalog.count(*) FROM todo), (SELECT pg_catalog.count(*) FROM doomed),
+                 (SELECT pg_catalog.count(*) FROM rolled)",
+        &[Arg::TimestampUnixUs(cutoff), Arg::Int(max_rows)],
+        |r| (r.i64(1), r.i64(2), r.i64(3)),
     )?;
-    Ok(rows.into_iter().next().unwrap_or((0, 0)))
+    Ok(rows.into_iter().next().unwrap_or((0, 0, 0)))
 }
 
 /// Takes the transaction-level lock that one compaction holds at a time; false when another

@@ -1,7 +1,8 @@
 //! Ledger compaction, run by `cp_cleanup` past `control_plane.ledger_retention`: the rows of a
 //! subject's day older than the retention become one `rollup` row with their sums (and their org),
 //! so every day and month window, and so every total in shared memory and `cp_quota_status`,
-//! stays exactly what it was. Rows and rollups swap in one statement, so a concurrent ledger
+//! stays exactly what it was. The rows to compact are found through a partial index on
+//! `created_at` of the rows that are not rollups, oldest first, wherever they sit in the table. Rows and rollups swap in one statement, so a concurrent ledger
 //! rebuild sees either the rows or their rollup. One compaction runs at a time (a transaction
 //! advisory lock; a second `cp_cleanup` skips it); it never blocks admission or recording, which
 //! only insert.
@@ -17,13 +18,10 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::Cell;
 
-/// Days per compaction statement.
-const WINDOW_DAYS: i64 = 7;
-/// (subject, day) groups per compaction statement.
-const MAX_GROUPS: i64 = 10_000;
+/// Rows (not rollups) one compaction statement starts from.
+const BATCH_ROWS: i64 = 20_000;
 /// Rows one `cp_cleanup` compacts at most: a backlog is worked off over successive runs.
 const MAX_ROWS_PER_RUN: i64 = 200_000;
-const US_PER_DAY: i64 = crate::calendar::US_PER_DAY;
 
 thread_local! {
     static COMPACTING: Cell<bool> = const { Cell::new(false) };
@@ -66,23 +64,17 @@ pub fn run() -> CpResult<Value> {
         return Ok(json!({"skipped": "another cp_cleanup is compacting"}));
     }
     let _compacting = Compacting::start();
-    let Some(mut from) = catalog::compaction_start()? else {
-        return Ok(json!({"before": timestamp(cutoff), "rows_compacted": 0, "rollups_written": 0, "done": true}));
-    };
-    let (mut rows, mut rollups) = (0i64, 0i64);
-    while from < cutoff && rows < MAX_ROWS_PER_RUN {
-        let to = from.saturating_add(WINDOW_DAYS * US_PER_DAY).min(cutoff);
-        let (r, n) = catalog::compact_window(from, to, MAX_GROUPS)?;
-        rows += r;
-        rollups += n;
-        if n < MAX_GROUPS {
-            from = to; // this window is done; otherwise it has more groups to compact
-        }
+    let (mut rows, mut rollups, mut done) = (0i64, 0i64, false);
+    while !done && rows < MAX_ROWS_PER_RUN {
+        let (considered, removed, written) = catalog::compact_batch(cutoff, BATCH_ROWS)?;
+        rows += removed;
+        rollups += written;
+        done = considered < BATCH_ROWS;
     }
     Ok(json!({
         "before": timestamp(cutoff),
         "rows_compacted": rows,
         "rollups_written": rollups,
-        "done": from >= cutoff,
+        "done": done,
     }))
 }

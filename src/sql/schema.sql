@@ -197,10 +197,8 @@ CREATE TABLE control_plane.usage_events (
 COMMENT ON TABLE control_plane.usage_events IS
     'The append-only usage ledger: the truth that the shared-memory totals index.';
 CREATE INDEX usage_events_subject_time ON control_plane.usage_events (tenant_id, subject_id, created_at);
--- Where cp_cleanup finds the days to roll up (ledger_retention): a block-range index costs
--- nothing to keep on an append-only table; and where it resumes (the newest rollup).
-CREATE INDEX usage_events_created ON control_plane.usage_events USING brin (created_at);
-CREATE INDEX usage_events_rollups ON control_plane.usage_events (created_at) WHERE kind = 'rollup';
+-- Where cp_cleanup finds the rows to roll up past ledger_retention, oldest first.
+CREATE INDEX usage_events_uncompacted ON control_plane.usage_events (created_at) WHERE kind <> 'rollup';
 -- Where a late cp_record_usage finds the charge of its expired reservation.
 CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
     WHERE kind = 'expired';
