@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod policy;
 pub mod quota;
 pub mod rate;
+pub mod zone;
 
 /// The longest subject, tenant, model, feature or idempotency key accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
