@@ -93,7 +93,12 @@ fn the_exporter_shows_counters_shared_memory_and_tenant_figures_as_the_database_
     let sql: Vec<i64> = (1..8).map(|i| row.get(i)).collect();
     assert_eq!(sql, [3, 2, 0, 2, 200, 20, 0], "tenant_stats of {tenant}");
 
-    let port = 59187;
+    // A port nobody listens on now.
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let _exporter = start_exporter(port);
     let allowed = stat(&mut c, "admits_allowed");
     let capacity = stat(&mut c, "reservations_capacity");
