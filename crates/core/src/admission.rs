@@ -269,10 +269,7 @@ mod unit {
         let p = policy(&[(Limit::MaxConcurrent, 5), (Limit::RequestsPerDay, 1000)]);
         let mut s = State::default();
         s.totals.held_requests = 2;
-        match decide(&p, &s, 0, NOON, 80) {
-            Verdict::Allow { tightest, .. } => assert_eq!(tightest, Some((Limit::MaxConcurrent, 2))),
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(allowed(decide(&p, &s, 0, NOON, 80)).0, Some((Limit::MaxConcurrent, 2)));
     }
 
     #[test]
@@ -333,37 +330,29 @@ mod unit {
         );
     }
 
+    /// The tightest dimension and the warning of an admission; panics on a denial.
+    fn allowed(v: Verdict) -> (Option<(Limit, i64)>, bool) {
+        match v {
+            Verdict::Allow { tightest, warn, .. } => (tightest, warn),
+            other => panic!("denied: {other:?}"),
+        }
+    }
+
     #[test]
     fn tightest_dimension_and_warning() {
         let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 1000)]);
-        let v = decide(&p, &State::default(), 0, NOON, 80);
-        assert!(
-            matches!(
-                v,
-                Verdict::Allow {
-                    tightest: Some((Limit::RequestsPerMinute, 9)),
-                    warn: false,
-                    ..
-                }
-            ),
-            "{v:?}"
+        assert_eq!(
+            allowed(decide(&p, &State::default(), 0, NOON, 80)),
+            (Some((Limit::RequestsPerMinute, 9)), false)
         );
         let p = policy(&[(Limit::RequestsPerMinute, 10)]);
         let mut s = State::default();
         for _ in 0..7 {
             assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
         }
-        let v = decide(&p, &s, 0, NOON, 80);
-        assert!(
-            matches!(
-                v,
-                Verdict::Allow {
-                    tightest: Some((Limit::RequestsPerMinute, 2)),
-                    warn: false,
-                    ..
-                }
-            ),
-            "{v:?}"
+        assert_eq!(
+            allowed(decide(&p, &s, 0, NOON, 80)),
+            (Some((Limit::RequestsPerMinute, 2)), false)
         );
         let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 5)]);
         let s = State {
@@ -373,17 +362,9 @@ mod unit {
             },
             ..State::default()
         };
-        let v = decide(&p, &s, 0, NOON, 80);
-        assert!(
-            matches!(
-                v,
-                Verdict::Allow {
-                    tightest: Some((Limit::RequestsPerDay, 1)),
-                    warn: true,
-                    ..
-                }
-            ),
-            "{v:?}"
+        assert_eq!(
+            allowed(decide(&p, &s, 0, NOON, 80)),
+            (Some((Limit::RequestsPerDay, 1)), true)
         );
     }
 
