@@ -49,11 +49,6 @@ impl Drop for Compacting {
     }
 }
 
-fn timestamp(us: i64) -> String {
-    let t = TimestampWithTimeZone::try_from(us.saturating_sub(catalog::PG_EPOCH_OFFSET_US));
-    t.map(|t| t.to_iso_string()).unwrap_or_default()
-}
-
 /// Compacts what the retention allows (at most `MAX_ROWS_PER_RUN` rows) and says what it did.
 pub fn run() -> CpResult<Value> {
     let retention = gucs::LEDGER_RETENTION.get() as i64;
@@ -72,7 +67,7 @@ pub fn run() -> CpResult<Value> {
         done = considered < BATCH_ROWS;
     }
     Ok(json!({
-        "before": timestamp(cutoff),
+        "before": crate::calendar::iso_utc(cutoff),
         "rows_compacted": rows,
         "rollups_written": rollups,
         "done": done,

@@ -2,7 +2,7 @@
 
 use super::{full_index, locate, totals_of};
 use crate::args;
-use crate::calendar::{civil_from_days, Window, US_PER_DAY, US_PER_SEC};
+use crate::calendar::{iso_utc, Window};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::policy::{Limit, Policy};
@@ -13,18 +13,6 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
-
-fn iso(unix_us: i64) -> String {
-    let d = unix_us.div_euclid(US_PER_DAY);
-    let secs = unix_us.rem_euclid(US_PER_DAY) / US_PER_SEC;
-    let (y, m, dd) = civil_from_days(d);
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
 
 fn held_in(l: Limit, t: &Totals) -> i64 {
     match l {
@@ -64,7 +52,7 @@ pub fn status_json(
     }
     let window = |w: Window| {
         let (s, e) = w.bounds(now);
-        json!({"start": iso(s), "end": iso(e), "resets_in_ms": w.ms_until_end(now)})
+        json!({"start": iso_utc(s), "end": iso_utc(e), "resets_in_ms": w.ms_until_end(now)})
     };
     let lim = |l: Limit| json!(policy.limit(l));
     json!({

@@ -100,10 +100,29 @@ impl Window {
     }
 }
 
+/// An instant as ISO 8601 text in UTC, to the second: `2026-11-24T00:00:00Z`.
+pub fn iso_utc(unix_us: i64) -> String {
+    let secs = unix_us.rem_euclid(US_PER_DAY) / US_PER_SEC;
+    let (y, m, d) = civil_from_days(day_index(unix_us));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn instants_print_in_utc_to_the_second() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(ts(20_415, 86_399) + 999_999), "2025-11-23T23:59:59Z");
+        assert_eq!(iso_utc(-1), "1969-12-31T23:59:59Z");
+    }
 
     #[test]
     fn the_last_day_of_a_400_year_era_round_trips() {
