@@ -1,6 +1,7 @@
 -- control_plane 0.1.0 -> 0.2.0: admissions count whether recorded or not, expired reservations
 -- are charged to the ledger, admin changes re-read only what they touch, the ledger is
--- append-only against DELETE and TRUNCATE too, per-tenant counters for monitoring. See CHANGELOG.md.
+-- append-only against DELETE and TRUNCATE too, per-tenant counters for monitoring, tenants with
+-- their time zones. See CHANGELOG.md.
 --
 -- Never edit this file once 0.2.0 is released (scripts/check-released.sh): every later change is
 -- a new script.
@@ -168,3 +169,43 @@ COMMENT ON VIEW control_plane.tenant_stats IS
 REVOKE ALL ON FUNCTION control_plane.cp_tenant_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION control_plane.cp_tenant_stats() TO pg_monitor;
 GRANT SELECT ON control_plane.tenant_stats TO pg_monitor;
+
+-- ------------------------------------------------------------------------------------ tenants
+
+CREATE FUNCTION control_plane."_check_time_zone"(
+    "zone" TEXT
+) RETURNS bool
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_check_time_zone_wrapper';
+
+CREATE FUNCTION control_plane."_local_day_start"(
+    "zone" TEXT,
+    "at" timestamp with time zone
+) RETURNS timestamp with time zone
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_local_day_start_wrapper';
+
+CREATE FUNCTION control_plane."_local_day_end"(
+    "zone" TEXT,
+    "at" timestamp with time zone
+) RETURNS timestamp with time zone
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_local_day_end_wrapper';
+
+CREATE TABLE control_plane.tenants (
+    tenant_id  text        PRIMARY KEY DEFAULT pg_catalog.current_setting('control_plane.tenant')
+                           CHECK (tenant_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(tenant_id) <= 256),
+    time_zone  text        NOT NULL DEFAULT 'UTC'
+                           CONSTRAINT tenants_time_zone_valid CHECK (control_plane._check_time_zone(time_zone)),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE control_plane.tenants IS
+    'Settings of a tenant. time_zone (tz database name): where its days and months start. A tenant without a row uses UTC.';
+
+CREATE TRIGGER tenants_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+SELECT pg_catalog.pg_extension_config_dump('control_plane.tenants', '');

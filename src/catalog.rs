@@ -201,6 +201,16 @@ pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>>
     Ok(rows.into_iter().next())
 }
 
+/// The time zone of a tenant's row in `control_plane.tenants` (None: no row, so UTC).
+pub fn tenant_zone(tenant: &str) -> CpResult<Option<String>> {
+    let rows = query_latest(
+        c"SELECT time_zone FROM control_plane.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+        &[Arg::Text(Some(tenant))],
+        |r| r.text(1),
+    )?;
+    Ok(rows.into_iter().next().flatten())
+}
+
 /// One profile row as JSON, by id.
 pub fn load_profile(id: i32) -> CpResult<Option<String>> {
     let rows = query_latest(
@@ -408,27 +418,34 @@ pub fn insert_charges(
 // ---------------------------------------------------------------------------------- compaction
 
 /// Compacts the oldest rows before `cutoff` (µs) that are not rollups, `max_rows` of them at
-/// most: each (tenant, subject, org, UTC day) they fall in becomes one `rollup` row with the sums
-/// of all its rows (earlier rollups included), at the latest one's time, so in the same day.
-/// Returns (rows considered, rows removed, rollups written); fewer rows considered than
-/// `max_rows` means none is left.
+/// most: each (tenant, subject, org, day of the tenant's time zone) they fall in becomes one
+/// `rollup` row with the sums of all its rows (earlier rollups included), at the latest one's
+/// time, so in the same day and month. Only days that end by `cutoff` are compacted. Returns
+/// (rows considered, rows removed, rollups written); fewer rows considered than `max_rows` means
+/// none is left.
 pub fn compact_batch(cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
     let rows = write(
         c"WITH todo AS (
-              SELECT tenant_id, subject_id, org_id, pg_catalog.date_trunc('day', created_at, 'UTC') AS day
-                FROM control_plane.usage_events
-               WHERE kind OPERATOR(pg_catalog.<>) 'rollup' AND created_at < $1
-               ORDER BY created_at
+              SELECT e.tenant_id, e.subject_id, e.org_id, z.zone,
+                     control_plane._local_day_start(z.zone, e.created_at) AS day
+                FROM control_plane.usage_events e
+               CROSS JOIN LATERAL (
+                     SELECT coalesce((SELECT t.time_zone FROM control_plane.tenants t
+                                       WHERE t.tenant_id OPERATOR(pg_catalog.=) e.tenant_id), 'UTC') AS zone) z
+               WHERE e.kind OPERATOR(pg_catalog.<>) 'rollup' AND e.created_at < $1
+                 AND e.created_at < control_plane._local_day_start(z.zone, $1)
+               ORDER BY e.created_at
                LIMIT $2
           ), groups AS (
-              SELECT DISTINCT tenant_id, subject_id, org_id, day FROM todo
+              SELECT DISTINCT tenant_id, subject_id, org_id, day, control_plane._local_day_end(zone, day) AS day_end
+                FROM todo
           ), doomed AS (
               DELETE FROM control_plane.usage_events e
                USING groups g
                WHERE e.tenant_id OPERATOR(pg_catalog.=) g.tenant_id
                  AND e.subject_id OPERATOR(pg_catalog.=) g.subject_id
                  AND e.org_id IS NOT DISTINCT FROM g.org_id
-                 AND e.created_at >= g.day AND e.created_at < g.day OPERATOR(pg_catalog.+) interval '24 hours'
+                 AND e.created_at >= g.day AND e.created_at < g.day_end
               RETURNING e.tenant_id, e.subject_id, e.org_id, g.day, e.kind, e.requests, e.input_tokens,
                         e.output_tokens, e.cost_micros, e.metadata, e.created_at
           ), rolled AS (

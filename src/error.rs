@@ -27,6 +27,8 @@ pub enum CpError {
     Retry { message: String },
     /// 0A000: a feature the extension refuses (two-phase commit with pending usage).
     NotSupported { message: String, hint: Option<String> },
+    /// 54000: a fixed limit of the server is reached.
+    LimitExceeded(String),
     /// XX000: an invariant broke; never expected.
     Internal(String),
 }
@@ -63,6 +65,7 @@ impl CpError {
             CpError::NotSupported { .. } => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             CpError::Retry { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             CpError::CheckViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            CpError::LimitExceeded(_) => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             CpError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -86,6 +89,7 @@ impl From<CpError> for ErrorReport {
             CpError::NotSupported { message, hint } => (message, None, hint),
             CpError::Retry { message } => (message, None, Some("Retry the call.".into())),
             CpError::CheckViolation { message, detail } => (message, Some(detail), None),
+            CpError::LimitExceeded(m) => (m, None, None),
             CpError::Internal(m) => (
                 format!("control_plane internal error: {m}"),
                 None,

@@ -6,7 +6,8 @@
 //! of its database that are past their time; every second (sooner when its unwritten charges hold
 //! an eighth of the reservation slots, at once when an admission waits for a slot) it writes every
 //! expired charge to the ledger, in one statement per batch: one
-//! `kind = 'expired'` row per subject and day, with each reservation's charge in its metadata.
+//! `kind = 'expired'` row per subject and day (of its tenant's time zone), with each
+//! reservation's charge in its metadata.
 //! At a clean shutdown it expires every reservation still open and writes them too, so nothing
 //! admitted is lost. It exits after a minute with nothing open in its database.
 //!
@@ -126,8 +127,9 @@ fn flush(sh: &Shared, db: u32) -> usize {
         if charges.is_empty() {
             return written;
         }
-        // A subject's charges of one day side by side: one row per ROW_CHARGES of them.
-        charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, crate::calendar::day_index(c.at)));
+        // A subject's charges of one day (in its tenant's time zone) side by side: one row per
+        // ROW_CHARGES of them.
+        charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, local_day(sh, c)));
         // An error raised inside ends the worker; on_exit puts the charges back.
         let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(sh, &charges)));
         sh.end_flush(db, &charges, result.is_ok(), now_unix_us());
@@ -146,8 +148,7 @@ fn flush(sh: &Shared, db: u32) -> usize {
 /// One row per (tenant, subject, day) and up to ROW_CHARGES charges (sorted that way): their sum,
 /// at the latest one's time; one statement for the whole batch.
 fn write(sh: &Shared, charges: &[Charge]) -> crate::error::CpResult<()> {
-    let same_row =
-        |a: &Charge, b: &Charge| a.key == b.key && crate::calendar::day_index(a.at) == crate::calendar::day_index(b.at);
+    let same_row = |a: &Charge, b: &Charge| a.key == b.key && local_day(sh, a) == local_day(sh, b);
     let rows: Vec<&[Charge]> = charges.chunk_by(same_row).flat_map(|g| g.chunks(ROW_CHARGES)).collect();
     let n = rows.len();
     let (mut tenants, mut subjects, mut requests, mut tokens, mut at, mut json) = (
@@ -180,6 +181,12 @@ fn write(sh: &Shared, charges: &[Charge]) -> crate::error::CpResult<()> {
     }
     catalog::insert_charges(&tenants, &subjects, &requests, &tokens, &at, &json)?;
     Ok(())
+}
+
+/// The day of a charge in its tenant's time zone: a row, written at its latest charge's time,
+/// must not move an earlier charge into the next day.
+fn local_day(sh: &Shared, c: &Charge) -> i64 {
+    sh.windows_at(c.zone, c.at).0
 }
 
 /// Appends the canonical text form of a UUID (what `uuid_out` prints).

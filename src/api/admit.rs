@@ -1,6 +1,6 @@
 //! `cp_admit`: one admission decision across every limit that applies.
 
-use super::{composite_datum, locate, rebuild, tenant_of};
+use super::{composite_datum, locate, rebuild, tenant_of, zones};
 use crate::admission::{self, DenyKind, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
@@ -114,6 +114,7 @@ pub fn admit(
     optional_name("feature", feature)?;
     let (tenant, db, key) = locate(subject)?;
     let (tenant_fp, tenant_slot) = tenant_of(sh, db, &tenant);
+    let zone = zones::zone_of(sh, db, &tenant)?;
     let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject, crate::xact::has_policy_changes())?;
 
     if !pol.active {
@@ -130,6 +131,8 @@ pub fn admit(
     }
 
     let now = now_unix_us();
+    // The ends of the tenant's day and month, for when a quota refuses.
+    let at = sh.now_in(zone, now);
     let expires_at = now.saturating_add(gucs::RESERVATION_TIMEOUT.get() as i64 * US_PER_SEC);
     let warn_pct = gucs::WARN_THRESHOLD.get() as i64;
     // A plan with nothing to hold (no concurrency limit, no request quota, no token estimate
@@ -150,8 +153,8 @@ pub fn admit(
                 }
             },
         };
-        let seen = sh.admit(&key, db, now, hold, stamp, |state| {
-            let v = admission::decide(&pol.policy, state, tokens, now, warn_pct);
+        let seen = sh.admit(&key, db, now, hold, zone, stamp, |state| {
+            let v = admission::decide(&pol.policy, state, tokens, at, warn_pct);
             let tat = match v {
                 Verdict::Allow { tat, .. } => Some(tat),
                 Verdict::Deny { .. } => None,
@@ -160,9 +163,9 @@ pub fn admit(
         });
         let a = match seen {
             Seen::Found(a) => a,
-            Seen::Missing => {
+            Seen::Missing | Seen::Moved => {
                 drop(claim);
-                if !rebuild(sh, &key, db, &tenant, subject)? {
+                if !rebuild(sh, &key, db, &tenant, subject, zone)? {
                     sh.bump_outcome(tenant_slot, Stat::DeniedCapacity);
                     return Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None));
                 }
@@ -178,6 +181,7 @@ pub fn admit(
                         key,
                         tenant_fp,
                         tenant_slot,
+                        zone,
                         tenant: &tenant,
                         subject,
                     };

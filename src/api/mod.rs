@@ -5,12 +5,14 @@
 //! - `record`: `cp_record_usage` and `cp_release`;
 //! - `status`: `cp_quota_status`;
 //! - `admin`: `cp_cleanup`, `cp_stats` and the helpers of triggers and constraints;
+//! - `zones`: the time zone of each tenant's calendar, and its SQL helpers;
 //! - here: what they share (the database, the ledger lock, rebuilding an entry, forming a row).
 
 mod admin;
 mod admit;
 mod record;
 mod status;
+mod zones;
 
 use crate::calendar::Window;
 use crate::catalog::{self, now_unix_us};
@@ -76,31 +78,47 @@ fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
     }
 }
 
-/// Loads a subject's totals from the ledger into shared memory unless they are there already.
-/// Returns false when the index is full and nothing can be evicted.
-fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> CpResult<bool> {
+/// Committed usage of a subject in the day and month of `zone` that contain `now`, from the
+/// ledger.
+fn ledger_totals(sh: &Shared, tenant: &str, subject: &str, zone: u16, now: i64) -> CpResult<Totals> {
+    let (d, m) = (sh.span_at(zone, Window::Day, now), sh.span_at(zone, Window::Month, now));
+    catalog::ledger_totals(tenant, subject, (d.start, d.end), (m.start, m.end))
+}
+
+/// Loads a subject's totals from the ledger into shared memory unless they are there already,
+/// counted in the tenant's time zone `zone`; an entry that counts in another zone (the tenant's
+/// zone changed) reads its committed totals again for the new windows. Returns false when the
+/// index is full and nothing can be evicted.
+fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, zone: u16) -> CpResult<bool> {
     let evict_busy = gucs::ON_FULL.get() == gucs::OnFull::EvictLru;
     ledger_lock(db, key, pg_sys::ExclusiveLock, true);
     let now = now_unix_us();
-    let result = match sh.with_entry(key, db, now, |_| ()) {
-        Seen::Found(()) => Ok(true),
-        Seen::Missing => catalog::ledger_totals(tenant, subject, Window::Day.bounds(now), Window::Month.bounds(now))
-            .map(|totals| {
-                sh.bump(Stat::Rebuilds);
-                sh.install(key, db, totals, now, evict_busy).is_ok()
-            }),
+    let result = match sh.rezone_begin(key, db, zone, now) {
+        Seen::Found(false) | Seen::Moved => Ok(true),
+        Seen::Found(true) => ledger_totals(sh, tenant, subject, zone, now).map(|totals| {
+            sh.bump(Stat::Rebuilds);
+            // A reservation that expired meanwhile leaves the entry as it was: the caller
+            // finds it moved and comes back.
+            sh.rezone_end(key, db, zone, totals, now);
+            true
+        }),
+        Seen::Missing => ledger_totals(sh, tenant, subject, zone, now).map(|totals| {
+            sh.bump(Stat::Rebuilds);
+            sh.install(key, db, zone, totals, now, evict_busy).is_ok()
+        }),
     };
     ledger_lock(db, key, pg_sys::ExclusiveLock, false);
     result
 }
 
-/// The subject's current totals, rebuilt from the ledger if shared memory lacks them.
-fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str) -> CpResult<Option<Totals>> {
+/// The subject's current totals in its tenant's time zone `zone`, rebuilt from the ledger if
+/// shared memory lacks them.
+fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, zone: u16) -> CpResult<Option<Totals>> {
     for _ in 0..3 {
-        if let Seen::Found(t) = sh.with_entry(key, db, now_unix_us(), |s| s.totals) {
+        if let Seen::Found(t) = sh.with_entry_in(key, db, zone, now_unix_us(), |s| s.totals) {
             return Ok(Some(t));
         }
-        if !rebuild(sh, key, db, tenant, subject)? {
+        if !rebuild(sh, key, db, tenant, subject, zone)? {
             return Ok(None);
         }
     }

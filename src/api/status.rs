@@ -1,14 +1,15 @@
 //! `cp_quota_status`: what a subject has used, holds and has left, as jsonb.
 
-use super::{full_index, locate, totals_of};
+use super::{full_index, ledger_totals, locate, totals_of, zones};
 use crate::args;
-use crate::calendar::{iso_utc, Window};
+use crate::calendar::{iso_utc, Window, US_PER_MS};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::policy::{Limit, Policy};
 use crate::policy_cache::{self, Cached};
 use crate::quota::{self, Totals, QUOTA_LIMITS};
-use crate::shmem;
+use crate::shmem::{self, Shared};
+use crate::zone::Span;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -22,6 +23,30 @@ fn held_in(l: Limit, t: &Totals) -> i64 {
     }
 }
 
+/// The tenant's calendar at one instant: its time zone, and the day and month that contain it.
+pub struct Period {
+    pub zone: String,
+    pub now: i64,
+    pub day: Span,
+    pub month: Span,
+}
+
+impl Period {
+    pub fn of(sh: &Shared, zone: u16, now: i64) -> Period {
+        Period {
+            zone: sh.zone_name(zone),
+            now,
+            day: sh.span_at(zone, Window::Day, now),
+            month: sh.span_at(zone, Window::Month, now),
+        }
+    }
+
+    fn json(&self, s: &Span) -> Value {
+        let ms = (s.end.saturating_sub(self.now).saturating_add(US_PER_MS - 1) / US_PER_MS).max(1);
+        json!({"start": iso_utc(s.start), "end": iso_utc(s.end), "resets_in_ms": ms})
+    }
+}
+
 pub fn status_json(
     tenant: &str,
     subject: &str,
@@ -29,7 +54,7 @@ pub fn status_json(
     policy: &Policy,
     profile: &str,
     t: &Totals,
-    now: i64,
+    period: &Period,
 ) -> Value {
     let mut quotas = Map::new();
     for l in QUOTA_LIMITS {
@@ -50,10 +75,6 @@ pub fn status_json(
                    "window": quota::window_of(l).map(|w| w.name())}),
         );
     }
-    let window = |w: Window| {
-        let (s, e) = w.bounds(now);
-        json!({"start": iso_utc(s), "end": iso_utc(e), "resets_in_ms": w.ms_until_end(now)})
-    };
     let lim = |l: Limit| json!(policy.limit(l));
     json!({
         "tenant": tenant,
@@ -63,7 +84,7 @@ pub fn status_json(
         "active": enrolled.is_none_or(|c| c.active),
         "profile_active": policy.profile_active,
         "org_id": enrolled.and_then(|c| c.org_id.clone()),
-        "period": {"day": window(Window::Day), "month": window(Window::Month)},
+        "period": {"time_zone": period.zone, "day": period.json(&period.day), "month": period.json(&period.month)},
         "quotas": quotas,
         "held": {"requests": t.held_requests, "tokens": t.held_tokens},
         "rate_limits": {
@@ -87,11 +108,20 @@ pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
     let sh = shmem::shared()?;
     let subject = args::name("subject", subject)?;
     let (tenant, db, key) = locate(subject)?;
-    let now = now_unix_us();
+    let zone = zones::zone_of(sh, db, &tenant)?;
+    let period = Period::of(sh, zone, now_unix_us());
     match policy_cache::get(&key, &tenant, subject, false)? {
         Some(c) => {
-            let t = totals_of(sh, &key, db, &tenant, subject)?.ok_or_else(|| full_index(subject))?;
-            Ok(status_json(&tenant, subject, Some(&c), &c.policy, &c.profile, &t, now))
+            let t = totals_of(sh, &key, db, &tenant, subject, zone)?.ok_or_else(|| full_index(subject))?;
+            Ok(status_json(
+                &tenant,
+                subject,
+                Some(&c),
+                &c.policy,
+                &c.profile,
+                &t,
+                &period,
+            ))
         }
         None => {
             // Not enrolled: show what the default profile would give, with what the ledger holds.
@@ -104,8 +134,8 @@ pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
             };
             let v: Value = serde_json::from_str(&pj).map_err(|e| CpError::Internal(e.to_string()))?;
             let policy = Policy::from_profile(&v).map_err(|e| CpError::state(e.message, Some(e.detail), None))?;
-            let t = catalog::ledger_totals(&tenant, subject, Window::Day.bounds(now), Window::Month.bounds(now))?;
-            Ok(status_json(&tenant, subject, None, &policy, &name, &t, now))
+            let t = ledger_totals(sh, &tenant, subject, zone, period.now)?;
+            Ok(status_json(&tenant, subject, None, &policy, &name, &t, &period))
         }
     }
 }

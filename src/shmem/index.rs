@@ -1,5 +1,5 @@
-//! The subject index: one entry per (database, tenant, subject) with its calendar totals, rate
-//! states and where its policy comes from.
+//! The subject index: one entry per (database, tenant, subject) with its calendar totals (in its
+//! tenant's time zone), rate states and where its policy comes from.
 //!
 //! Entries are split into `NPARTS` partitions, each a ring with linear probing and backward-shift
 //! deletion, guarded by its own LWLock (tranche `control_plane_subjects_v1`). Nothing that can
@@ -7,7 +7,6 @@
 
 use super::{PartGuard, Shared, Stat, NPARTS};
 use crate::admission::State;
-use crate::calendar::{day_index, month_index};
 use crate::key::Key;
 use crate::quota::Totals;
 use pgrx::pg_sys;
@@ -31,22 +30,27 @@ pub struct Slot {
     /// Subject stamp (see `Shared::subject_stamp`) at which `profile_id` and `policy_flags` were
     /// read (0 = never).
     pub policy_stamp: u64,
-    pub policy_flags: u32,
+    pub policy_flags: u16,
+    /// The time zone (see `zones`) of `day`, `month` and the totals in them.
+    pub zone: u16,
     /// Expired reservations of this subject whose charge is counted in `totals` but not yet
     /// written to the ledger: the entry cannot be evicted while this is not zero.
     pub unflushed: u32,
 }
 
 /// `policy_flags` bits.
-pub const POLICY_ACTIVE: u32 = 1;
-pub const POLICY_HAS_OVERRIDES: u32 = 2;
+pub const POLICY_ACTIVE: u16 = 1;
+pub const POLICY_HAS_OVERRIDES: u16 = 2;
+/// Set while a backend re-reads the entry's totals for its tenant's new time zone; an expiry
+/// clears it (its charge would be missing from what was read).
+const REZONING: u16 = 4;
 
 /// Where a subject's policy comes from, as stored in its entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyStamp {
     pub stamp: u64,
     pub profile_id: i32,
-    pub flags: u32,
+    pub flags: u16,
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 160);
@@ -55,6 +59,9 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 160);
 pub enum Seen<R> {
     Missing,
     Found(R),
+    /// The entry counts its day and month in another time zone than its tenant's now: its totals
+    /// must be read again from the ledger (`Shared::rezone`).
+    Moved,
 }
 
 /// A change to a subject's entry (see `Shared::settle`).
@@ -89,15 +96,13 @@ pub struct Admitted<V> {
     pub next_expiry: i64,
 }
 
-fn day_of(unix_us: i64) -> i32 {
-    day_index(unix_us).clamp(0, i32::MAX as i64) as i32
-}
-
-fn month_of(unix_us: i64) -> i32 {
-    month_index(unix_us).clamp(0, i32::MAX as i64) as i32
-}
-
 impl Shared {
+    /// The day and month (as stored in an entry) of zone `zone` that contain `unix_us`.
+    fn windows_of(&self, zone: u16, unix_us: i64) -> (i32, i32) {
+        let (d, m) = self.windows_at(zone, unix_us);
+        (d.clamp(0, i32::MAX as i64) as i32, m.clamp(0, i32::MAX as i64) as i32)
+    }
+
     fn part_of(&self, key: &Key) -> usize {
         (key.hi % NPARTS as u64) as usize
     }
@@ -154,6 +159,17 @@ impl Shared {
 
     /// Runs `f` on the subject's entry under its partition lock (rolling its windows to `now`).
     pub fn with_entry<R>(&self, key: &Key, db: u32, now: i64, f: impl FnOnce(&mut Slot) -> R) -> Seen<R> {
+        self.entry(key, db, None, now, f)
+    }
+
+    /// The same for a caller that knows the tenant's time zone: `Seen::Moved` when the entry
+    /// counts in another one and can switch now (it has no expired charge still unwritten; one
+    /// that has keeps its zone until they are written, at most about a second).
+    pub fn with_entry_in<R>(&self, key: &Key, db: u32, zone: u16, now: i64, f: impl FnOnce(&mut Slot) -> R) -> Seen<R> {
+        self.entry(key, db, Some(zone), now, f)
+    }
+
+    fn entry<R>(&self, key: &Key, db: u32, zone: Option<u16>, now: i64, f: impl FnOnce(&mut Slot) -> R) -> Seen<R> {
         let part = self.part_of(key);
         let g = self.lock(part, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let slots = self.part_slots(part, &g);
@@ -161,11 +177,51 @@ impl Shared {
             None => Seen::Missing,
             Some(i) => {
                 let s = &mut slots[i];
-                roll(s, now);
+                if zone.is_some_and(|z| z != s.zone) && s.unflushed == 0 {
+                    return Seen::Moved;
+                }
+                self.roll(s, now);
                 s.last_used = now;
                 Seen::Found(f(s))
             }
         }
+    }
+
+    /// First half of moving an entry to its tenant's new time zone: marks it, when it has moved
+    /// and can (`Seen::Found(true)`). The caller, holding the subject's ledger lock exclusively
+    /// (no recorder commits meanwhile), reads the totals of the new zone's windows from the
+    /// ledger and calls `rezone_end`.
+    pub fn rezone_begin(&self, key: &Key, db: u32, zone: u16, now: i64) -> Seen<bool> {
+        self.with_entry(key, db, now, |s| {
+            let start = s.zone != zone && s.unflushed == 0;
+            if start {
+                s.policy_flags |= REZONING;
+            }
+            start
+        })
+    }
+
+    /// Second half: the entry takes the committed totals read from the ledger for the windows of
+    /// `zone` at `now`, and keeps what it holds and its rate states. False (nothing changed) when
+    /// a reservation expired meanwhile: its charge may be missing from what was read.
+    pub fn rezone_end(&self, key: &Key, db: u32, zone: u16, committed: Totals, now: i64) -> bool {
+        let (day, month) = self.windows_of(zone, now);
+        matches!(
+            self.with_entry(key, db, now, |s| {
+                if s.policy_flags & REZONING == 0 || s.unflushed != 0 {
+                    return false;
+                }
+                s.policy_flags &= !REZONING;
+                s.totals = Totals {
+                    held_requests: s.totals.held_requests,
+                    held_tokens: s.totals.held_tokens,
+                    ..committed
+                };
+                (s.zone, s.day, s.month) = (zone, day, month);
+                true
+            }),
+            Seen::Found(true)
+        )
     }
 
     /// The all-or-nothing step: `check` decides on the entry's totals and rate states and, if it
@@ -178,10 +234,11 @@ impl Shared {
         db: u32,
         now: i64,
         hold: Option<Hold>,
+        zone: u16,
         stamp: Option<PolicyStamp>,
         check: impl FnOnce(&State) -> (V, Option<[i64; 4]>),
     ) -> Seen<Admitted<V>> {
-        self.with_entry(key, db, now, |s| {
+        self.with_entry_in(key, db, zone, now, |s| {
             if let Some(p) = stamp {
                 if p.stamp >= s.policy_stamp {
                     s.policy_stamp = p.stamp;
@@ -226,9 +283,11 @@ impl Shared {
         })
     }
 
-    /// Installs a subject's totals read from the ledger. Evicts the least recently used entry
-    /// without open reservations when the partition is full; fails when none can be evicted.
-    pub fn install(&self, key: &Key, db: u32, totals: Totals, now: i64, evict_busy: bool) -> Result<(), ()> {
+    /// Installs a subject's totals read from the ledger for the windows of `zone` at `now`.
+    /// Evicts the least recently used entry without open reservations when the partition is
+    /// full; fails when none can be evicted.
+    pub fn install(&self, key: &Key, db: u32, zone: u16, totals: Totals, now: i64, evict_busy: bool) -> Result<(), ()> {
+        let (day, month) = self.windows_of(zone, now);
         let part = self.part_of(key);
         let g = self.lock(part, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let slots = self.part_slots(part, &g);
@@ -274,8 +333,9 @@ impl Shared {
             key: *key,
             db,
             last_used: now,
-            day: day_of(now),
-            month: month_of(now),
+            day,
+            month,
+            zone,
             totals,
             ..Slot::default()
         };
@@ -296,14 +356,15 @@ impl Shared {
                         requests,
                         input,
                         output,
-                    } => add_row(s, at, requests, input, output),
+                    } => self.add_row(s, at, requests, input, output),
                     Effect::ReleaseHold { tokens } => release_hold(&mut s.totals, tokens),
                     Effect::Charge { tokens_held, charged } => {
                         // An expired reservation: its request and (unless lenient) its estimate
                         // move from held to used, to be written to the ledger by the flusher.
                         release_hold(&mut s.totals, tokens_held);
-                        add_row(s, now, 1, charged, 0);
+                        self.add_row(s, now, 1, charged, 0);
                         s.unflushed = s.unflushed.saturating_add(1);
+                        s.policy_flags &= !REZONING;
                     }
                     Effect::Flushed(n) => s.unflushed = s.unflushed.saturating_sub(n),
                 }
@@ -322,31 +383,34 @@ impl Shared {
     }
 }
 
-/// Adds a ledger row (at `at`; negative amounts for a reversal) to the windows it falls in.
-fn add_row(s: &mut Slot, at: i64, requests: i64, input: i64, output: i64) {
-    let (d, m) = (day_of(at), month_of(at));
-    roll_to(s, d, m);
-    let t = &mut s.totals;
-    if d == s.day {
-        t.day_requests = t.day_requests.saturating_add(requests);
-        t.day_input = t.day_input.saturating_add(input);
-        t.day_output = t.day_output.saturating_add(output);
+impl Shared {
+    /// Adds a ledger row (at `at`; negative amounts for a reversal) to the windows it falls in.
+    fn add_row(&self, s: &mut Slot, at: i64, requests: i64, input: i64, output: i64) {
+        let (d, m) = self.windows_of(s.zone, at);
+        roll_to(s, d, m);
+        let t = &mut s.totals;
+        if d == s.day {
+            t.day_requests = t.day_requests.saturating_add(requests);
+            t.day_input = t.day_input.saturating_add(input);
+            t.day_output = t.day_output.saturating_add(output);
+        }
+        if m == s.month {
+            t.month_requests = t.month_requests.saturating_add(requests);
+            t.month_input = t.month_input.saturating_add(input);
+            t.month_output = t.month_output.saturating_add(output);
+        }
     }
-    if m == s.month {
-        t.month_requests = t.month_requests.saturating_add(requests);
-        t.month_input = t.month_input.saturating_add(input);
-        t.month_output = t.month_output.saturating_add(output);
+
+    /// Moves an entry's windows forward to `now` (a new day or month starts at zero).
+    fn roll(&self, s: &mut Slot, now: i64) {
+        let (d, m) = self.windows_of(s.zone, now);
+        roll_to(s, d, m);
     }
 }
 
 fn release_hold(t: &mut Totals, tokens: i64) {
     t.held_requests = (t.held_requests - 1).max(0);
     t.held_tokens = (t.held_tokens.saturating_sub(tokens)).max(0);
-}
-
-/// Moves an entry's windows forward to `now` (a new day or month starts at zero).
-fn roll(s: &mut Slot, now: i64) {
-    roll_to(s, day_of(now), month_of(now));
 }
 
 /// Moves an entry's windows forward to day `d` and month `m`; never backwards.

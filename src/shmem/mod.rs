@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! Header | versions | Slot x (NPARTS * slots_per_part) | Resv x max_reservations | free list
-//!        | TenantSlot x (MAX_TENANTS + 1)
+//!        | TenantSlot x (MAX_TENANTS + 1) | ZoneNames
 //! ```
 //!
 //! - `index`: running totals, rate states and policy stamps per (database, tenant, subject);
 //! - `reservations`: what admitted requests hold until they are settled, released or expire;
 //! - `tenants`: per-tenant counters for monitoring;
+//! - `zones`: the tenants' time zones by number, and each process's clocks for them;
 //! - here: the region, its hooks, the decision counters and the version counters that tell
 //!   backends which cached policies are stale.
 //!
@@ -19,10 +20,12 @@ mod flushers;
 mod index;
 mod reservations;
 mod tenants;
+mod zones;
 
 pub use index::{Effect, Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_OVERRIDES};
 pub use reservations::{Charge, Owner, Taken};
 pub use tenants::Usage;
+pub use zones::UTC;
 
 use crate::error::{CpError, CpResult};
 use crate::key::Key;
@@ -132,6 +135,7 @@ struct Layout {
     res_off: usize,
     free_off: usize,
     tenants_off: usize,
+    zones_off: usize,
     total: usize,
 }
 
@@ -150,7 +154,8 @@ impl Layout {
         let res_off = align64(slots_off + NPARTS * slots_per_part * std::mem::size_of::<Slot>());
         let free_off = align64(res_off + nres * std::mem::size_of::<Resv>());
         let tenants_off = align64(free_off + nres * std::mem::size_of::<AtomicU32>());
-        let total = tenants_off + tenants::region_bytes();
+        let zones_off = align64(tenants_off + tenants::region_bytes());
+        let total = zones_off + zones::region_bytes();
         Layout {
             slots_per_part,
             part_cap,
@@ -160,6 +165,7 @@ impl Layout {
             res_off,
             free_off,
             tenants_off,
+            zones_off,
             total,
         }
     }
@@ -172,6 +178,7 @@ pub struct Shared {
     resv: *mut Resv,
     free_next: *const AtomicU32,
     tenants: *mut tenants::TenantSlot,
+    zones: *mut zones::ZoneNames,
     locks: *mut pg_sys::LWLockPadded,
     slots_per_part: usize,
     part_cap: usize,
@@ -221,6 +228,7 @@ unsafe extern "C-unwind" fn startup_hook() {
             resv: base.add(l.res_off) as *mut Resv,
             free_next: base.add(l.free_off) as *const AtomicU32,
             tenants: base.add(l.tenants_off) as *mut tenants::TenantSlot,
+            zones: base.add(l.zones_off) as *mut zones::ZoneNames,
             locks: pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()),
             slots_per_part: l.slots_per_part,
             part_cap: l.part_cap,

@@ -60,7 +60,9 @@ pub struct Resv {
     names: [u8; NAMES],
     /// The slot of the tenant's counters (`tenants`).
     tenant_slot: u32,
-    _reserved: [u8; 28],
+    /// The tenant's time zone (`zones`) when admitted: the flusher writes charges per local day.
+    zone: u16,
+    _reserved: [u8; 26],
 }
 
 const _: () = assert!(std::mem::size_of::<Resv>() == 640);
@@ -73,6 +75,8 @@ pub struct Owner<'a> {
     pub tenant_fp: u64,
     /// The slot of the tenant's counters.
     pub tenant_slot: usize,
+    /// The tenant's time zone.
+    pub zone: u16,
     pub tenant: &'a str,
     pub subject: &'a str,
 }
@@ -85,6 +89,8 @@ pub struct Charge {
     pub key: Key,
     pub tokens: i64,
     pub at: i64,
+    /// The tenant's time zone.
+    pub zone: u16,
 }
 
 impl Shared {
@@ -200,6 +206,7 @@ impl Shared {
         r.key = owner.key;
         r.tenant_fp = owner.tenant_fp;
         r.tenant_slot = owner.tenant_slot as u32;
+        r.zone = owner.zone;
         r.tokens = tokens;
         r.charged = 0;
         r.charged_at = 0;
@@ -304,6 +311,7 @@ impl Shared {
                 key: r.key,
                 tokens: r.charged,
                 at: r.charged_at,
+                zone: r.zone,
             });
         }
         out

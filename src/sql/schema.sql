@@ -169,6 +169,23 @@ CREATE TRIGGER profiles_truncated AFTER TRUNCATE ON control_plane.profiles
 CREATE TRIGGER subjects_truncated AFTER TRUNCATE ON control_plane.subjects
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
 
+-- ------------------------------------------------------------------------------------- tenants
+
+CREATE TABLE control_plane.tenants (
+    tenant_id  text        PRIMARY KEY DEFAULT pg_catalog.current_setting('control_plane.tenant')
+                           CHECK (tenant_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(tenant_id) <= 256),
+    time_zone  text        NOT NULL DEFAULT 'UTC'
+                           CONSTRAINT tenants_time_zone_valid CHECK (control_plane._check_time_zone(time_zone)),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE control_plane.tenants IS
+    'Settings of a tenant. time_zone (tz database name): where its days and months start. A tenant without a row uses UTC.';
+
+-- A committed change is obeyed by the next call in every backend (the tenant's windows move).
+CREATE TRIGGER tenants_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+
 -- -------------------------------------------------------------------------------- usage_events
 
 CREATE TABLE control_plane.usage_events (
@@ -303,6 +320,7 @@ COMMENT ON VIEW control_plane.tenant_stats IS
 
 SELECT pg_catalog.pg_extension_config_dump('control_plane.profiles', $$WHERE tenant_id <> '*'$$);
 SELECT pg_catalog.pg_extension_config_dump('control_plane.subjects', '');
+SELECT pg_catalog.pg_extension_config_dump('control_plane.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('control_plane.usage_events', '');
 
 GRANT USAGE ON SCHEMA control_plane TO PUBLIC;

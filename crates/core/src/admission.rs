@@ -3,6 +3,7 @@
 //! Pure Rust. All-or-nothing: the verdict says what to store (new rate states, one more hold)
 //! only when every dimension admits; a denial changes nothing.
 
+use crate::calendar::Now;
 use crate::policy::{Limit, Policy};
 use crate::quota::{self, QuotaVerdict, Totals};
 use crate::rate::{self, Period, RateCheck};
@@ -84,9 +85,9 @@ pub fn needs_hold(policy: &Policy, tokens: i64) -> bool {
         || (tokens > 0 && (set(Limit::InputTokensPerDay) || set(Limit::InputTokensPerMonth)))
 }
 
-/// Decides a request for `tokens` at `now_us`.
-pub fn decide(policy: &Policy, state: &State, tokens: i64, now_us: i64, warn_pct: i64) -> Verdict {
-    let now_ns = now_us.saturating_mul(1_000);
+/// Decides a request for `tokens` at `now` (whose day and month ends set a quota denial's retry).
+pub fn decide(policy: &Policy, state: &State, tokens: i64, now: Now, warn_pct: i64) -> Verdict {
+    let now_ns = now.us.saturating_mul(1_000);
     let mut deny: Option<(DenyKind, Limit, i64, Option<i64>)> = None;
     let mut note = |kind, limit, remaining, retry: Option<i64>| {
         if deny.is_none_or(|(_, _, _, r)| later(retry, r)) {
@@ -95,7 +96,7 @@ pub fn decide(policy: &Policy, state: &State, tokens: i64, now_us: i64, warn_pct
     };
 
     // Calendar quotas first: they also tell the tightest quota dimension.
-    let (mut tightest, warn) = match quota::check(policy, &state.totals, tokens, now_us, warn_pct) {
+    let (mut tightest, warn) = match quota::check(policy, &state.totals, tokens, now, warn_pct) {
         QuotaVerdict::Allow { tightest, warn } => (tightest.map(|(l, r)| (l, r, policy.limit(l).unwrap_or(1))), warn),
         QuotaVerdict::Deny {
             limit,
@@ -184,10 +185,10 @@ mod unit {
     fn rate_denial_is_exact_and_consumes_nothing() {
         let p = policy(&[(Limit::RequestsPerSecond, 2), (Limit::RequestsPerDay, 100)]);
         let mut s = State::default();
-        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
-        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+        assert!(apply(&decide(&p, &s, 0, Now::utc(NOON), 80), &mut s, 0));
+        assert!(apply(&decide(&p, &s, 0, Now::utc(NOON), 80), &mut s, 0));
         let before = s;
-        let v = decide(&p, &s, 0, NOON, 80);
+        let v = decide(&p, &s, 0, Now::utc(NOON), 80);
         assert_eq!(
             v,
             Verdict::Deny {
@@ -199,17 +200,23 @@ mod unit {
         );
         assert!(!apply(&v, &mut s, 0));
         assert_eq!(s, before);
-        assert!(matches!(decide(&p, &s, 0, NOON + 499_999, 80), Verdict::Deny { .. }));
-        assert!(matches!(decide(&p, &s, 0, NOON + 500_000, 80), Verdict::Allow { .. }));
+        assert!(matches!(
+            decide(&p, &s, 0, Now::utc(NOON + 499_999), 80),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            decide(&p, &s, 0, Now::utc(NOON + 500_000), 80),
+            Verdict::Allow { .. }
+        ));
     }
 
     #[test]
     fn a_quota_denial_leaves_rate_state_untouched() {
         let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::InputTokensPerDay, 100)]);
         let mut s = State::default();
-        assert!(apply(&decide(&p, &s, 90, NOON, 80), &mut s, 90));
+        assert!(apply(&decide(&p, &s, 90, Now::utc(NOON), 80), &mut s, 90));
         let tat = s.tat;
-        let v = decide(&p, &s, 20, NOON, 80);
+        let v = decide(&p, &s, 20, Now::utc(NOON), 80);
         assert!(
             matches!(
                 v,
@@ -229,8 +236,8 @@ mod unit {
     fn tokens_draw_on_tokens_per_minute() {
         let p = policy(&[(Limit::TokensPerMinute, 1000)]);
         let mut s = State::default();
-        assert!(apply(&decide(&p, &s, 700, NOON, 80), &mut s, 700));
-        let v = decide(&p, &s, 400, NOON, 80);
+        assert!(apply(&decide(&p, &s, 700, Now::utc(NOON), 80), &mut s, 700));
+        let v = decide(&p, &s, 400, Now::utc(NOON), 80);
         assert_eq!(
             v,
             Verdict::Deny {
@@ -240,7 +247,7 @@ mod unit {
                 retry_after_ms: Some(6_000)
             }
         );
-        assert!(apply(&decide(&p, &s, 300, NOON, 80), &mut s, 300));
+        assert!(apply(&decide(&p, &s, 300, Now::utc(NOON), 80), &mut s, 300));
     }
 
     #[test]
@@ -251,9 +258,9 @@ mod unit {
         assert_eq!(DenyKind::Concurrency.reason(), "concurrency_limit");
         let p = policy(&[(Limit::MaxConcurrent, 2)]);
         let mut s = State::default();
-        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
-        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
-        let v = decide(&p, &s, 0, NOON, 80);
+        assert!(apply(&decide(&p, &s, 0, Now::utc(NOON), 80), &mut s, 0));
+        assert!(apply(&decide(&p, &s, 0, Now::utc(NOON), 80), &mut s, 0));
+        let v = decide(&p, &s, 0, Now::utc(NOON), 80);
         assert_eq!(
             v,
             Verdict::Deny {
@@ -264,12 +271,15 @@ mod unit {
             }
         );
         s.totals.held_requests -= 1; // one request finished
-        assert!(matches!(decide(&p, &s, 0, NOON, 80), Verdict::Allow { .. }));
+        assert!(matches!(decide(&p, &s, 0, Now::utc(NOON), 80), Verdict::Allow { .. }));
         // As the tightest dimension, concurrency reports the places left after this admission.
         let p = policy(&[(Limit::MaxConcurrent, 5), (Limit::RequestsPerDay, 1000)]);
         let mut s = State::default();
         s.totals.held_requests = 2;
-        assert_eq!(allowed(decide(&p, &s, 0, NOON, 80)).0, Some((Limit::MaxConcurrent, 2)));
+        assert_eq!(
+            allowed(decide(&p, &s, 0, Now::utc(NOON), 80)).0,
+            Some((Limit::MaxConcurrent, 2))
+        );
     }
 
     #[test]
@@ -279,8 +289,8 @@ mod unit {
         let p = policy(&[(Limit::RequestsPerDay, 1), (Limit::RequestsPerSecond, 1)]);
         let now = NOON + US_PER_DAY / 2 - 1_000_000;
         let mut s = State::default();
-        assert!(apply(&decide(&p, &s, 0, now, 80), &mut s, 0));
-        match decide(&p, &s, 0, now, 80) {
+        assert!(apply(&decide(&p, &s, 0, Now::utc(now), 80), &mut s, 0));
+        match decide(&p, &s, 0, Now::utc(now), 80) {
             Verdict::Deny {
                 kind,
                 limit,
@@ -299,8 +309,8 @@ mod unit {
         // per-second frees in 1 s, per-minute in 60 s: the minute is reported
         let p = policy(&[(Limit::RequestsPerSecond, 1), (Limit::RequestsPerMinute, 1)]);
         let mut s = State::default();
-        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
-        let v = decide(&p, &s, 0, NOON, 80);
+        assert!(apply(&decide(&p, &s, 0, Now::utc(NOON), 80), &mut s, 0));
+        let v = decide(&p, &s, 0, Now::utc(NOON), 80);
         assert!(
             matches!(
                 v,
@@ -315,8 +325,8 @@ mod unit {
         // a quota that frees at midnight beats both
         let p = policy(&[(Limit::RequestsPerMinute, 1), (Limit::RequestsPerDay, 1)]);
         let mut s = State::default();
-        assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
-        let v = decide(&p, &s, 0, NOON, 80);
+        assert!(apply(&decide(&p, &s, 0, Now::utc(NOON), 80), &mut s, 0));
+        let v = decide(&p, &s, 0, Now::utc(NOON), 80);
         assert!(
             matches!(
                 v,
@@ -342,16 +352,16 @@ mod unit {
     fn tightest_dimension_and_warning() {
         let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 1000)]);
         assert_eq!(
-            allowed(decide(&p, &State::default(), 0, NOON, 80)),
+            allowed(decide(&p, &State::default(), 0, Now::utc(NOON), 80)),
             (Some((Limit::RequestsPerMinute, 9)), false)
         );
         let p = policy(&[(Limit::RequestsPerMinute, 10)]);
         let mut s = State::default();
         for _ in 0..7 {
-            assert!(apply(&decide(&p, &s, 0, NOON, 80), &mut s, 0));
+            assert!(apply(&decide(&p, &s, 0, Now::utc(NOON), 80), &mut s, 0));
         }
         assert_eq!(
-            allowed(decide(&p, &s, 0, NOON, 80)),
+            allowed(decide(&p, &s, 0, Now::utc(NOON), 80)),
             (Some((Limit::RequestsPerMinute, 2)), false)
         );
         let p = policy(&[(Limit::RequestsPerMinute, 10), (Limit::RequestsPerDay, 5)]);
@@ -363,7 +373,7 @@ mod unit {
             ..State::default()
         };
         assert_eq!(
-            allowed(decide(&p, &s, 0, NOON, 80)),
+            allowed(decide(&p, &s, 0, Now::utc(NOON), 80)),
             (Some((Limit::RequestsPerDay, 1)), true)
         );
     }
@@ -462,7 +472,7 @@ mod unit {
                         t.month_output += actual / 2;
                     }
                 }
-                let v = decide(&p, &s, tokens, now, 80);
+                let v = decide(&p, &s, tokens, Now::utc(now), 80);
                 let fits: Vec<Limit> = all_limits().iter().copied().filter(|l| !room(&p, &s, tokens, now, *l)).collect();
                 match v {
                     Verdict::Allow { .. } => prop_assert!(fits.is_empty(), "admitted without room in {fits:?}"),
@@ -478,7 +488,7 @@ mod unit {
                             // A millisecond earlier the limit named still has no room (so the
                             // request is denied); at the retry time it has.
                             prop_assert!(!room(&p, &s, tokens, now + (r - 1) * 1_000, limit));
-                            let earlier = decide(&p, &s, tokens, now + (r - 1) * 1_000, 80);
+                            let earlier = decide(&p, &s, tokens, Now::utc(now + (r - 1) * 1_000), 80);
                             prop_assert!(matches!(earlier, Verdict::Deny { .. }), "admitted a millisecond early");
                             prop_assert!(room(&p, &s, tokens, now + r * 1_000, limit));
                         }
@@ -519,7 +529,7 @@ mod unit {
                     s.totals.held_requests -= 1; // a request completes (its usage is recorded elsewhere)
                     s.totals.day_requests += 1;
                 }
-                let v = decide(&p, &s, tokens, now, 80);
+                let v = decide(&p, &s, tokens, Now::utc(now), 80);
                 if apply(&v, &mut s, tokens) {
                     admitted.push((now, tokens));
                 }

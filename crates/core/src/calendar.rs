@@ -87,9 +87,7 @@ impl Window {
 
     /// Milliseconds from `unix_us` to the end of its window, rounded up, at least 1.
     pub fn ms_until_end(self, unix_us: i64) -> i64 {
-        let (_, end) = self.bounds(unix_us);
-        let us = end - unix_us;
-        ((us + US_PER_MS - 1) / US_PER_MS).max(1)
+        Now::utc(unix_us).ms_until_end(self)
     }
 
     pub fn name(self) -> &'static str {
@@ -97,6 +95,35 @@ impl Window {
             Window::Day => "day",
             Window::Month => "month",
         }
+    }
+}
+
+/// An instant with the ends of the day and the month that contain it, in the time zone whose
+/// calendar applies (see `crate::zone`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub us: i64,
+    pub day_end: i64,
+    pub month_end: i64,
+}
+
+impl Now {
+    /// `us` in the UTC calendar.
+    pub fn utc(us: i64) -> Now {
+        Now {
+            us,
+            day_end: Window::Day.bounds(us).1,
+            month_end: Window::Month.bounds(us).1,
+        }
+    }
+
+    /// Milliseconds to the end of the window of kind `w`, rounded up, at least 1.
+    pub fn ms_until_end(&self, w: Window) -> i64 {
+        let end = match w {
+            Window::Day => self.day_end,
+            Window::Month => self.month_end,
+        };
+        (end.saturating_sub(self.us).saturating_add(US_PER_MS - 1) / US_PER_MS).max(1)
     }
 }
 

@@ -8,7 +8,7 @@
 //! - at least one output token must remain under `output_tokens_per_day` / `_per_month`;
 //! - what earlier admissions hold (requests and tokens not yet recorded or released) counts as used.
 
-use crate::calendar::Window;
+use crate::calendar::{Now, Window};
 use crate::policy::{Limit, Policy};
 
 /// Running totals of one subject: committed usage in the current windows plus open holds.
@@ -107,7 +107,7 @@ pub enum QuotaVerdict {
 
 /// Checks a request for `tokens` against every calendar quota. All-or-nothing: the caller holds
 /// only after an `Allow`. When several dimensions refuse, the one that frees last is reported.
-pub fn check(policy: &Policy, totals: &Totals, tokens: i64, now_us: i64, warn_pct: i64) -> QuotaVerdict {
+pub fn check(policy: &Policy, totals: &Totals, tokens: i64, now: Now, warn_pct: i64) -> QuotaVerdict {
     let mut deny: Option<(Limit, i64, Option<i64>)> = None;
     let mut tightest: Option<(Limit, i64, i64)> = None; // (limit, remaining after, limit value)
     for l in QUOTA_LIMITS {
@@ -119,7 +119,7 @@ pub fn check(policy: &Policy, totals: &Totals, tokens: i64, now_us: i64, warn_pc
             let retry = if needed > cap {
                 None
             } else {
-                window_of(l).map(|w| w.ms_until_end(now_us))
+                window_of(l).map(|w| now.ms_until_end(w))
             };
             let later = match (&deny, retry) {
                 (None, _) => true,
@@ -170,8 +170,41 @@ mod unit {
     }
 
     #[test]
+    fn a_denial_waits_for_the_end_of_the_window_of_its_zone() {
+        // A local day that ends five hours after noon UTC (say, UTC+7), and a month 9 days on.
+        let p = policy(&[(Limit::RequestsPerDay, 1), (Limit::RequestsPerMonth, 1)]);
+        let now = Now {
+            us: noon(),
+            day_end: noon() + 5 * 3_600_000_000,
+            month_end: noon() + 9 * US_PER_DAY,
+        };
+        let day_only = Totals {
+            day_requests: 1,
+            ..Totals::default()
+        };
+        match check(&policy(&[(Limit::RequestsPerDay, 1)]), &day_only, 0, now, 80) {
+            QuotaVerdict::Deny { retry_after_ms, .. } => assert_eq!(retry_after_ms, Some(5 * 3_600_000)),
+            v => panic!("{v:?}"),
+        }
+        // Both windows refuse: the one that frees last (the month) is reported.
+        let both = Totals {
+            day_requests: 1,
+            month_requests: 1,
+            ..Totals::default()
+        };
+        match check(&p, &both, 0, now, 80) {
+            QuotaVerdict::Deny {
+                limit, retry_after_ms, ..
+            } => {
+                assert_eq!((limit, retry_after_ms), (Limit::RequestsPerMonth, Some(9 * 86_400_000)))
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
     fn unlimited_allows() {
-        let v = check(&Policy::default(), &Totals::default(), 1_000_000, noon(), 80);
+        let v = check(&Policy::default(), &Totals::default(), 1_000_000, Now::utc(noon()), 80);
         assert_eq!(
             v,
             QuotaVerdict::Allow {
@@ -189,7 +222,7 @@ mod unit {
             ..Totals::default()
         };
         assert_eq!(
-            check(&p, &t, 0, noon(), 80),
+            check(&p, &t, 0, Now::utc(noon()), 80),
             QuotaVerdict::Allow {
                 tightest: Some((Limit::RequestsPerDay, 0)),
                 warn: true
@@ -201,7 +234,7 @@ mod unit {
             ..Totals::default()
         };
         assert_eq!(
-            check(&p, &t, 0, noon(), 80),
+            check(&p, &t, 0, Now::utc(noon()), 80),
             QuotaVerdict::Deny {
                 limit: Limit::RequestsPerDay,
                 remaining: 0,
@@ -218,7 +251,7 @@ mod unit {
             month_requests: 1,
             ..Totals::default()
         };
-        match check(&p, &t, 0, noon(), 80) {
+        match check(&p, &t, 0, Now::utc(noon()), 80) {
             QuotaVerdict::Deny { limit, .. } => assert_eq!(limit, Limit::RequestsPerMonth),
             v => panic!("{v:?}"),
         }
@@ -233,7 +266,7 @@ mod unit {
         };
         // 2026-11-22 12:00 to 2026-12-01 00:00: 8.5 days.
         assert_eq!(
-            check(&p, &t, 0, noon(), 80),
+            check(&p, &t, 0, Now::utc(noon()), 80),
             QuotaVerdict::Deny {
                 limit: Limit::RequestsPerMonth,
                 remaining: 0,
@@ -250,7 +283,7 @@ mod unit {
             day_input: 10,
             ..Totals::default()
         };
-        match check(&p, &t, 0, noon(), 80) {
+        match check(&p, &t, 0, Now::utc(noon()), 80) {
             QuotaVerdict::Deny { limit, .. } => assert_eq!(limit, Limit::RequestsPerDay),
             v => panic!("{v:?}"),
         }
@@ -285,7 +318,7 @@ mod unit {
                 day_requests: used,
                 ..Totals::default()
             };
-            check(&p, &t, 0, noon(), 80)
+            check(&p, &t, 0, Now::utc(noon()), 80)
         };
         // 7 of 10 used after this admission: 70 %, no warning; 8 of 10: 80 %, a warning.
         assert!(matches!(at(6), QuotaVerdict::Allow { warn: false, .. }));
@@ -296,7 +329,7 @@ mod unit {
     fn too_large_never_fits() {
         let p = policy(&[(Limit::InputTokensPerDay, 100)]);
         assert_eq!(
-            check(&p, &Totals::default(), 101, noon(), 80),
+            check(&p, &Totals::default(), 101, Now::utc(noon()), 80),
             QuotaVerdict::Deny {
                 limit: Limit::InputTokensPerDay,
                 remaining: 100,
@@ -304,7 +337,7 @@ mod unit {
             }
         );
         assert!(matches!(
-            check(&p, &Totals::default(), 100, noon(), 80),
+            check(&p, &Totals::default(), 100, Now::utc(noon()), 80),
             QuotaVerdict::Allow { .. }
         ));
     }
@@ -317,7 +350,7 @@ mod unit {
             ..Totals::default()
         };
         assert!(matches!(
-            check(&p, &t, 0, noon(), 80),
+            check(&p, &t, 0, Now::utc(noon()), 80),
             QuotaVerdict::Deny {
                 limit: Limit::InputTokensPerDay,
                 ..
@@ -328,7 +361,7 @@ mod unit {
             ..Totals::default()
         };
         assert!(matches!(
-            check(&p, &t, 0, noon(), 80),
+            check(&p, &t, 0, Now::utc(noon()), 80),
             QuotaVerdict::Deny {
                 limit: Limit::OutputTokensPerMonth,
                 ..
@@ -336,7 +369,7 @@ mod unit {
         ));
         let p0 = policy(&[(Limit::RequestsPerDay, 0)]);
         assert!(matches!(
-            check(&p0, &Totals::default(), 0, noon(), 80),
+            check(&p0, &Totals::default(), 0, Now::utc(noon()), 80),
             QuotaVerdict::Deny {
                 retry_after_ms: None,
                 ..
@@ -355,7 +388,7 @@ mod unit {
             let mut t = Totals::default();
             let mut admitted = 0;
             for _ in 0..400 {
-                match check(&p, &t, tokens, noon(), 80) {
+                match check(&p, &t, tokens, Now::utc(noon()), 80) {
                     QuotaVerdict::Allow { .. } => { admitted += 1; t.held_requests += 1; t.held_tokens += tokens; }
                     QuotaVerdict::Deny { .. } => {}
                 }
@@ -368,7 +401,7 @@ mod unit {
         fn extreme_values_do_not_overflow(cap in proptest::num::i64::ANY, used in proptest::num::i64::ANY, held in proptest::num::i64::ANY, tokens in 0i64..i64::MAX) {
             let p = policy(&[(Limit::InputTokensPerDay, cap.max(0)), (Limit::RequestsPerDay, cap.max(0))]);
             let t = Totals { day_input: used, held_tokens: held, day_requests: used, held_requests: held, ..Totals::default() };
-            let _ = check(&p, &t, tokens, noon(), 80);
+            let _ = check(&p, &t, tokens, Now::utc(noon()), 80);
         }
     }
 }

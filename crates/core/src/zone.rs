@@ -40,6 +40,16 @@ impl Zone {
         TimeZone::get(name).ok().map(|tz| Zone { tz })
     }
 
+    /// The zone's name as the tz database spells it (`europe/paris` gives `Europe/Paris`).
+    pub fn name(&self) -> &str {
+        self.tz.iana_name().unwrap_or("UTC")
+    }
+
+    /// True for UTC itself, whose windows `crate::calendar` computes without the tz rules.
+    pub fn is_utc(&self) -> bool {
+        self.name() == "UTC"
+    }
+
     fn date_of(&self, unix_us: i64) -> Date {
         let ts =
             Timestamp::from_microsecond(unix_us).unwrap_or(if unix_us < 0 { Timestamp::MIN } else { Timestamp::MAX });
@@ -111,6 +121,46 @@ impl Zone {
                 }
             }
         }
+    }
+}
+
+/// A zone with the day and month it last answered for: the windows of instants near each other
+/// (the common case: one process, one clock) come from two comparisons, not from the tz rules.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    zone: Zone,
+    day: Span,
+    month: Span,
+}
+
+impl Clock {
+    pub fn new(zone: Zone) -> Clock {
+        let (day, month) = (zone.span(Window::Day, 0), zone.span(Window::Month, 0));
+        Clock { zone, day, month }
+    }
+
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// The window of kind `w` that contains `unix_us` (the same as `Zone::span`).
+    pub fn span(&mut self, w: Window, unix_us: i64) -> Span {
+        let cached = match w {
+            Window::Day => &mut self.day,
+            Window::Month => &mut self.month,
+        };
+        if !(cached.start <= unix_us && unix_us < cached.end) {
+            *cached = self.zone.span(w, unix_us);
+        }
+        *cached
+    }
+
+    /// The indices of the day and the month that contain `unix_us`.
+    pub fn indices(&mut self, unix_us: i64) -> (i64, i64) {
+        (
+            self.span(Window::Day, unix_us).index,
+            self.span(Window::Month, unix_us).index,
+        )
     }
 }
 
@@ -224,10 +274,36 @@ mod unit {
         assert!(Zone::named("Mars/Olympus_Mons").is_none());
         assert!(Zone::named("").is_none());
         assert!(Zone::named("Asia/Tokyo").is_some());
+        assert_eq!(Zone::named("europe/paris").unwrap().name(), "Europe/Paris");
+        assert!(Zone::named("utc").unwrap().is_utc() && Zone::utc().is_utc());
+        assert!(!Zone::named("Etc/UTC").unwrap().is_utc());
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// A clock answers what its zone answers, in whatever order instants come (forward,
+        /// backward, far apart, across transitions).
+        #[test]
+        fn a_clock_is_its_zone(
+            z in 0..ZONES.len(),
+            start in us("1970-01-01T00:00:00Z")..us("2040-01-01T00:00:00Z"),
+            steps in proptest::collection::vec(-90 * US_PER_DAY..90 * US_PER_DAY, 1..40),
+        ) {
+            let zone = Zone::named(ZONES[z]).unwrap();
+            let mut clock = Clock::new(zone.clone());
+            let mut t = start;
+            for dt in steps {
+                t = t.saturating_add(dt / 7);
+                for w in [Window::Day, Window::Month] {
+                    prop_assert_eq!(clock.span(w, t), zone.span(w, t));
+                }
+                prop_assert_eq!(
+                    clock.indices(t),
+                    (zone.span(Window::Day, t).index, zone.span(Window::Month, t).index)
+                );
+            }
+        }
 
         /// A window holds its instant, starts at the first instant of its local date (or month)
         /// and ends at the first instant of the next one; consecutive windows tile time.

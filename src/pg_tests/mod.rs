@@ -4,17 +4,19 @@
 
 use pgrx::prelude::*;
 
+mod zones;
+
 #[pg_schema]
 mod tests {
     use pgrx::prelude::*;
     use pgrx::JsonB;
     use serde_json::Value;
 
-    fn run(sql: &str) {
+    pub(crate) fn run(sql: &str) {
         Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
-    fn json(sql: &str) -> Value {
+    pub(crate) fn json(sql: &str) -> Value {
         match Spi::get_one::<JsonB>(sql) {
             Ok(Some(JsonB(v))) => v,
             other => panic!("{sql}: {other:?}"),
@@ -22,7 +24,7 @@ mod tests {
     }
 
     /// One `cp_admit` row as JSON.
-    fn admit(subject: &str, tokens: i64, model: Option<&str>) -> Value {
+    pub(crate) fn admit(subject: &str, tokens: i64, model: Option<&str>) -> Value {
         let m = model.map_or("NULL".to_string(), |m| format!("'{m}'"));
         json(&format!(
             "SELECT to_jsonb(a) FROM control_plane.cp_admit('{subject}', {tokens}, {m}) a"
@@ -30,7 +32,7 @@ mod tests {
     }
 
     /// The SQLSTATE a statement fails with, or "ok".
-    fn sqlstate(sql: &str) -> String {
+    pub(crate) fn sqlstate(sql: &str) -> String {
         run(
             "CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS
              $$ BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
@@ -41,7 +43,7 @@ mod tests {
     }
 
     /// Puts `subject` on `profile` with `overrides`.
-    fn enroll(subject: &str, profile: &str, overrides: &str) {
+    pub(crate) fn enroll(subject: &str, profile: &str, overrides: &str) {
         run(&format!(
             "INSERT INTO control_plane.subjects (tenant_id, subject_id, profile, overrides)
              VALUES (current_setting('control_plane.tenant'), '{subject}', '{profile}', '{overrides}')
@@ -50,7 +52,7 @@ mod tests {
     }
 
     /// Puts `subject` on the `unlimited` preset with `overrides` (no rate limits unless given).
-    fn set_overrides(subject: &str, overrides: &str) {
+    pub(crate) fn set_overrides(subject: &str, overrides: &str) {
         enroll(subject, "unlimited", overrides);
     }
 

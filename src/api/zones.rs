@@ -1,0 +1,127 @@
+//! Tenants' time zones: which zone a tenant's days and months follow (`control_plane.tenants`,
+//! UTC without a row), cached per backend until a committed change to that table, and the SQL
+//! helpers that validate a zone and give compaction its local days.
+
+use crate::calendar::Window;
+use crate::catalog::{self, PG_EPOCH_OFFSET_US};
+use crate::error::{CpError, CpResult};
+use crate::shmem::{Shared, UTC};
+use crate::zone::Zone;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Tenants whose zone a backend remembers before it forgets them all and reads again.
+const MAX_TENANTS: usize = 100_000;
+
+#[derive(Default)]
+struct Cache {
+    /// The policy generation the zones were read at: a committed change to `tenants` bumps it.
+    generation: u64,
+    zones: HashMap<(u32, String), u16>,
+    /// The last tenant asked for, to skip the map on the common path.
+    last: Option<(u32, String, u16)>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+/// The number (see `shmem::zones`) of the time zone whose calendar the tenant's quotas follow.
+pub fn zone_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<u16> {
+    // Read before the row, bumped after a change commits: a zone read concurrently with a
+    // change is read again next time.
+    let generation = sh.policy_generation();
+    let own_changes = crate::xact::has_policy_changes();
+    if !own_changes {
+        let hit = CACHE.with_borrow_mut(|c| {
+            if c.generation != generation {
+                c.zones.clear();
+                c.last = None;
+                c.generation = generation;
+            }
+            match &c.last {
+                Some((d, t, z)) if *d == db && t == tenant => Some(*z),
+                _ => c.zones.get(&(db, tenant.to_string())).copied(),
+            }
+        });
+        if let Some(z) = hit {
+            CACHE.with_borrow_mut(|c| c.last = Some((db, tenant.to_string(), z)));
+            return Ok(z);
+        }
+    }
+    let zone = match catalog::tenant_zone(tenant)? {
+        None => UTC,
+        Some(name) => sh.zone_id(&named(&name)?)?,
+    };
+    // A change this transaction has not committed is not for others (nor for after a rollback).
+    if !own_changes {
+        CACHE.with_borrow_mut(|c| {
+            if c.zones.len() >= MAX_TENANTS {
+                c.zones.clear();
+            }
+            c.zones.insert((db, tenant.to_string()), zone);
+            c.last = Some((db, tenant.to_string(), zone));
+        });
+    }
+    Ok(zone)
+}
+
+thread_local! {
+    /// The zone last looked up by name (compaction asks for the same one row after row).
+    static LAST: RefCell<Option<Zone>> = const { RefCell::new(None) };
+}
+
+fn named(zone: &str) -> CpResult<Zone> {
+    if let Some(z) = LAST.with_borrow(|l| l.as_ref().filter(|z| z.name() == zone).cloned()) {
+        return Ok(z);
+    }
+    let z = Zone::named(zone).ok_or_else(|| {
+        CpError::invalid_with(
+            format!("time zone \"{zone}\" is not in the tz database"),
+            "control_plane takes time zones from the IANA tz database it was built with.",
+            Some("Use a name such as 'UTC', 'Europe/Paris' or 'America/New_York'."),
+        )
+    })?;
+    LAST.set(Some(z.clone()));
+    Ok(z)
+}
+
+/// Check constraint of `tenants.time_zone`: true for a zone of the tz database, an error (22023)
+/// otherwise.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_time_zone(zone: Option<&str>) -> Result<bool, ErrorReport> {
+    match zone {
+        None => Ok(true),
+        Some(z) => {
+            named(z)?;
+            Ok(true)
+        }
+    }
+}
+
+fn unix_us(t: TimestampWithTimeZone) -> Option<i64> {
+    let pg: i64 = t.into();
+    (pg != i64::MAX && pg != i64::MIN).then(|| pg.saturating_add(PG_EPOCH_OFFSET_US))
+}
+
+fn timestamptz(unix_us: i64) -> CpResult<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(unix_us.saturating_sub(PG_EPOCH_OFFSET_US))
+        .map_err(|_| CpError::invalid("the day is out of the range of timestamp with time zone"))
+}
+
+/// The start of the day of `zone` that contains `at` (infinity stays infinity). Compaction groups
+/// a tenant's rows by these days.
+#[pg_extern(stable, parallel_safe)]
+fn _local_day_start(zone: &str, at: TimestampWithTimeZone) -> Result<TimestampWithTimeZone, ErrorReport> {
+    let Some(us) = unix_us(at) else { return Ok(at) };
+    Ok(timestamptz(named(zone)?.span(Window::Day, us).start)?)
+}
+
+/// The end (the next day's start) of the day of `zone` that contains `at`.
+#[pg_extern(stable, parallel_safe)]
+fn _local_day_end(zone: &str, at: TimestampWithTimeZone) -> Result<TimestampWithTimeZone, ErrorReport> {
+    let Some(us) = unix_us(at) else { return Ok(at) };
+    Ok(timestamptz(named(zone)?.span(Window::Day, us).end)?)
+}
