@@ -107,6 +107,37 @@ SELECT kind, count(*) AS rows, sum(requests) AS requests, sum(input_tokens) AS i
 RESET control_plane.ledger_retention;
 
 \echo
-\echo '== 12. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
+\echo '== 12. A tenant in Tokyo: its days start at midnight in Tokyo, and a zone change applies at once =='
+\echo '   (tenant acme_jp; user_jp used 3 requests yesterday evening, Tokyo time, and 2 this morning)'
+SET control_plane.tenant = 'acme_jp';
+INSERT INTO control_plane.subjects (subject_id, profile, overrides)
+VALUES ('user_jp', 'unlimited', '{"requests_per_day": 10}');
+INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, created_at)
+SELECT 'acme_jp', 'user_jp', 100, 10, t
+  FROM unnest(ARRAY[date_trunc('day', now(), 'Asia/Tokyo') - interval '3 hours',
+                    date_trunc('day', now(), 'Asia/Tokyo') - interval '2 hours',
+                    date_trunc('day', now(), 'Asia/Tokyo') - interval '1 hour',
+                    least(now(), date_trunc('day', now(), 'Asia/Tokyo') + interval '1 hour'),
+                    least(now(), date_trunc('day', now(), 'Asia/Tokyo') + interval '2 hours')]) t;
+\echo '   on UTC (no row in control_plane.tenants), the day is the UTC day:'
+SELECT s->'period'->>'time_zone' AS time_zone, s->'period'->'day'->>'start' AS day_start,
+       s->'quotas'->'requests_per_day'->'used' AS used_today
+  FROM control_plane.cp_quota_status('user_jp') s;
+INSERT INTO control_plane.tenants (tenant_id, time_zone) VALUES ('acme_jp', 'Asia/Tokyo');
+\echo '   after INSERT INTO control_plane.tenants (tenant_id, time_zone) VALUES (''acme_jp'', ''Asia/Tokyo''):'
+SELECT s->'period'->>'time_zone' AS time_zone, s->'period'->'day'->>'start' AS day_start,
+       s->'quotas'->'requests_per_day'->'used' AS used_today
+  FROM control_plane.cp_quota_status('user_jp') s;
+\echo '   and a denial says when the day ends in Tokyo:'
+SELECT count(*) FILTER (WHERE allowed) AS admitted
+  FROM generate_series(1, 8) g, LATERAL control_plane.cp_admit('user_jp' || left(g::text, 0)) a;
+SELECT reason, retry_after_ms,
+       to_char((clock_timestamp() + retry_after_ms * interval '1 ms') AT TIME ZONE 'Asia/Tokyo',
+               'YYYY-MM-DD HH24:MI:SS') AS retry_at_tokyo_time
+  FROM control_plane.cp_admit('user_jp');
+RESET control_plane.tenant;
+
+\echo
+\echo '== 13. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
 SELECT name, value FROM control_plane.stats;
 SELECT * FROM control_plane.tenant_stats ORDER BY database, tenant;

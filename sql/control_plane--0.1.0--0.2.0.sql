@@ -208,4 +208,10 @@ COMMENT ON TABLE control_plane.tenants IS
 
 CREATE TRIGGER tenants_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.tenants
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+
+-- The tenant's time zone, for the extension's functions whatever the caller may read (an
+-- application role needs no grant on tenants).
+CREATE FUNCTION control_plane._tenant_time_zone(tenant text) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT t.time_zone FROM control_plane.tenants t WHERE t.tenant_id OPERATOR(pg_catalog.=) tenant $$;
 SELECT pg_catalog.pg_extension_config_dump('control_plane.tenants', '');

@@ -204,7 +204,7 @@ pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>>
 /// The time zone of a tenant's row in `control_plane.tenants` (None: no row, so UTC).
 pub fn tenant_zone(tenant: &str) -> CpResult<Option<String>> {
     let rows = query_latest(
-        c"SELECT time_zone FROM control_plane.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+        c"SELECT control_plane._tenant_time_zone($1)",
         &[Arg::Text(Some(tenant))],
         |r| r.text(1),
     )?;

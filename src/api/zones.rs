@@ -41,13 +41,16 @@ pub fn zone_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<u16> {
                 c.last = None;
                 c.generation = generation;
             }
-            match &c.last {
-                Some((d, t, z)) if *d == db && t == tenant => Some(*z),
-                _ => c.zones.get(&(db, tenant.to_string())).copied(),
+            if let Some((d, t, z)) = &c.last {
+                if *d == db && t == tenant {
+                    return Some(*z);
+                }
             }
+            let z = *c.zones.get(&(db, tenant.to_string()))?;
+            c.last = Some((db, tenant.to_string(), z));
+            Some(z)
         });
         if let Some(z) = hit {
-            CACHE.with_borrow_mut(|c| c.last = Some((db, tenant.to_string(), z)));
             return Ok(z);
         }
     }
