@@ -60,7 +60,7 @@ pub enum Seen<R> {
     Missing,
     Found(R),
     /// The entry counts its day and month in another time zone than its tenant's now: its totals
-    /// must be read again from the ledger (`Shared::rezone`).
+    /// must be read again from the ledger (`Shared::rezone_begin`, `Shared::rezone_end`).
     Moved,
 }
 
@@ -243,7 +243,7 @@ impl Shared {
                 if p.stamp >= s.policy_stamp {
                     s.policy_stamp = p.stamp;
                     s.profile_id = p.profile_id;
-                    s.policy_flags = p.flags;
+                    s.policy_flags = p.flags | (s.policy_flags & REZONING);
                 }
             }
             let (verdict, admitted) = check(&State {
@@ -278,7 +278,7 @@ impl Shared {
             PolicyStamp {
                 stamp: s.policy_stamp,
                 profile_id: s.profile_id,
-                flags: s.policy_flags,
+                flags: s.policy_flags & !REZONING,
             }
         })
     }

@@ -142,10 +142,12 @@ impl Shared {
         if id == UTC {
             return calendar::Now::utc(unix_us);
         }
-        self.with_clock(id, |c| Now {
-            us: unix_us,
-            day_end: c.span(Window::Day, unix_us).end,
-            month_end: c.span(Window::Month, unix_us).end,
+        self.with_clock(id, |c| {
+            Now::with_ends(
+                unix_us,
+                c.span(Window::Day, unix_us).end,
+                c.span(Window::Month, unix_us).end,
+            )
         })
     }
 }

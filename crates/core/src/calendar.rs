@@ -98,30 +98,35 @@ impl Window {
     }
 }
 
-/// An instant with the ends of the day and the month that contain it, in the time zone whose
-/// calendar applies (see `crate::zone`).
+/// An instant, and the ends of the day and the month that contain it in the time zone whose
+/// calendar applies (see `crate::zone`); in UTC they are computed only when asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Now {
     pub us: i64,
-    pub day_end: i64,
-    pub month_end: i64,
+    /// (end of the day, end of the month); None: those of UTC.
+    ends: Option<(i64, i64)>,
 }
 
 impl Now {
     /// `us` in the UTC calendar.
     pub fn utc(us: i64) -> Now {
+        Now { us, ends: None }
+    }
+
+    /// `us` in a calendar whose day and month containing it end at `day_end` and `month_end`.
+    pub fn with_ends(us: i64, day_end: i64, month_end: i64) -> Now {
         Now {
             us,
-            day_end: Window::Day.bounds(us).1,
-            month_end: Window::Month.bounds(us).1,
+            ends: Some((day_end, month_end)),
         }
     }
 
     /// Milliseconds to the end of the window of kind `w`, rounded up, at least 1.
     pub fn ms_until_end(&self, w: Window) -> i64 {
-        let end = match w {
-            Window::Day => self.day_end,
-            Window::Month => self.month_end,
+        let end = match (self.ends, w) {
+            (Some((day, _)), Window::Day) => day,
+            (Some((_, month)), Window::Month) => month,
+            (None, w) => w.start_of(w.index(self.us) + 1),
         };
         (end.saturating_sub(self.us).saturating_add(US_PER_MS - 1) / US_PER_MS).max(1)
     }

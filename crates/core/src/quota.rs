@@ -173,11 +173,7 @@ mod unit {
     fn a_denial_waits_for_the_end_of_the_window_of_its_zone() {
         // A local day that ends five hours after noon UTC (say, UTC+7), and a month 9 days on.
         let p = policy(&[(Limit::RequestsPerDay, 1), (Limit::RequestsPerMonth, 1)]);
-        let now = Now {
-            us: noon(),
-            day_end: noon() + 5 * 3_600_000_000,
-            month_end: noon() + 9 * US_PER_DAY,
-        };
+        let now = Now::with_ends(noon(), noon() + 5 * 3_600_000_000, noon() + 9 * US_PER_DAY);
         let day_only = Totals {
             day_requests: 1,
             ..Totals::default()
