@@ -2,7 +2,7 @@
 
 use super::{full_index, ledger_totals, locate, totals_of, zones};
 use crate::args;
-use crate::calendar::{iso_utc, Window, US_PER_MS};
+use crate::calendar::{iso_utc, Now, Window};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::policy::{Limit, Policy};
@@ -41,8 +41,12 @@ impl Period {
         }
     }
 
-    fn json(&self, s: &Span) -> Value {
-        let ms = (s.end.saturating_sub(self.now).saturating_add(US_PER_MS - 1) / US_PER_MS).max(1);
+    fn json(&self, w: Window) -> Value {
+        let s = match w {
+            Window::Day => &self.day,
+            Window::Month => &self.month,
+        };
+        let ms = Now::with_ends(self.now, self.day.end, self.month.end).ms_until_end(w);
         json!({"start": iso_utc(s.start), "end": iso_utc(s.end), "resets_in_ms": ms})
     }
 }
@@ -84,7 +88,7 @@ pub fn status_json(
         "active": enrolled.is_none_or(|c| c.active),
         "profile_active": policy.profile_active,
         "org_id": enrolled.and_then(|c| c.org_id.clone()),
-        "period": {"time_zone": period.zone, "day": period.json(&period.day), "month": period.json(&period.month)},
+        "period": {"time_zone": period.zone, "day": period.json(Window::Day), "month": period.json(Window::Month)},
         "quotas": quotas,
         "held": {"requests": t.held_requests, "tokens": t.held_tokens},
         "rate_limits": {
