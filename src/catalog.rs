@@ -17,6 +17,11 @@ pub fn now_unix_us() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }.saturating_add(PG_EPOCH_OFFSET_US)
 }
 
+/// An instant (µs since the Unix epoch) as a `timestamptz`; None outside its range.
+pub fn timestamptz(unix_us: i64) -> Option<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(unix_us.saturating_sub(PG_EPOCH_OFFSET_US)).ok()
+}
+
 /// A query argument. `None` is SQL NULL of the argument's type.
 pub enum Arg<'a> {
     Text(Option<&'a str>),
@@ -390,9 +395,9 @@ pub fn insert_charges(
     let ints = |v: &[i64]| v.to_vec().into_datum();
     let times = at
         .iter()
-        .map(|t| TimestampWithTimeZone::try_from(t.saturating_sub(PG_EPOCH_OFFSET_US)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| CpError::Internal("charge time out of range".into()))?;
+        .map(|t| timestamptz(*t))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| CpError::Internal("charge time out of range".into()))?;
     let ids = write(
         c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, metadata, created_at)

@@ -110,8 +110,8 @@ fn unix_us(t: TimestampWithTimeZone) -> Option<i64> {
 }
 
 fn timestamptz(unix_us: i64) -> CpResult<TimestampWithTimeZone> {
-    TimestampWithTimeZone::try_from(unix_us.saturating_sub(PG_EPOCH_OFFSET_US))
-        .map_err(|_| CpError::invalid("the day is out of the range of timestamp with time zone"))
+    catalog::timestamptz(unix_us)
+        .ok_or_else(|| CpError::invalid("the day is out of the range of timestamp with time zone"))
 }
 
 /// The start of the day of `zone` that contains `at` (infinity stays infinity). Compaction groups
