@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod calendar;
+pub mod index;
 pub mod key;
 pub mod ledger;
 pub mod policy;
