@@ -26,6 +26,7 @@ pub fn timestamptz(unix_us: i64) -> Option<TimestampWithTimeZone> {
 pub enum Arg<'a> {
     Text(Option<&'a str>),
     Int(i64),
+    OptInt(Option<i64>),
     TimestampUnixUs(i64),
     Uuid(Option<pgrx::Uuid>),
     /// A datum passed through as it came (no parsing), with its type.
@@ -36,7 +37,7 @@ impl Arg<'_> {
     fn type_oid(&self) -> pg_sys::Oid {
         match self {
             Arg::Text(_) => pg_sys::TEXTOID,
-            Arg::Int(_) => pg_sys::INT8OID,
+            Arg::Int(_) | Arg::OptInt(_) => pg_sys::INT8OID,
             Arg::TimestampUnixUs(_) => pg_sys::TIMESTAMPTZOID,
             Arg::Uuid(_) => pg_sys::UUIDOID,
             Arg::Raw(t, _) => *t,
@@ -47,6 +48,7 @@ impl Arg<'_> {
         match self {
             Arg::Text(s) => s.and_then(|s| s.into_datum()),
             Arg::Int(v) => Some(pg_sys::Datum::from(*v)),
+            Arg::OptInt(v) => v.map(pg_sys::Datum::from),
             Arg::TimestampUnixUs(t) => Some(pg_sys::Datum::from(t.saturating_sub(PG_EPOCH_OFFSET_US))),
             Arg::Uuid(u) => u.and_then(|u| u.into_datum()),
             Arg::Raw(_, d) => *d,
@@ -74,6 +76,14 @@ impl Row {
     }
     pub fn bool(&self, col: i32) -> Option<bool> {
         self.datum(col).map(|d| d.value() != 0)
+    }
+    /// A `timestamptz` as µs since the Unix epoch (`-infinity` and `infinity` as `i64::MIN` and
+    /// `i64::MAX`).
+    pub fn unix_us(&self, col: i32) -> Option<i64> {
+        self.datum(col).map(|d| match d.value() as i64 {
+            i @ (i64::MIN | i64::MAX) => i,
+            t => t.saturating_add(PG_EPOCH_OFFSET_US),
+        })
     }
     pub fn text(&self, col: i32) -> Option<String> {
         self.datum(col).and_then(|d| unsafe { String::from_datum(d, false) })
@@ -216,6 +226,23 @@ pub fn tenant_zone(tenant: &str) -> CpResult<Option<String>> {
     Ok(rows.into_iter().next().flatten())
 }
 
+/// A model's rows in `control_plane.model_prices` for a tenant: its own and the shared ones.
+pub fn model_prices(tenant: &str, model: &str) -> CpResult<Vec<crate::money::PriceRow>> {
+    query_latest(
+        c"SELECT shared, effective_from, input_micros_per_million, output_micros_per_million
+            FROM control_plane._model_prices($1, $2)",
+        &[Arg::Text(Some(tenant)), Arg::Text(Some(model))],
+        |r| crate::money::PriceRow {
+            shared: r.bool(1).unwrap_or(true),
+            effective_from: r.unix_us(2).unwrap_or(i64::MAX),
+            price: crate::money::Price {
+                input_per_million: r.i64(3),
+                output_per_million: r.i64(4),
+            },
+        },
+    )
+}
+
 /// One profile row as JSON, by id.
 pub fn load_profile(id: i32) -> CpResult<Option<String>> {
     let rows = query_latest(
@@ -265,7 +292,11 @@ pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, 
                  coalesce(sum(output_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
                  coalesce(sum(requests), 0)::bigint,
                  coalesce(sum(input_tokens), 0)::bigint,
-                 coalesce(sum(output_tokens), 0)::bigint
+                 coalesce(sum(output_tokens), 0)::bigint,
+                 -- Spend saturates like the shared-memory totals do (a row may cost up to 2 * 10^18).
+                 least(coalesce(sum(cost_micros) FILTER (WHERE created_at >= $3 AND created_at < $4), 0),
+                       9223372036854775807)::bigint,
+                 least(coalesce(sum(cost_micros), 0), 9223372036854775807)::bigint
             FROM control_plane.usage_events
            WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
              AND created_at >= $5 AND created_at < $6",
@@ -284,8 +315,9 @@ pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, 
             month_requests: r.i64(4),
             month_input: r.i64(5),
             month_output: r.i64(6),
-            held_requests: 0,
-            held_tokens: 0,
+            day_cost: r.i64(7),
+            month_cost: r.i64(8),
+            ..Totals::default()
         },
     )?;
     rows.into_iter()
@@ -307,6 +339,8 @@ pub struct UsageRow<'a> {
     /// The caller's jsonb datum, stored as it came.
     pub metadata: Option<pg_sys::Datum>,
     pub at_unix_us: i64,
+    /// What the usage cost at the model's price in force at `at_unix_us`; None when unpriced.
+    pub cost_micros: Option<i64>,
 }
 
 /// Appends a row to the ledger (one prepared statement per backend) and returns its id.
@@ -314,8 +348,8 @@ pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
     let ids = write(
         c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, org_id, model, feature, input_tokens, output_tokens,
-               reservation_id, idempotency_key, metadata, created_at)
-          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+               reservation_id, idempotency_key, metadata, created_at, cost_micros)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
         &[
             Arg::Text(Some(u.tenant)),
             Arg::Text(Some(u.subject)),
@@ -328,6 +362,7 @@ pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
             Arg::Text(u.idempotency_key),
             Arg::Raw(pg_sys::JSONBOID, u.metadata),
             Arg::TimestampUnixUs(u.at_unix_us),
+            Arg::OptInt(u.cost_micros),
         ],
         |r| r.i64(1),
     )?;

@@ -6,7 +6,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
 
 /// `control_plane.max_subjects` (postmaster): how many (database, tenant, subject) entries the
-/// shared-memory index holds at least. Each costs 200 bytes of shared memory (1.25 slots of 160
+/// shared-memory index holds at least. Each costs 220 bytes of shared memory (1.25 slots of 176
 /// bytes per subject; a lock partition holds at most 90 % of its slots).
 pub static MAX_SUBJECTS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 
@@ -59,6 +59,11 @@ pub static ON_EXPIRY: GucSetting<OnExpiry> = GucSetting::<OnExpiry>::new(OnExpir
 pub static ON_FULL: GucSetting<OnFull> = GucSetting::<OnFull>::new(OnFull::Deny);
 
 /// `control_plane.tenant` (user): the tenant every function acts in.
+/// `control_plane.currency` (user): the currency code shown beside amounts (`cp_quota_status`'s
+/// display strings). A label only: every amount is in micro-units of the one currency the prices
+/// and budgets are set in.
+pub static CURRENCY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"USD"));
+
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
 
 /// Defines the settings. Server-start settings exist only when the library is preloaded
@@ -77,7 +82,7 @@ fn define_startup_gucs() {
     GucRegistry::define_int_guc(
         c"control_plane.max_subjects",
         c"Subjects the shared-memory index holds at least (server start).",
-        c"Each subject takes 200 bytes of shared memory (1.25 slots of 160 bytes; a lock partition holds at most 90 % of its slots). When a lock partition is full, the least recently used entry that loses nothing is evicted (its totals are rebuilt from the ledger); if none can be, control_plane.on_full decides.",
+        c"Each subject takes 220 bytes of shared memory (1.25 slots of 176 bytes; a lock partition holds at most 90 % of its slots). When a lock partition is full, the least recently used entry that loses nothing is evicted (its totals are rebuilt from the ledger); if none can be, control_plane.on_full decides.",
         &MAX_SUBJECTS,
         1_024,
         50_000_000,
@@ -144,6 +149,14 @@ fn define_session_gucs() {
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
+        c"control_plane.currency",
+        c"The currency code shown beside amounts of money.",
+        c"A label only: prices and budgets are integers in micro-units (cents for budgets) of one currency.",
+        &CURRENCY,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
         c"control_plane.tenant",
         c"The tenant that control_plane functions act in.",
         c"Set it per transaction (SET LOCAL or set_config(..., true)) in multi-tenant applications.",
@@ -178,4 +191,12 @@ pub fn tenant() -> Result<String, crate::error::CpError> {
         ));
     }
     Ok(s.to_string())
+}
+
+/// The currency label of displayed amounts (empty when unset).
+pub fn currency() -> String {
+    CURRENCY
+        .get()
+        .map(|c| c.to_string_lossy().chars().take(16).collect())
+        .unwrap_or_default()
 }

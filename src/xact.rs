@@ -21,6 +21,8 @@ pub struct Pending {
     pub at_unix_us: i64,
     pub input: i64,
     pub output: i64,
+    /// Micro-units (0 when unpriced).
+    pub cost: i64,
     /// The reservation slot this row settles, taken by this transaction.
     pub reservation: Option<Settles>,
     /// A reversal row this transaction wrote for a charge already in the ledger: (its time,
@@ -93,6 +95,22 @@ pub fn push(p: Pending) {
     });
 }
 
+/// The ledger rows this transaction wrote through `cp_record_usage` for a subject, not yet
+/// committed: (time, [requests, input, output, cost]). A rebuild reads them from the ledger (its
+/// snapshot sees this transaction's writes) and must leave them out, since the commit adds them.
+pub fn uncommitted_rows(key: &Key, db: u32) -> Vec<(i64, [i64; 4])> {
+    STATE.with_borrow(|st| {
+        let mut rows = Vec::new();
+        for p in st.pending.iter().filter(|p| p.key == *key && p.db == db) {
+            rows.push((p.at_unix_us, [1, p.input, p.output, p.cost]));
+            if let Some((at, tokens)) = p.reversal {
+                rows.push((at, [-1, -tokens, 0, 0]));
+            }
+        }
+        rows
+    })
+}
+
 /// Called by the policy triggers: forget the local cache now, bump what changed at commit.
 pub fn policy_changed(change: Change) {
     crate::policy_cache::clear();
@@ -145,6 +163,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                     requests: 1,
                     input: p.input,
                     output: p.output,
+                    cost: p.cost,
                 }];
                 match p.reservation {
                     Some(Settles::Hold { tokens, .. }) => effects.push(Effect::ReleaseHold { tokens }),
@@ -154,6 +173,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                             requests: -1,
                             input: -tokens,
                             output: 0,
+                            cost: 0,
                         },
                         Effect::Flushed(1),
                     ]),
@@ -165,6 +185,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                         requests: -1,
                         input: -tokens,
                         output: 0,
+                        cost: 0,
                     });
                 }
                 sh.settle(&p.key, p.db, now, &effects);

@@ -5,11 +5,13 @@
 //! - `record`: `cp_record_usage` and `cp_release`;
 //! - `status`: `cp_quota_status`;
 //! - `admin`: `cp_cleanup`, `cp_stats` and the helpers of triggers and constraints;
+//! - `prices`: model prices, cached per backend;
 //! - `zones`: the time zone of each tenant's calendar, and its SQL helpers;
 //! - here: what they share (the database, the ledger lock, rebuilding an entry, forming a row).
 
 mod admin;
 mod admit;
+mod prices;
 mod record;
 mod status;
 mod zones;
@@ -85,6 +87,30 @@ fn ledger_totals(sh: &Shared, tenant: &str, subject: &str, zone: u16, now: i64) 
     catalog::ledger_totals(tenant, subject, (d.start, d.end), (m.start, m.end))
 }
 
+/// What a rebuild installs: the ledger's totals without the rows this transaction recorded for
+/// the subject and has not committed (its commit adds them to the entry; counting them here too
+/// would count them twice, and a rollback would leave them counted).
+fn rebuilt_totals(
+    sh: &Shared,
+    key: &Key,
+    db: u32,
+    tenant: &str,
+    subject: &str,
+    zone: u16,
+    now: i64,
+) -> CpResult<Totals> {
+    let totals = ledger_totals(sh, tenant, subject, zone, now)?;
+    let own = crate::xact::uncommitted_rows(key, db);
+    if own.is_empty() {
+        return Ok(totals);
+    }
+    let mut s = crate::index::Slot::new(*key, db, zone, totals, now, sh);
+    for (at, [requests, input, output, cost]) in own {
+        s.add_row(at, [-requests, -input, -output, -cost], sh);
+    }
+    Ok(s.totals)
+}
+
 /// Loads a subject's totals from the ledger into shared memory unless they are there already,
 /// counted in the tenant's time zone `zone`; an entry that counts in another zone (the tenant's
 /// zone changed) reads its committed totals again for the new windows. Returns false when the
@@ -95,14 +121,14 @@ fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, zone: u
     let now = now_unix_us();
     let result = match sh.rezone_begin(key, db, zone, now) {
         Seen::Found(false) | Seen::Moved => Ok(true),
-        Seen::Found(true) => ledger_totals(sh, tenant, subject, zone, now).map(|totals| {
+        Seen::Found(true) => rebuilt_totals(sh, key, db, tenant, subject, zone, now).map(|totals| {
             sh.bump(Stat::Rebuilds);
             // A reservation that expired meanwhile leaves the entry as it was: the caller
             // finds it moved and comes back.
             sh.rezone_end(key, db, zone, totals, now);
             true
         }),
-        Seen::Missing => ledger_totals(sh, tenant, subject, zone, now).map(|totals| {
+        Seen::Missing => rebuilt_totals(sh, key, db, tenant, subject, zone, now).map(|totals| {
             sh.bump(Stat::Rebuilds);
             sh.install(key, db, zone, totals, now, evict_busy).is_ok()
         }),

@@ -15,6 +15,8 @@ use pgrx::Uuid;
 
 pub struct Recorded {
     pub event_id: i64,
+    /// None when the model has no price at the time of the event (or none was named).
+    pub cost_micros: Option<i64>,
     pub settled: bool,
 }
 
@@ -78,6 +80,10 @@ pub fn record(
         }
     }
     let now = now_unix_us();
+    let cost_micros = match model {
+        Some(m) => super::prices::price_at(sh, db, &tenant, m, now)?.map(|p| crate::money::cost(p, input, output)),
+        None => None,
+    };
     // Queued before anything that can fail, so that an abort gives the reservation back.
     xact::push(xact::Pending {
         subid: xact::current_subid(),
@@ -87,6 +93,7 @@ pub fn record(
         at_unix_us: now,
         input,
         output,
+        cost: cost_micros.unwrap_or(0),
         reservation: held.map(|h| match h.expired {
             None => Settles::Hold {
                 index: h.index,
@@ -113,9 +120,11 @@ pub fn record(
         idempotency_key,
         metadata,
         at_unix_us: now,
+        cost_micros,
     })?;
     Ok(Recorded {
         event_id,
+        cost_micros,
         settled: held.is_some() || reversal.is_some(),
     })
 }
@@ -149,8 +158,17 @@ pub unsafe extern "C-unwind" fn cp_record_usage_fast(fcinfo: pg_sys::FunctionCal
         )
     };
     let r = r.unwrap_or_else(|e| crate::error::raise(e));
-    unsafe { composite_datum(fcinfo, &[r.event_id.into_datum(), None, r.settled.into_datum()]) }
-        .unwrap_or_else(|e| crate::error::raise(e))
+    unsafe {
+        composite_datum(
+            fcinfo,
+            &[
+                r.event_id.into_datum(),
+                r.cost_micros.and_then(|c| c.into_datum()),
+                r.settled.into_datum(),
+            ],
+        )
+    }
+    .unwrap_or_else(|e| crate::error::raise(e))
 }
 
 // ----------------------------------------------------------------------------- cp_release

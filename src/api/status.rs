@@ -103,9 +103,17 @@ pub fn status_json(
             "daily_budget_cents": lim(Limit::DailyBudgetCents),
             "monthly_budget_cents": lim(Limit::MonthlyBudgetCents),
         },
+        "money": money_json(t),
         "models": {"allowed": policy.allowed_models, "blocked": policy.blocked_models},
         "grants": [],
     })
+}
+
+/// Committed spend in the day and month, in micro-units and as a display string.
+fn money_json(t: &Totals) -> Value {
+    let currency = crate::gucs::currency();
+    let window = |spent: i64| json!({"spent_micros": spent, "spent": crate::money::display(spent, &currency)});
+    json!({"currency": currency, "day": window(t.day_cost), "month": window(t.month_cost)})
 }
 
 pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 
+mod money;
 mod zones;
 
 #[pg_schema]

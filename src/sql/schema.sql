@@ -192,6 +192,41 @@ CREATE FUNCTION control_plane._tenant_time_zone(tenant text) RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT t.time_zone FROM control_plane.tenants t WHERE t.tenant_id OPERATOR(pg_catalog.=) tenant $$;
 
+-- -------------------------------------------------------------------------------- model_prices
+
+CREATE TABLE control_plane.model_prices (
+    tenant_id                 text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant')
+                                          CHECK (tenant_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(tenant_id) <= 256),
+    model                     text        NOT NULL
+                                          CHECK (model OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(model) <= 256),
+    -- Micro-units of the currency per million tokens: 150000 is 0.15 per million. At most one
+    -- whole unit per token (10^12 per million): anything above is a typing error.
+    input_micros_per_million  bigint      NOT NULL
+                                          CONSTRAINT model_prices_input_range
+                                          CHECK (input_micros_per_million >= 0 AND input_micros_per_million <= 1000000000000),
+    output_micros_per_million bigint      NOT NULL
+                                          CONSTRAINT model_prices_output_range
+                                          CHECK (output_micros_per_million >= 0 AND output_micros_per_million <= 1000000000000),
+    effective_from            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_at                timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, model, effective_from)
+);
+COMMENT ON TABLE control_plane.model_prices IS
+    'Prices per million tokens in micro-units, from effective_from on. tenant_id ''*'' rows are shared; a tenant''s own row in force wins.';
+
+-- A committed change is obeyed by the next call in every backend.
+CREATE TRIGGER model_prices_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.model_prices
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+
+-- A model's price rows for a tenant (its own and the shared ones), for the extension's functions
+-- whatever the caller may read (an application role needs no grant on model_prices).
+CREATE FUNCTION control_plane._model_prices(for_tenant text, for_model text)
+RETURNS TABLE (shared boolean, effective_from timestamptz, input_micros_per_million bigint, output_micros_per_million bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT p.tenant_id OPERATOR(pg_catalog.=) '*', p.effective_from, p.input_micros_per_million, p.output_micros_per_million
+        FROM control_plane.model_prices p
+       WHERE p.tenant_id IN (for_tenant, '*') AND p.model OPERATOR(pg_catalog.=) for_model $$;
+
 -- -------------------------------------------------------------------------------- usage_events
 
 CREATE TABLE control_plane.usage_events (
@@ -327,6 +362,7 @@ COMMENT ON VIEW control_plane.tenant_stats IS
 SELECT pg_catalog.pg_extension_config_dump('control_plane.profiles', $$WHERE tenant_id <> '*'$$);
 SELECT pg_catalog.pg_extension_config_dump('control_plane.subjects', '');
 SELECT pg_catalog.pg_extension_config_dump('control_plane.tenants', '');
+SELECT pg_catalog.pg_extension_config_dump('control_plane.model_prices', '');
 SELECT pg_catalog.pg_extension_config_dump('control_plane.usage_events', '');
 
 GRANT USAGE ON SCHEMA control_plane TO PUBLIC;

@@ -11,7 +11,7 @@ use crate::admission::State;
 use crate::key::Key;
 use crate::quota::Totals;
 
-/// One subject's entry: calendar totals, rate states and where its policy comes from. 160 bytes.
+/// One subject's entry: calendar totals, rate states and where its policy comes from. 176 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Slot {
@@ -37,7 +37,7 @@ pub struct Slot {
     pub unflushed: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 160);
+const _: () = assert!(std::mem::size_of::<Slot>() == 176);
 
 /// `policy_flags` bits.
 pub const POLICY_ACTIVE: u16 = 1;
@@ -63,12 +63,13 @@ pub struct PolicyStamp {
 /// A change to an entry, applied when a transaction commits or a reservation ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// A committed ledger row at `at`.
+    /// A committed ledger row at `at` (`cost` in micro-units, 0 when it has none).
     Row {
         at: i64,
         requests: i64,
         input: i64,
         output: i64,
+        cost: i64,
     },
     /// A reservation's hold ends (settled or released).
     ReleaseHold { tokens: i64 },
@@ -130,17 +131,17 @@ impl Slot {
         let t = &mut self.totals;
         if d > self.day {
             self.day = d;
-            (t.day_requests, t.day_input, t.day_output) = (0, 0, 0);
+            (t.day_requests, t.day_input, t.day_output, t.day_cost) = (0, 0, 0, 0);
         }
         if m > self.month {
             self.month = m;
-            (t.month_requests, t.month_input, t.month_output) = (0, 0, 0);
+            (t.month_requests, t.month_input, t.month_output, t.month_cost) = (0, 0, 0, 0);
         }
     }
 
     /// Adds a ledger row (at `at`; negative amounts for a reversal) to the windows it falls in.
     /// A row of a window that has passed changes nothing; one of a later window rolls to it.
-    pub fn add_row(&mut self, at: i64, requests: i64, input: i64, output: i64, w: &impl Windows) {
+    pub fn add_row(&mut self, at: i64, [requests, input, output, cost]: [i64; 4], w: &impl Windows) {
         let (d, m) = w.windows(self.zone, at);
         self.roll_to(d, m);
         let t = &mut self.totals;
@@ -148,11 +149,13 @@ impl Slot {
             t.day_requests = t.day_requests.saturating_add(requests);
             t.day_input = t.day_input.saturating_add(input);
             t.day_output = t.day_output.saturating_add(output);
+            t.day_cost = t.day_cost.saturating_add(cost);
         }
         if m == self.month {
             t.month_requests = t.month_requests.saturating_add(requests);
             t.month_input = t.month_input.saturating_add(input);
             t.month_output = t.month_output.saturating_add(output);
+            t.month_cost = t.month_cost.saturating_add(cost);
         }
     }
 
@@ -170,13 +173,14 @@ impl Slot {
                 requests,
                 input,
                 output,
-            } => self.add_row(at, requests, input, output, w),
+                cost,
+            } => self.add_row(at, [requests, input, output, cost], w),
             Effect::ReleaseHold { tokens } => self.release_hold(tokens),
             Effect::Charge { tokens_held, charged } => {
                 // An expired reservation: its request and (unless lenient) its estimate move from
                 // held to used, to be written to the ledger by the flusher.
                 self.release_hold(tokens_held);
-                self.add_row(now, 1, charged, 0, w);
+                self.add_row(now, [1, charged, 0, 0], w);
                 self.unflushed = self.unflushed.saturating_add(1);
                 self.policy_flags &= !REZONING;
             }
@@ -551,28 +555,24 @@ mod unit {
     #[test]
     fn rows_count_in_their_windows_and_windows_roll_forward_only() {
         let mut s = Slot::new(key(1), 0, 0, Totals::default(), 40 * DAY_US, &Days);
-        s.add_row(40 * DAY_US + 5, 1, 10, 3, &Days);
-        assert_eq!((s.totals.day_input, s.totals.month_input), (10, 10));
+        let day = |s: &Slot| (s.totals.day_input, s.totals.day_cost);
+        let month = |s: &Slot| (s.totals.month_input, s.totals.month_cost);
+        s.add_row(40 * DAY_US + 5, [1, 10, 3, 700], &Days);
+        assert_eq!((day(&s), month(&s)), ((10, 700), (10, 700)));
         // A row of an earlier day of the same month counts in the month only.
-        s.add_row(35 * DAY_US, 1, 7, 0, &Days);
-        assert_eq!((s.totals.day_input, s.totals.month_input), (10, 17));
+        s.add_row(35 * DAY_US, [1, 7, 0, 50], &Days);
+        assert_eq!((day(&s), month(&s)), ((10, 700), (17, 750)));
         // A row of an earlier month counts nowhere.
-        s.add_row(10 * DAY_US, 1, 100, 0, &Days);
-        assert_eq!((s.totals.day_input, s.totals.month_input), (10, 17));
+        s.add_row(10 * DAY_US, [1, 100, 0, 9], &Days);
+        assert_eq!((day(&s), month(&s)), ((10, 700), (17, 750)));
         // The next day starts at zero, the month goes on; rolling never goes back.
         s.roll(41 * DAY_US, &Days);
-        assert_eq!(
-            (s.totals.day_input, s.totals.month_input, s.totals.day_requests),
-            (0, 17, 0)
-        );
+        assert_eq!((day(&s), month(&s), s.totals.day_requests), ((0, 0), (17, 750), 0));
         s.roll(40 * DAY_US, &Days);
         assert_eq!(s.day, 41);
         // A new month starts at zero too.
-        s.add_row(60 * DAY_US, 1, 4, 4, &Days);
-        assert_eq!(
-            (s.totals.day_input, s.totals.month_input, s.totals.month_output),
-            (4, 4, 4)
-        );
+        s.add_row(60 * DAY_US, [1, 4, 4, 1], &Days);
+        assert_eq!((day(&s), month(&s), s.totals.month_output), ((4, 1), (4, 1), 4));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod calendar;
 pub mod index;
 pub mod key;
 pub mod ledger;
+pub mod money;
 pub mod policy;
 pub mod quota;
 pub mod rate;

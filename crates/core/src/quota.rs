@@ -23,6 +23,9 @@ pub struct Totals {
     pub month_output: i64,
     pub held_requests: i64,
     pub held_tokens: i64,
+    /// Committed spend in the day and month windows, in micro-units (`money`).
+    pub day_cost: i64,
+    pub month_cost: i64,
 }
 
 /// The quota dimensions, each with its limit, window and how it is measured.
@@ -296,6 +299,7 @@ mod unit {
             month_output: 6,
             held_requests: 100,
             held_tokens: 1000,
+            ..Totals::default()
         };
         let got: Vec<i64> = QUOTA_LIMITS.iter().map(|l| t.committed(*l)).collect();
         assert_eq!(got, [1, 4, 2, 5, 3, 6]);

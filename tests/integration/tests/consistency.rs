@@ -1,5 +1,5 @@
-//! Totals against the ledger in the corners: a rebuild racing a recorder, REPEATABLE READ callers,
-//! admissions inside a transaction that rolls back.
+//! Totals against the ledger in the corners: a rebuild racing a recorder, a rebuild inside the
+//! recording transaction, REPEATABLE READ callers, admissions inside a transaction that rolls back.
 
 use control_plane_integration::*;
 use std::time::Duration;
@@ -34,6 +34,58 @@ fn a_rebuild_waits_for_an_uncommitted_record_and_then_counts_it() {
     assert_eq!(quota(&mut admin, &s, "requests_per_day"), (1, 1));
     // (Later tests count the reservations left open.)
     assert!(release(&mut admin, &a.reservation_id.unwrap()));
+}
+
+#[test]
+fn a_rebuild_inside_the_recording_transaction_counts_its_records_once_at_commit_and_not_after_a_rollback() {
+    let id = run_id();
+    let model = format!("{id}-own");
+    let mut c = connect();
+    c.execute(
+        "INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+         VALUES ('*', $1, 1000000, 1000000, '-infinity')",
+        &[&model],
+    )
+    .unwrap();
+    let spent = |c: &mut postgres::Client, s: &str| -> i64 {
+        c.query_one(
+            "SELECT (control_plane.cp_quota_status($1)->'money'->'day'->>'spent_micros')::bigint",
+            &[&s],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for (n, end) in [("commit", "COMMIT"), ("rollback", "ROLLBACK")] {
+        let s = format!("{id}_own_{n}");
+        enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 100}"#);
+        // Shared memory has no entry for the subject: the status call and the admission inside
+        // the transaction rebuild it from a ledger that shows this transaction's own rows.
+        c.batch_execute("BEGIN").unwrap();
+        for _ in 0..3 {
+            c.query_one(
+                "SELECT * FROM control_plane.cp_record_usage($1, 10, 5, $2)",
+                &[&s, &model],
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            quota(&mut c, &s, "requests_per_day"),
+            (0, 0),
+            "not counted before commit"
+        );
+        assert_eq!(spent(&mut c, &s), 0);
+        let a = admit(&mut c, &s, 0);
+        assert!(a.allowed);
+        c.batch_execute(end).unwrap();
+        let recorded = if end == "COMMIT" { 3 } else { 0 };
+        assert_eq!(
+            quota(&mut c, &s, "requests_per_day"),
+            (recorded, 1),
+            "{n}: counted once"
+        );
+        assert_eq!(spent(&mut c, &s), recorded * 15, "{n}: spend counted once");
+        assert!(release(&mut c, &a.reservation_id.unwrap()));
+    }
 }
 
 #[test]

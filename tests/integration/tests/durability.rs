@@ -1,27 +1,37 @@
 //! The ledger is the truth: after a fast restart and after a crash (immediate stop), the totals
 //! that cp_admit checks equal the ledger again; a clean restart loses nothing admitted, a crash
-//! loses at most the reservations open at that moment that are never recorded.
+//! loses at most the reservations open at that moment that are never recorded. Spend (the cost of
+//! what was recorded) is part of those totals.
 
 use control_plane_integration::*;
 use postgres::Client;
 
-fn ledger(c: &mut Client, s: &str) -> (i64, i64, i64) {
+fn ledger(c: &mut Client, s: &str) -> (i64, i64, i64, i64) {
     let r = c
         .query_one(
-            "SELECT coalesce(sum(requests), 0)::bigint, coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint
+            "SELECT coalesce(sum(requests), 0)::bigint, coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint,
+                    coalesce(sum(cost_micros), 0)::bigint
                FROM control_plane.usage_events
               WHERE subject_id = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
             &[&s],
         )
         .unwrap();
-    (r.get(0), r.get(1), r.get(2))
+    (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
-fn index(c: &mut Client, s: &str) -> (i64, i64, i64) {
+fn index(c: &mut Client, s: &str) -> (i64, i64, i64, i64) {
+    let spent: i64 = c
+        .query_one(
+            "SELECT (control_plane.cp_quota_status($1)->'money'->'day'->>'spent_micros')::bigint",
+            &[&s],
+        )
+        .unwrap()
+        .get(0);
     (
         quota(c, s, "requests_per_day").0,
         quota(c, s, "input_tokens_per_day").0,
         quota(c, s, "output_tokens_per_day").0,
+        spent,
     )
 }
 
@@ -29,19 +39,27 @@ fn index(c: &mut Client, s: &str) -> (i64, i64, i64) {
 fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     let id = run_id();
     let subjects: Vec<String> = (0..6).map(|i| format!("{id}_d{i}")).collect();
+    let model = format!("{id}-durable");
     let mut c = connect();
+    c.execute(
+        "INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+         VALUES ('*', $1, 1500000, 6000000, '-infinity')",
+        &[&model],
+    )
+    .unwrap();
     for (i, s) in subjects.iter().enumerate() {
         enroll(&mut c, s, "unlimited", r#"{"requests_per_day": 1000}"#);
         let mut tx = c.transaction().unwrap();
         for k in 0..(5 + i as i64) {
             tx.query_one(
-                "SELECT * FROM control_plane.cp_record_usage($1, $2, $3)",
-                &[s, &(10 * k + 1), &(k + 2)],
+                "SELECT * FROM control_plane.cp_record_usage($1, $2, $3, $4)",
+                &[s, &(10 * k + 1), &(k + 2), &model],
             )
             .unwrap();
         }
         tx.commit().unwrap();
     }
+    assert!(ledger(&mut c, &subjects[5]).3 > 0, "the usage has a cost");
     // an open reservation at the time of the crash
     let open = admit(&mut c, &subjects[0], 500).reservation_id.unwrap();
     for s in &subjects {
@@ -62,8 +80,11 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     // rebuild some totals, record more, then crash
     let mut c = connect();
     for s in &subjects[..3] {
-        c.query_one("SELECT * FROM control_plane.cp_record_usage($1, 3, 4)", &[s])
-            .unwrap();
+        c.query_one(
+            "SELECT * FROM control_plane.cp_record_usage($1, 3, 4, $2)",
+            &[s, &model],
+        )
+        .unwrap();
     }
     drop(c);
     pg_ctl(&["stop", "-m", "immediate"]);
@@ -78,7 +99,7 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     assert!(record(&mut c, &subjects[0], 1, 1, &open));
     assert_eq!(
         index(&mut c, &subjects[0]),
-        (before.0, before.1 - 500 + 1, before.2 + 1)
+        (before.0, before.1 - 500 + 1, before.2 + 1, before.3)
     );
     assert_eq!(index(&mut c, &subjects[0]), ledger(&mut c, &subjects[0]));
 }

@@ -20,7 +20,7 @@ SELECT s->>'profile' AS profile,
   FROM control_plane.cp_quota_status('carol') s;
 
 SELECT subject_id, model, input_tokens, output_tokens, metadata
-  FROM control_plane.usage_events ORDER BY id;
+  FROM control_plane.usage_events WHERE subject_id = 'carol' ORDER BY id;
 
 -- the ledger is append-only
 UPDATE control_plane.usage_events SET input_tokens = 0;
