@@ -138,6 +138,30 @@ SELECT reason, retry_after_ms,
 RESET control_plane.tenant;
 
 \echo
-\echo '== 13. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
+\echo '== 13. Prices: what each recorded call cost, in integer micro-units (1e-6 of the currency) =='
+\echo '   a shared price for every tenant, and acme_eu''s own, cheaper one from today on:'
+INSERT INTO control_plane.model_prices
+    (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+VALUES ('*', 'gpt-4o-mini', 150000, 600000, '-infinity'),
+       ('acme_eu', 'gpt-4o-mini', 120000, 480000, date_trunc('day', now()));
+SELECT tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from
+  FROM control_plane.model_prices ORDER BY tenant_id, effective_from;
+\echo '   user_777 (tenant default) and user_eu (tenant acme_eu) each record 1200 input and 350 output tokens,'
+\echo '   then 3 and 1 (0.45 + 0.60 = 1.05 micro-units at the shared price: rounded up, never down):'
+INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('user_777', 'unlimited');
+SELECT 'user_777' AS subject, cost_micros FROM control_plane.cp_record_usage('user_777', 1200, 350, model => 'gpt-4o-mini')
+UNION ALL
+SELECT 'user_777', cost_micros FROM control_plane.cp_record_usage('user_777', 3, 1, model => 'gpt-4o-mini');
+SET control_plane.tenant = 'acme_eu';
+INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('user_eu', 'unlimited');
+SELECT 'user_eu' AS subject, cost_micros FROM control_plane.cp_record_usage('user_eu', 1200, 350, model => 'gpt-4o-mini');
+RESET control_plane.tenant;
+\echo '   a model with no price records no cost (NULL), never a made-up zero:'
+SELECT cost_micros IS NULL AS no_cost FROM control_plane.cp_record_usage('user_777', 10, 10, model => 'some-new-model');
+\echo '   spend is part of the totals, per day and month:'
+SELECT jsonb_pretty(control_plane.cp_quota_status('user_777')->'money') AS money;
+
+\echo
+\echo '== 14. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
 SELECT name, value FROM control_plane.stats;
 SELECT * FROM control_plane.tenant_stats ORDER BY database, tenant;
