@@ -3,7 +3,7 @@
 
 use crate::catalog;
 use crate::error::CpResult;
-use crate::money::{self, Price, PriceRow};
+use crate::money::PriceRow;
 use crate::shmem::Shared;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,13 +23,9 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
-/// The price of `model` for `tenant` in force at `at` (µs since the epoch); None when the model
-/// has no price then.
-pub fn price_at(sh: &Shared, db: u32, tenant: &str, model: &str, at: i64) -> CpResult<Option<Price>> {
-    Ok(money::price_at(&rows_of(sh, db, tenant, model)?, at))
-}
-
-fn rows_of(sh: &Shared, db: u32, tenant: &str, model: &str) -> CpResult<Rc<[PriceRow]>> {
+/// The price rows of `model` for `tenant` (its own and the shared ones); `money::price_at` picks
+/// the one in force at an instant.
+pub fn rows_of(sh: &Shared, db: u32, tenant: &str, model: &str) -> CpResult<Rc<[PriceRow]>> {
     // Read before the rows, bumped after a change commits: rows read concurrently with a change
     // are read again next time.
     let generation = sh.policy_generation();

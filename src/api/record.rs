@@ -43,6 +43,9 @@ pub fn record(
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 
+    // Read before a reservation is taken: from the take to the queuing below nothing may fail.
+    let prices = model.map(|m| super::prices::rows_of(sh, db, &tenant, m)).transpose()?;
+
     let mut held = None;
     let mut reversal = None;
     if let Some(rid) = reservation_id {
@@ -80,10 +83,9 @@ pub fn record(
         }
     }
     let now = now_unix_us();
-    let cost_micros = match model {
-        Some(m) => super::prices::price_at(sh, db, &tenant, m, now)?.map(|p| crate::money::cost(p, input, output)),
-        None => None,
-    };
+    let cost_micros = prices
+        .and_then(|rows| crate::money::price_at(&rows, now))
+        .map(|p| crate::money::cost(p, input, output));
     // Queued before anything that can fail, so that an abort gives the reservation back.
     xact::push(xact::Pending {
         subid: xact::current_subid(),

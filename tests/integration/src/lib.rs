@@ -49,6 +49,27 @@ pub fn enroll(c: &mut Client, subject: &str, profile: &str, overrides: &str) {
     .expect("enroll");
 }
 
+/// A shared price (tenant `'*'`, in force since always) for `model`: micro-units per million
+/// input and output tokens.
+pub fn shared_price(c: &mut Client, model: &str, input: i64, output: i64) {
+    c.execute(
+        "INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+         VALUES ('*', $1, $2, $3, '-infinity')",
+        &[&model, &input, &output],
+    )
+    .expect("shared_price");
+}
+
+/// What `cp_quota_status` says `subject` spent today, in micro-units.
+pub fn spent_today(c: &mut Client, subject: &str) -> i64 {
+    c.query_one(
+        "SELECT (control_plane.cp_quota_status($1)->'money'->'day'->>'spent_micros')::bigint",
+        &[&subject],
+    )
+    .expect("spent_today")
+    .get(0)
+}
+
 pub struct Admission {
     pub allowed: bool,
     pub reason: Option<String>,

@@ -41,20 +41,7 @@ fn a_rebuild_inside_the_recording_transaction_counts_its_records_once_at_commit_
     let id = run_id();
     let model = format!("{id}-own");
     let mut c = connect();
-    c.execute(
-        "INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
-         VALUES ('*', $1, 1000000, 1000000, '-infinity')",
-        &[&model],
-    )
-    .unwrap();
-    let spent = |c: &mut postgres::Client, s: &str| -> i64 {
-        c.query_one(
-            "SELECT (control_plane.cp_quota_status($1)->'money'->'day'->>'spent_micros')::bigint",
-            &[&s],
-        )
-        .unwrap()
-        .get(0)
-    };
+    shared_price(&mut c, &model, 1_000_000, 1_000_000);
     for (n, end) in [("commit", "COMMIT"), ("rollback", "ROLLBACK")] {
         let s = format!("{id}_own_{n}");
         enroll(&mut c, &s, "unlimited", r#"{"requests_per_day": 100}"#);
@@ -73,7 +60,7 @@ fn a_rebuild_inside_the_recording_transaction_counts_its_records_once_at_commit_
             (0, 0),
             "not counted before commit"
         );
-        assert_eq!(spent(&mut c, &s), 0);
+        assert_eq!(spent_today(&mut c, &s), 0);
         let a = admit(&mut c, &s, 0);
         assert!(a.allowed);
         c.batch_execute(end).unwrap();
@@ -83,7 +70,7 @@ fn a_rebuild_inside_the_recording_transaction_counts_its_records_once_at_commit_
             (recorded, 1),
             "{n}: counted once"
         );
-        assert_eq!(spent(&mut c, &s), recorded * 15, "{n}: spend counted once");
+        assert_eq!(spent_today(&mut c, &s), recorded * 15, "{n}: spend counted once");
         assert!(release(&mut c, &a.reservation_id.unwrap()));
     }
 }

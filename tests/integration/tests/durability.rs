@@ -20,18 +20,11 @@ fn ledger(c: &mut Client, s: &str) -> (i64, i64, i64, i64) {
 }
 
 fn index(c: &mut Client, s: &str) -> (i64, i64, i64, i64) {
-    let spent: i64 = c
-        .query_one(
-            "SELECT (control_plane.cp_quota_status($1)->'money'->'day'->>'spent_micros')::bigint",
-            &[&s],
-        )
-        .unwrap()
-        .get(0);
     (
         quota(c, s, "requests_per_day").0,
         quota(c, s, "input_tokens_per_day").0,
         quota(c, s, "output_tokens_per_day").0,
-        spent,
+        spent_today(c, s),
     )
 }
 
@@ -41,12 +34,7 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     let subjects: Vec<String> = (0..6).map(|i| format!("{id}_d{i}")).collect();
     let model = format!("{id}-durable");
     let mut c = connect();
-    c.execute(
-        "INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
-         VALUES ('*', $1, 1500000, 6000000, '-infinity')",
-        &[&model],
-    )
-    .unwrap();
+    shared_price(&mut c, &model, 1_500_000, 6_000_000);
     for (i, s) in subjects.iter().enumerate() {
         enroll(&mut c, s, "unlimited", r#"{"requests_per_day": 1000}"#);
         let mut tx = c.transaction().unwrap();

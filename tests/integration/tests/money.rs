@@ -24,13 +24,7 @@ fn a_committed_price_change_is_obeyed_by_the_next_record_in_every_backend() {
     for b in &mut backends {
         assert_eq!(cost(b, &s, &model), None);
     }
-    admin
-        .execute(
-            "INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
-             VALUES ('*', $1, 150000, 600000, '-infinity')",
-            &[&model],
-        )
-        .unwrap();
+    shared_price(&mut admin, &model, 150_000, 600_000);
     for b in &mut backends {
         assert_eq!(cost(b, &s, &model), Some(750), "the shared price, at once");
     }
