@@ -58,12 +58,12 @@ pub static ON_EXPIRY: GucSetting<OnExpiry> = GucSetting::<OnExpiry>::new(OnExpir
 /// `control_plane.on_full` (reload).
 pub static ON_FULL: GucSetting<OnFull> = GucSetting::<OnFull>::new(OnFull::Deny);
 
-/// `control_plane.tenant` (user): the tenant every function acts in.
 /// `control_plane.currency` (user): the currency code shown beside amounts (`cp_quota_status`'s
 /// display strings). A label only: every amount is in micro-units of the one currency the prices
 /// and budgets are set in.
 pub static CURRENCY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"USD"));
 
+/// `control_plane.tenant` (user): the tenant every function acts in.
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
 
 /// Defines the settings. Server-start settings exist only when the library is preloaded
