@@ -162,6 +162,26 @@ SELECT cost_micros IS NULL AS no_cost FROM control_plane.cp_record_usage('user_7
 SELECT jsonb_pretty(control_plane.cp_quota_status('user_777')->'money') AS money;
 
 \echo
-\echo '== 14. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
+\echo '== 14. Money budgets: each admission reserves its estimated cost, and the budget refuses what no longer fits =='
+\echo '   a plan with a daily budget of 1 cent (10,000 micro-units) that calls gpt-4o-mini unless told otherwise:'
+INSERT INTO control_plane.profiles (name, daily_budget_cents, default_model) VALUES ('team_small', 1, 'gpt-4o-mini');
+INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('user_budget', 'team_small');
+\echo '   4000 input tokens and at most 500 output tokens: 600 + 300 = 900 micro-units reserved (the model column says what to call):'
+SELECT allowed, decision, model, reservation_id FROM control_plane.cp_admit('user_budget', 4000, max_output_tokens => 500) \gset
+SELECT :'allowed' AS allowed, :'decision' AS decision, :'model' AS model;
+\echo '   the call answered 200 tokens: it is settled at its actual cost, 600 + 120 = 720:'
+SELECT cost_micros, reservation_settled
+  FROM control_plane.cp_record_usage('user_budget', 4000, 200, reservation_id => :'reservation_id');
+\echo '   10,000 - 720 = 9,280 left: ten more reservations of 900 fit, the eleventh is refused (remaining in micro-units):'
+SELECT n AS request, a.allowed, a.decision, a.reason, a.limit_name, a.remaining
+  FROM generate_series(1, 11) n
+ CROSS JOIN LATERAL control_plane.cp_admit('user_budget', 4000 + 0 * n, max_output_tokens => 500) a;
+\echo '   a model without a price is refused under a budget (never free by accident):'
+SELECT allowed, reason FROM control_plane.cp_admit('user_budget', 10, model => 'some-new-model');
+\echo '   the day''s money: budget, spent (recorded), reserved (admitted, not yet recorded), remaining:'
+SELECT jsonb_pretty(control_plane.cp_quota_status('user_budget')->'money'->'day') AS day;
+
+\echo
+\echo '== 15. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
 SELECT name, value FROM control_plane.stats;
 SELECT * FROM control_plane.tenant_stats ORDER BY database, tenant;

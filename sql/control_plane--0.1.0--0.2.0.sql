@@ -147,6 +147,7 @@ CREATE FUNCTION control_plane."cp_tenant_stats"() RETURNS TABLE (
     "denied_model_or_feature" bigint,
     "denied_inactive" bigint,
     "denied_capacity" bigint,
+    "denied_budget" bigint,
     "recorded" bigint,
     "recorded_input_tokens" bigint,
     "recorded_output_tokens" bigint,
@@ -159,7 +160,7 @@ AS 'MODULE_PATHNAME', 'cp_tenant_stats_wrapper';
 
 CREATE VIEW control_plane.tenant_stats AS
 SELECT d.datname AS database, s.tenant, s.admitted, s.denied_quota, s.denied_rate, s.denied_concurrency,
-       s.denied_model_or_feature, s.denied_inactive, s.denied_capacity, s.recorded, s.recorded_input_tokens,
+       s.denied_model_or_feature, s.denied_inactive, s.denied_capacity, s.denied_budget, s.recorded, s.recorded_input_tokens,
        s.recorded_output_tokens, s.expired, s.expired_tokens
   FROM control_plane.cp_tenant_stats() s
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.database_oid;
@@ -251,3 +252,56 @@ AS $$ SELECT p.tenant_id OPERATOR(pg_catalog.=) '*', p.effective_from, p.input_m
         FROM control_plane.model_prices p
        WHERE p.tenant_id IN (for_tenant, '*') AND p.model OPERATOR(pg_catalog.=) for_model $$;
 SELECT pg_catalog.pg_extension_config_dump('control_plane.model_prices', '');
+
+-- ---------------------------------------------------------------------- budgets and cp_admit
+
+-- The presets set no money budget any more: the extension ships no prices, and a budget is
+-- enforced only with the prices of the models called under it. Preset rows an admin changed keep
+-- their values.
+UPDATE control_plane.profiles p
+   SET daily_budget_cents = NULL, monthly_budget_cents = NULL
+  FROM (VALUES ('free', 10, 100), ('starter', 100, 2000), ('pro', 1000, 20000),
+               ('business', 10000, 200000), ('enterprise', 100000, 2000000)) AS shipped(name, daily, monthly)
+ WHERE p.tenant_id OPERATOR(pg_catalog.=) '*' AND p.name OPERATOR(pg_catalog.=) shipped.name
+   AND p.daily_budget_cents OPERATOR(pg_catalog.=) shipped.daily
+   AND p.monthly_budget_cents OPERATOR(pg_catalog.=) shipped.monthly;
+
+-- The model to call, last in the admission row.
+ALTER TYPE control_plane.admission ADD ATTRIBUTE model text;
+
+-- cp_admit gains max_output_tokens: the function is created again, with the privileges the old
+-- one had.
+CREATE TEMPORARY TABLE cp_admit_acl ON COMMIT DROP AS
+SELECT proacl AS acl FROM pg_catalog.pg_proc
+ WHERE oid OPERATOR(pg_catalog.=) 'control_plane.cp_admit(text, bigint, text, text)'::pg_catalog.regprocedure;
+DROP FUNCTION control_plane.cp_admit(text, bigint, text, text);
+CREATE FUNCTION control_plane.cp_admit(
+    subject           text,
+    tokens            bigint DEFAULT 0,
+    model             text   DEFAULT NULL,
+    feature           text   DEFAULT NULL,
+    max_output_tokens bigint DEFAULT NULL
+) RETURNS control_plane.admission
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'cp_admit_fast';
+COMMENT ON FUNCTION control_plane.cp_admit(text, bigint, text, text, bigint) IS
+    'One admission decision: checks every limit and budget and holds the request and its token and cost estimates if admitted.';
+DO $$
+DECLARE
+    g record;
+BEGIN
+    IF (SELECT acl FROM cp_admit_acl) IS NULL THEN
+        RETURN;  -- the default: EXECUTE for PUBLIC
+    END IF;
+    REVOKE ALL ON FUNCTION control_plane.cp_admit(text, bigint, text, text, bigint) FROM PUBLIC;
+    FOR g IN SELECT e.grantee, e.is_grantable
+               FROM cp_admit_acl a, pg_catalog.aclexplode(a.acl) e
+              WHERE e.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION control_plane.cp_admit(text, bigint, text, text, bigint) TO %s%s',
+                                  CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                       ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END $$;
+DROP TABLE cp_admit_acl;

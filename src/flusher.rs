@@ -149,38 +149,38 @@ fn flush(sh: &Shared, db: u32) -> usize {
 /// at the latest one's time; one statement for the whole batch.
 fn write(sh: &Shared, charges: &[Charge]) -> crate::error::CpResult<()> {
     let same_row = |a: &Charge, b: &Charge| a.key == b.key && local_day(sh, a) == local_day(sh, b);
-    let rows: Vec<&[Charge]> = charges.chunk_by(same_row).flat_map(|g| g.chunks(ROW_CHARGES)).collect();
-    let n = rows.len();
-    let (mut tenants, mut subjects, mut requests, mut tokens, mut at, mut json) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for cs in rows {
+    let mut rows = catalog::ChargeRows::default();
+    for cs in charges.chunk_by(same_row).flat_map(|g| g.chunks(ROW_CHARGES)) {
         let (tenant, subject) = sh.charge_names(&cs[0]);
-        tenants.push(tenant);
-        subjects.push(subject);
-        requests.push(cs.len() as i64);
-        tokens.push(cs.iter().map(|c| c.tokens).sum::<i64>());
-        at.push(cs.iter().map(|c| c.at).max().unwrap_or_default());
-        let mut j = String::with_capacity(2 + cs.len() * 48);
-        j.push('{');
-        for (i, c) in cs.iter().enumerate() {
-            if i > 0 {
-                j.push(',');
-            }
-            j.push('"');
-            push_uuid(&mut j, &c.id);
-            let _ = write!(j, "\":{}", c.tokens);
-        }
-        j.push('}');
-        json.push(j);
+        rows.tenants.push(tenant);
+        rows.subjects.push(subject);
+        rows.requests.push(cs.len() as i64);
+        rows.tokens.push(cs.iter().map(|c| c.tokens).sum::<i64>());
+        rows.costs
+            .push(cs.iter().fold(0i64, |sum, c| sum.saturating_add(c.cost)));
+        rows.at.push(cs.iter().map(|c| c.at).max().unwrap_or_default());
+        rows.charges.push(charges_json(cs, |c| c.tokens));
+        rows.charge_costs
+            .push(cs.iter().any(|c| c.cost != 0).then(|| charges_json(cs, |c| c.cost)));
     }
-    catalog::insert_charges(&tenants, &subjects, &requests, &tokens, &at, &json)?;
+    catalog::insert_charges(&rows)?;
     Ok(())
+}
+
+/// `{"<reservation id>": <amount>, ...}` for the charges of one row.
+fn charges_json(cs: &[Charge], amount: impl Fn(&Charge) -> i64) -> String {
+    let mut j = String::with_capacity(2 + cs.len() * 48);
+    j.push('{');
+    for (i, c) in cs.iter().enumerate() {
+        if i > 0 {
+            j.push(',');
+        }
+        j.push('"');
+        push_uuid(&mut j, &c.id);
+        let _ = write!(j, "\":{}", amount(c));
+    }
+    j.push('}');
+    j
 }
 
 /// The day of a charge in its tenant's time zone: a row, written at its latest charge's time,

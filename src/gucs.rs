@@ -6,7 +6,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
 
 /// `control_plane.max_subjects` (postmaster): how many (database, tenant, subject) entries the
-/// shared-memory index holds at least. Each costs 220 bytes of shared memory (1.25 slots of 176
+/// shared-memory index holds at least. Each costs 230 bytes of shared memory (1.25 slots of 184
 /// bytes per subject; a lock partition holds at most 90 % of its slots).
 pub static MAX_SUBJECTS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 
@@ -55,6 +55,30 @@ pub enum OnExpiry {
 /// `control_plane.on_expiry` (reload).
 pub static ON_EXPIRY: GucSetting<OnExpiry> = GucSetting::<OnExpiry>::new(OnExpiry::Charge);
 
+/// What `cp_admit` does when a money budget applies and the model to call has no price (or no
+/// model is named and the profile has no default).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UnpricedModels {
+    /// Deny with reason `unpriced_model` (fail closed).
+    #[name = c"deny"]
+    Deny,
+    /// Admit without a cost reservation: the usage is recorded with cost NULL and never counts
+    /// against a budget.
+    #[name = c"allow"]
+    Allow,
+}
+
+/// `control_plane.unpriced_models` (reload).
+pub static UNPRICED_MODELS: GucSetting<UnpricedModels> = GucSetting::<UnpricedModels>::new(UnpricedModels::Deny);
+
+/// `control_plane.default_max_output_tokens` (user): the output a cost reservation expects when
+/// `cp_admit`'s `max_output_tokens` is NULL.
+pub static DEFAULT_MAX_OUTPUT_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(1_024);
+
+/// `control_plane.max_reservation_pct` (percent, reload): the most one admission may reserve, as
+/// a share of the smallest budget that applies to it.
+pub static MAX_RESERVATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 /// `control_plane.on_full` (reload).
 pub static ON_FULL: GucSetting<OnFull> = GucSetting::<OnFull>::new(OnFull::Deny);
 
@@ -82,7 +106,7 @@ fn define_startup_gucs() {
     GucRegistry::define_int_guc(
         c"control_plane.max_subjects",
         c"Subjects the shared-memory index holds at least (server start).",
-        c"Each subject takes 220 bytes of shared memory (1.25 slots of 176 bytes; a lock partition holds at most 90 % of its slots). When a lock partition is full, the least recently used entry that loses nothing is evicted (its totals are rebuilt from the ledger); if none can be, control_plane.on_full decides.",
+        c"Each subject takes 230 bytes of shared memory (1.25 slots of 184 bytes; a lock partition holds at most 90 % of its slots). When a lock partition is full, the least recently used entry that loses nothing is evicted (its totals are rebuilt from the ledger); if none can be, control_plane.on_full decides.",
         &MAX_SUBJECTS,
         1_024,
         50_000_000,
@@ -115,6 +139,34 @@ fn define_session_gucs() {
         c"What an expired reservation's token estimate becomes: charge (default) or release_estimate.",
         c"An admitted request always counts against request quotas, whether or not it is recorded; a reservation that expires unsettled is charged its token estimate unless this is release_estimate.",
         &ON_EXPIRY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"control_plane.unpriced_models",
+        c"What cp_admit does when a money budget applies and the model has no price: deny (default) or allow.",
+        c"deny refuses with reason unpriced_model; allow admits without a cost reservation, and the usage is recorded with cost NULL, never counted against a budget. A request that names no model uses the profile's default_model.",
+        &UNPRICED_MODELS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.default_max_output_tokens",
+        c"Output tokens a cost reservation expects when cp_admit's max_output_tokens is NULL.",
+        c"The reservation is the input tokens at the input price plus this many output tokens at the output price, rounded up, and no more than control_plane.max_reservation_pct of the smallest budget.",
+        &DEFAULT_MAX_OUTPUT_TOKENS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.max_reservation_pct",
+        c"The most one admission may reserve, in percent of the smallest money budget that applies.",
+        c"So that one worst-case estimate cannot block a whole budget. What a request costs beyond its reservation is still recorded and counted.",
+        &MAX_RESERVATION_PCT,
+        1,
+        100,
         GucContext::Sighup,
         GucFlags::default(),
     );

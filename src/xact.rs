@@ -26,17 +26,22 @@ pub struct Pending {
     /// The reservation slot this row settles, taken by this transaction.
     pub reservation: Option<Settles>,
     /// A reversal row this transaction wrote for a charge already in the ledger: (its time,
-    /// tokens charged).
-    pub reversal: Option<(i64, i64)>,
+    /// tokens charged, micro-units charged).
+    pub reversal: Option<(i64, i64, i64)>,
 }
 
 /// What settling a taken reservation slot ends.
 #[derive(Clone, Copy, Debug)]
 pub enum Settles {
-    /// An open reservation's hold.
-    Hold { index: usize, tokens: i64 },
+    /// An open reservation's hold (tokens and micro-units).
+    Hold { index: usize, tokens: i64, cost: i64 },
     /// An expired reservation's charge, not yet written to the ledger: it is replaced.
-    Charge { index: usize, tokens: i64, at: i64 },
+    Charge {
+        index: usize,
+        tokens: i64,
+        cost: i64,
+        at: i64,
+    },
 }
 
 impl Settles {
@@ -103,8 +108,8 @@ pub fn uncommitted_rows(key: &Key, db: u32) -> Vec<(i64, [i64; 4])> {
         let mut rows = Vec::new();
         for p in st.pending.iter().filter(|p| p.key == *key && p.db == db) {
             rows.push((p.at_unix_us, [1, p.input, p.output, p.cost]));
-            if let Some((at, tokens)) = p.reversal {
-                rows.push((at, [-1, -tokens, 0, 0]));
+            if let Some((at, tokens, cost)) = p.reversal {
+                rows.push((at, [-1, -tokens, 0, -cost]));
             }
         }
         rows
@@ -166,26 +171,26 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                     cost: p.cost,
                 }];
                 match p.reservation {
-                    Some(Settles::Hold { tokens, .. }) => effects.push(Effect::ReleaseHold { tokens }),
-                    Some(Settles::Charge { tokens, at, .. }) => effects.extend([
+                    Some(Settles::Hold { tokens, cost, .. }) => effects.push(Effect::ReleaseHold { tokens, cost }),
+                    Some(Settles::Charge { tokens, cost, at, .. }) => effects.extend([
                         Effect::Row {
                             at,
                             requests: -1,
                             input: -tokens,
                             output: 0,
-                            cost: 0,
+                            cost: -cost,
                         },
                         Effect::Flushed(1),
                     ]),
                     None => {}
                 }
-                if let Some((at, tokens)) = p.reversal {
+                if let Some((at, tokens, cost)) = p.reversal {
                     effects.push(Effect::Row {
                         at,
                         requests: -1,
                         input: -tokens,
                         output: 0,
-                        cost: 0,
+                        cost: -cost,
                     });
                 }
                 sh.settle(&p.key, p.db, now, &effects);

@@ -63,6 +63,7 @@ fn cp_tenant_stats() -> Result<
             name!(denied_model_or_feature, i64),
             name!(denied_inactive, i64),
             name!(denied_capacity, i64),
+            name!(denied_budget, i64),
             name!(recorded, i64),
             name!(recorded_input_tokens, i64),
             name!(recorded_output_tokens, i64),
@@ -93,6 +94,7 @@ fn cp_tenant_stats() -> Result<
                 c[9],
                 c[10],
                 c[11],
+                c[12],
             )
         })
         .collect();

@@ -7,7 +7,9 @@ use crate::calendar::US_PER_SEC;
 use crate::catalog::now_unix_us;
 use crate::error::CpResult;
 use crate::gucs;
+use crate::money;
 use crate::policy_cache;
+use crate::quota::Ask;
 use crate::shmem::{self, Hold, Owner, Seen, Stat};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -23,6 +25,8 @@ pub struct Decision {
     pub remaining: Option<i64>,
     pub retry_after_ms: Option<i64>,
     pub reservation_id: Option<Uuid>,
+    /// The model to call: the requested one, or the profile's default.
+    pub model: Option<String>,
 }
 
 impl Decision {
@@ -40,8 +44,40 @@ impl Decision {
             remaining,
             retry_after_ms: retry,
             reservation_id: None,
+            model: None,
         }
     }
+}
+
+/// What an admission reserves against the budgets that apply: None when none applies or the
+/// model costs nothing; Err(denial) when the model has no price and unpriced models are denied.
+fn cost_estimate(
+    sh: &shmem::Shared,
+    db: u32,
+    tenant: &str,
+    policy: &crate::policy::Policy,
+    model: Option<&str>,
+    tokens: i64,
+    max_output_tokens: Option<i64>,
+    now: i64,
+) -> CpResult<Result<Option<i64>, Decision>> {
+    let Some(smallest) = policy.smallest_budget_micros() else {
+        return Ok(Ok(None));
+    };
+    let price = match model {
+        Some(m) => money::price_at(&super::prices::rows_of(sh, db, tenant, m)?, now),
+        None => None,
+    };
+    Ok(match price {
+        Some(p) if p.is_free() => Ok(None),
+        Some(p) => {
+            let output = max_output_tokens.unwrap_or(gucs::DEFAULT_MAX_OUTPUT_TOKENS.get() as i64);
+            let cap = money::reservation_cap(smallest, gucs::MAX_RESERVATION_PCT.get() as i64);
+            Ok(Some(money::estimate(p, tokens, output, Some(cap))))
+        }
+        None if gucs::UNPRICED_MODELS.get() == gucs::UnpricedModels::Allow => Ok(None),
+        None => Err(Decision::deny("unpriced_model", None, None, None)),
+    })
 }
 
 thread_local! {
@@ -106,10 +142,14 @@ pub fn admit(
     tokens: Option<i64>,
     model: Option<&str>,
     feature: Option<&str>,
+    max_output_tokens: Option<i64>,
 ) -> CpResult<Decision> {
     let sh = shmem::shared()?;
     let subject = args::name("subject", subject)?;
     let tokens = args::tokens("tokens", tokens)?;
+    let max_output_tokens = max_output_tokens
+        .map(|m| args::tokens("max_output_tokens", Some(m)))
+        .transpose()?;
     optional_name("model", model)?;
     optional_name("feature", feature)?;
     let (tenant, db, key) = locate(subject)?;
@@ -125,19 +165,32 @@ pub fn admit(
         sh.bump_outcome(tenant_slot, Stat::DeniedInactive);
         return Ok(Decision::deny("profile_inactive", None, None, None));
     }
+    let model = pol.policy.model_for(model);
     if let Some(g) = pol.policy.gate(model, feature) {
         sh.bump_outcome(tenant_slot, Stat::DeniedModel);
         return Ok(Decision::deny(g.reason(), None, None, None));
     }
 
     let now = now_unix_us();
+    let cost = match cost_estimate(sh, db, &tenant, &pol.policy, model, tokens, max_output_tokens, now)? {
+        Ok(c) => c,
+        Err(denied) => {
+            sh.bump_outcome(tenant_slot, Stat::DeniedBudget);
+            return Ok(denied);
+        }
+    };
+    let ask = Ask { tokens, cost };
     // The ends of the tenant's day and month, for when a quota refuses.
     let at = sh.now_in(zone, now);
     let expires_at = now.saturating_add(gucs::RESERVATION_TIMEOUT.get() as i64 * US_PER_SEC);
     let warn_pct = gucs::WARN_THRESHOLD.get() as i64;
     // A plan with nothing to hold (no concurrency limit, no request quota, no token estimate
-    // against a token quota) claims no reservation slot.
-    let hold = admission::needs_hold(&pol.policy, tokens).then_some(Hold { tokens, expires_at });
+    // against a token quota, no cost estimate against a budget) claims no reservation slot.
+    let hold = admission::needs_hold(&pol.policy, ask).then_some(Hold {
+        tokens,
+        cost: cost.unwrap_or(0),
+        expires_at,
+    });
     let mut expired_once = false;
     for _ in 0..4 {
         // From the claim of a reservation slot to its publication nothing can raise an error:
@@ -154,7 +207,7 @@ pub fn admit(
             },
         };
         let seen = sh.admit(&key, db, now, hold, zone, stamp, |state| {
-            let v = admission::decide(&pol.policy, state, tokens, at, warn_pct);
+            let v = admission::decide(&pol.policy, state, ask, at, warn_pct);
             let tat = match v {
                 Verdict::Allow { tat, .. } => Some(tat),
                 Verdict::Deny { .. } => None,
@@ -175,7 +228,7 @@ pub fn admit(
         match a.verdict {
             Verdict::Allow { tightest, warn, .. } => {
                 let id = reservation_uuid(claim.as_ref().map_or(NO_SLOT, |c| c.index() as u32), now);
-                if let Some(c) = claim {
+                if let (Some(c), Some(h)) = (claim, hold) {
                     let owner = Owner {
                         db,
                         key,
@@ -185,7 +238,7 @@ pub fn admit(
                         tenant: &tenant,
                         subject,
                     };
-                    c.publish(id, &owner, tokens, expires_at);
+                    c.publish(id, &owner, &h);
                     crate::flusher::ensure(sh, db, now);
                 }
                 sh.bump_outcome(tenant_slot, Stat::Allowed);
@@ -197,6 +250,7 @@ pub fn admit(
                     remaining: tightest.map(|(_, r)| r),
                     retry_after_ms: None,
                     reservation_id: Some(Uuid::from_bytes(id)),
+                    model: model.map(str::to_string),
                 });
             }
             Verdict::Deny {
@@ -217,6 +271,7 @@ pub fn admit(
                     tenant_slot,
                     match kind {
                         DenyKind::Quota => Stat::DeniedQuota,
+                        DenyKind::Budget => Stat::DeniedBudget,
                         DenyKind::Rate => Stat::DeniedRate,
                         DenyKind::Concurrency => Stat::DeniedConcurrency,
                     },
@@ -247,10 +302,10 @@ pub extern "C" fn pg_finfo_cp_admit_fast() -> &'static pg_sys::Pg_finfo_record {
     &V1
 }
 
-/// `control_plane.cp_admit(subject, tokens, model, feature) RETURNS control_plane.admission`
-/// (declared in `src/sql/schema.sql`). One admission decision for `subject` in the current
-/// tenant: checks every limit that applies and, if admitted, holds the request and its token
-/// estimate until `cp_record_usage` or `cp_release` (or expiry).
+/// `control_plane.cp_admit(subject, tokens, model, feature, max_output_tokens) RETURNS
+/// control_plane.admission` (declared in `src/sql/schema.sql`). One admission decision for
+/// `subject` in the current tenant: checks every limit that applies and, if admitted, holds the
+/// request and its token and cost estimates until `cp_record_usage` or `cp_release` (or expiry).
 ///
 /// Written against the raw calling convention and returning a named composite type: this is
 /// the hot path, and a set-returning function with OUT parameters makes PostgreSQL rebuild the
@@ -262,7 +317,13 @@ pub unsafe extern "C-unwind" fn cp_admit_fast(fcinfo: pg_sys::FunctionCallInfo) 
     let tokens: Option<i64> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 1) };
     let model: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 2) };
     let feature: Option<&str> = unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 3) };
-    let d = match admit(subject, tokens, model, feature) {
+    // (A 0.1.0 declaration of cp_admit, before ALTER EXTENSION UPDATE, passes four arguments.)
+    let max_output_tokens: Option<i64> = if unsafe { (*fcinfo).nargs } > 4 {
+        unsafe { pgrx::fcinfo::pg_getarg(fcinfo, 4) }
+    } else {
+        None
+    };
+    let d = match admit(subject, tokens, model, feature, max_output_tokens) {
         Ok(d) => d,
         Err(e) => crate::error::raise(e),
     };
@@ -283,6 +344,7 @@ unsafe fn admission_datum(fcinfo: pg_sys::FunctionCallInfo, d: &Decision) -> CpR
                 d.remaining.and_then(|v| v.into_datum()),
                 d.retry_after_ms.and_then(|v| v.into_datum()),
                 d.reservation_id.and_then(|u| u.into_datum()),
+                text(d.model.as_deref()),
             ],
         )
     }

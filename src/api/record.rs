@@ -43,6 +43,8 @@ pub fn record(
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 
+    // A call that names no model used the profile's default.
+    let model = pol.policy.model_for(model);
     // Read before a reservation is taken: from the take to the queuing below nothing may fail.
     let prices = model.map(|m| super::prices::rows_of(sh, db, &tenant, m)).transpose()?;
 
@@ -72,10 +74,10 @@ pub fn record(
                 // reversal row takes the charge back (once per reservation), and the usage row
                 // counts the request and the actual tokens.
                 if let Some(admitted_at) = super::admit::admitted_at(rid.as_bytes()) {
-                    if let Some((at, tokens)) = catalog::expired_charge(&tenant, subject, &rid, admitted_at)? {
+                    if let Some((at, tokens, cost)) = catalog::expired_charge(&tenant, subject, &rid, admitted_at)? {
                         ledger_lock(db, &key, pg_sys::ShareLock, true);
-                        if catalog::insert_reversal(&tenant, subject, rid, tokens, at)? {
-                            reversal = Some((at, tokens));
+                        if catalog::insert_reversal(&tenant, subject, rid, tokens, cost, at)? {
+                            reversal = Some((at, tokens, cost));
                         }
                     }
                 }
@@ -100,11 +102,13 @@ pub fn record(
             None => Settles::Hold {
                 index: h.index,
                 tokens: h.tokens,
+                cost: h.cost,
             },
-            Some((tokens, at)) => Settles::Charge {
+            Some(e) => Settles::Charge {
                 index: h.index,
-                tokens,
-                at,
+                tokens: e.tokens,
+                cost: e.cost,
+                at: e.at,
             },
         }),
         reversal,

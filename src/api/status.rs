@@ -15,14 +15,6 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
-fn held_in(l: Limit, t: &Totals) -> i64 {
-    match l {
-        Limit::RequestsPerDay | Limit::RequestsPerMonth => t.held_requests,
-        Limit::InputTokensPerDay | Limit::InputTokensPerMonth => t.held_tokens,
-        _ => 0,
-    }
-}
-
 /// The tenant's calendar at one instant: its time zone, and the day and month that contain it.
 pub struct Period {
     pub zone: String,
@@ -61,10 +53,10 @@ pub fn status_json(
     period: &Period,
 ) -> Value {
     let mut quotas = Map::new();
-    for l in QUOTA_LIMITS {
+    for l in QUOTA_LIMITS.into_iter().filter(|l| !quota::is_budget(*l)) {
         let limit = policy.limit(l);
         let used = t.committed(l);
-        let held = held_in(l, t);
+        let held = t.held(l);
         let remaining = limit.map(|c| c.saturating_sub(t.used(l)).max(0));
         let percent = limit.map(|c| {
             if c == 0 {
@@ -90,7 +82,7 @@ pub fn status_json(
         "org_id": enrolled.and_then(|c| c.org_id.clone()),
         "period": {"time_zone": period.zone, "day": period.json(Window::Day), "month": period.json(Window::Month)},
         "quotas": quotas,
-        "held": {"requests": t.held_requests, "tokens": t.held_tokens},
+        "held": {"requests": t.held_requests, "tokens": t.held_tokens, "cost_micros": t.held_cost},
         "rate_limits": {
             "requests_per_second": lim(Limit::RequestsPerSecond),
             "requests_per_minute": lim(Limit::RequestsPerMinute),
@@ -103,17 +95,31 @@ pub fn status_json(
             "daily_budget_cents": lim(Limit::DailyBudgetCents),
             "monthly_budget_cents": lim(Limit::MonthlyBudgetCents),
         },
-        "money": money_json(t),
+        "money": money_json(policy, t),
         "models": {"allowed": policy.allowed_models, "blocked": policy.blocked_models},
         "grants": [],
     })
 }
 
-/// Committed spend in the day and month, in micro-units and as a display string.
-fn money_json(t: &Totals) -> Value {
+/// Spend per window against the budget: in micro-units, and as display strings. `spent` is
+/// recorded (and expired) usage, `reserved` what open admissions hold; `remaining` and `percent`
+/// count both, like the admission does.
+fn money_json(policy: &Policy, t: &Totals) -> Value {
     let currency = crate::gucs::currency();
-    let window = |spent: i64| json!({"spent_micros": spent, "spent": crate::money::display(spent, &currency)});
-    json!({"currency": currency, "day": window(t.day_cost), "month": window(t.month_cost)})
+    let show = |micros: i64| crate::money::display(micros, &currency);
+    let window = |l: Limit| {
+        let budget = quota::cap_of(policy, l);
+        let (spent, reserved, used) = (t.committed(l), t.held(l), t.used(l));
+        let remaining = budget.map(|b| b.saturating_sub(used).max(0));
+        json!({
+            "budget_micros": budget, "budget": budget.map(show),
+            "spent_micros": spent, "spent": show(spent),
+            "reserved_micros": reserved, "reserved": show(reserved),
+            "remaining_micros": remaining, "remaining": remaining.map(show),
+            "percent": budget.map(|b| crate::money::percent(used, b)),
+        })
+    };
+    json!({"currency": currency, "day": window(Limit::DailyBudgetCents), "month": window(Limit::MonthlyBudgetCents)})
 }
 
 pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 
+mod budgets;
 mod money;
 mod zones;
 

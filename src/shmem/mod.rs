@@ -60,6 +60,8 @@ pub enum Stat {
     DeniedModel,
     DeniedInactive,
     DeniedCapacity,
+    /// Refused by a money budget, or because a budget applies and the model has no price.
+    DeniedBudget,
     Rebuilds,
     Evictions,
     Settled,
@@ -70,7 +72,7 @@ pub enum Stat {
     ExpiredEarly,
     ChargesWritten,
 }
-pub const STAT_NAMES: [&str; 16] = [
+pub const STAT_NAMES: [&str; 17] = [
     "admits_allowed",
     "denied_quota",
     "denied_rate",
@@ -78,6 +80,7 @@ pub const STAT_NAMES: [&str; 16] = [
     "denied_model_or_feature",
     "denied_inactive",
     "denied_capacity",
+    "denied_budget",
     "ledger_rebuilds",
     "evictions",
     "reservations_settled",

@@ -11,12 +11,12 @@
 //!                                         `-> SETTLING -> FREE         (late record replaces it)
 //! ```
 //!
-//! An expired reservation is charged at once in the subject's totals (its request, and its
-//! estimate unless `control_plane.on_expiry = 'release_estimate'`), and stays in its slot until
+//! An expired reservation is charged at once in the subject's totals (its request, and its token
+//! and cost estimates unless `control_plane.on_expiry = 'release_estimate'`), and stays in its slot until
 //! the flusher of its database has written the charge to the ledger. The slot keeps the tenant and
 //! subject names for that.
 
-use super::index::Effect;
+use super::index::{Effect, Hold};
 use super::{Shared, Stat, Usage};
 use crate::key::Key;
 use pgrx::pg_sys;
@@ -62,7 +62,11 @@ pub struct Resv {
     tenant_slot: u32,
     /// The tenant's time zone (`zones`) when admitted: the flusher writes charges per local day.
     zone: u16,
-    _reserved: [u8; 26],
+    _pad2: u16,
+    /// The cost estimate held (micro-units), and what expiry charged of it.
+    cost: i64,
+    cost_charged: i64,
+    _reserved: [u8; 8],
 }
 
 const _: () = assert!(std::mem::size_of::<Resv>() == 640);
@@ -88,6 +92,8 @@ pub struct Charge {
     pub id: [u8; 16],
     pub key: Key,
     pub tokens: i64,
+    /// Micro-units.
+    pub cost: i64,
     pub at: i64,
     /// The tenant's time zone.
     pub zone: u16,
@@ -199,7 +205,7 @@ impl Shared {
     }
 
     /// Fills a claimed slot and makes it visible.
-    fn publish(&self, i: usize, id: [u8; 16], owner: &Owner, tokens: i64, expires_at: i64) {
+    fn publish(&self, i: usize, id: [u8; 16], owner: &Owner, hold: &Hold) {
         let r = self.res_mut(i);
         r.id = id;
         r.db = owner.db;
@@ -207,10 +213,12 @@ impl Shared {
         r.tenant_fp = owner.tenant_fp;
         r.tenant_slot = owner.tenant_slot as u32;
         r.zone = owner.zone;
-        r.tokens = tokens;
+        r.tokens = hold.tokens;
+        r.cost = hold.cost;
         r.charged = 0;
+        r.cost_charged = 0;
         r.charged_at = 0;
-        r.expires_at = expires_at;
+        r.expires_at = hold.expires_at;
         r.owner_pid = 0;
         let (t, s) = (owner.tenant.as_bytes(), owner.subject.as_bytes());
         let (tl, sl) = (t.len().min(NAMES), s.len().min(NAMES - t.len().min(NAMES)));
@@ -232,10 +240,10 @@ impl Shared {
             r.state.store(RES_ACTIVE, Ordering::Release);
             return false;
         }
-        let charged = if crate::gucs::ON_EXPIRY.get() == crate::gucs::OnExpiry::Charge {
-            r.tokens
+        let (charged, cost_charged) = if crate::gucs::ON_EXPIRY.get() == crate::gucs::OnExpiry::Charge {
+            (r.tokens, r.cost)
         } else {
-            0
+            (0, 0)
         };
         self.settle(
             &r.key,
@@ -243,10 +251,13 @@ impl Shared {
             now,
             &[Effect::Charge {
                 tokens_held: r.tokens,
+                cost_held: r.cost,
                 charged,
+                cost_charged,
             }],
         );
         r.charged = charged;
+        r.cost_charged = cost_charged;
         r.charged_at = now;
         let slot = r.tenant_slot as usize;
         r.state.store(RES_EXPIRED, Ordering::Release);
@@ -310,6 +321,7 @@ impl Shared {
                 id: r.id,
                 key: r.key,
                 tokens: r.charged,
+                cost: r.cost_charged,
                 at: r.charged_at,
                 zone: r.zone,
             });
@@ -421,7 +433,12 @@ impl Shared {
                 key: rm.key,
                 tenant_fp: rm.tenant_fp,
                 tokens: rm.tokens,
-                expired: (from == RES_EXPIRED).then_some((rm.charged, rm.charged_at)),
+                cost: rm.cost,
+                expired: (from == RES_EXPIRED).then_some(Expired {
+                    tokens: rm.charged,
+                    cost: rm.cost_charged,
+                    at: rm.charged_at,
+                }),
             });
         }
         Taken::Busy
@@ -441,7 +458,15 @@ impl Shared {
 
     /// Releases a taken (open) reservation's hold and frees it (cp_release).
     pub fn release_taken(&self, h: &Held, db: u32, now: i64) {
-        self.settle(&h.key, db, now, &[Effect::ReleaseHold { tokens: h.tokens }]);
+        self.settle(
+            &h.key,
+            db,
+            now,
+            &[Effect::ReleaseHold {
+                tokens: h.tokens,
+                cost: h.cost,
+            }],
+        );
         self.free_taken(h.index);
         self.bump(Stat::Released);
     }
@@ -475,8 +500,8 @@ impl Claim<'_> {
     }
 
     /// Fills the slot and makes the reservation visible.
-    pub fn publish(mut self, id: [u8; 16], owner: &Owner, tokens: i64, expires_at: i64) {
-        self.sh.publish(self.index, id, owner, tokens, expires_at);
+    pub fn publish(mut self, id: [u8; 16], owner: &Owner, hold: &Hold) {
+        self.sh.publish(self.index, id, owner, hold);
         self.published = true;
     }
 }
@@ -496,8 +521,18 @@ pub struct Held {
     pub key: Key,
     pub tenant_fp: u64,
     pub tokens: i64,
+    /// The cost estimate held (micro-units).
+    pub cost: i64,
     /// For an expired reservation: what its expiry charged, and when.
-    pub expired: Option<(i64, i64)>,
+    pub expired: Option<Expired>,
+}
+
+/// What an expired reservation's expiry charged (tokens, micro-units), and when.
+#[derive(Clone, Copy, Debug)]
+pub struct Expired {
+    pub tokens: i64,
+    pub cost: i64,
+    pub at: i64,
 }
 
 pub enum Taken {

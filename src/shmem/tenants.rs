@@ -15,9 +15,9 @@ pub const MAX_TENANTS: usize = 1024;
 /// The slot where tenants beyond `MAX_TENANTS` count.
 pub const OVERFLOW: usize = MAX_TENANTS;
 const NAME: usize = crate::args::MAX_NAME_BYTES;
-/// Admission outcomes first (`Stat::Allowed` .. `Stat::DeniedCapacity` index them), then `Usage`;
+/// Admission outcomes first (`Stat::Allowed` .. `Stat::DeniedBudget` index them), then `Usage`;
 /// `cp_tenant_stats` returns them in this order.
-const OUTCOMES: usize = Stat::DeniedCapacity as usize + 1;
+const OUTCOMES: usize = Stat::DeniedBudget as usize + 1;
 const COUNTERS: usize = OUTCOMES + 5;
 const STRIPES: usize = 8;
 

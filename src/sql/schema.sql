@@ -42,6 +42,8 @@ COMMENT ON TABLE control_plane.profiles IS
 -- At most one default profile per tenant (and one shared default).
 CREATE UNIQUE INDEX profiles_one_default ON control_plane.profiles (tenant_id) WHERE is_default;
 
+-- The presets set no money budget: the extension ships no prices, and a budget needs the prices
+-- of the models called under it (see README, "Money"). Set budgets in your own profiles.
 INSERT INTO control_plane.profiles
     (tenant_id, name, description, is_default, requests_per_second,
      requests_per_minute, requests_per_hour, requests_per_day, requests_per_month,
@@ -50,16 +52,16 @@ INSERT INTO control_plane.profiles
      daily_budget_cents, monthly_budget_cents, allowed_models)
 VALUES
     ('*', 'free',       'Free tier',        true,     1,
-        5,    40,     100,      2000,     10000,     20000,     10000,      100000,      50000,    2,     10,     100,
+        5,    40,     100,      2000,     10000,     20000,     10000,      100000,      50000,    2,   NULL,    NULL,
         ARRAY['gpt-4o-mini', 'claude-3-5-haiku', 'gemini-1.5-flash']),
     ('*', 'starter',    'Starter plan',     false,    2,
-       20,   300,    1000,     20000,     40000,    200000,    100000,     2000000,    1000000,    4,    100,    2000, NULL),
+       20,   300,    1000,     20000,     40000,    200000,    100000,     2000000,    1000000,    4,   NULL,    NULL, NULL),
     ('*', 'pro',        'Pro plan',         false,    5,
-       60,  1500,    5000,    100000,    150000,   1000000,    500000,    20000000,   10000000,   10,   1000,   20000, NULL),
+       60,  1500,    5000,    100000,    150000,   1000000,    500000,    20000000,   10000000,   10,   NULL,    NULL, NULL),
     ('*', 'business',   'Business plan',    false,   20,
-      300, 10000,   50000,   1000000,   1000000,  10000000,   5000000,   200000000,  100000000,   50,  10000,  200000, NULL),
+      300, 10000,   50000,   1000000,   1000000,  10000000,   5000000,   200000000,  100000000,   50,   NULL,    NULL, NULL),
     ('*', 'enterprise', 'Enterprise plan',  false,   50,
-     1000, 50000,  500000,  10000000,   5000000, 100000000,  50000000,  2000000000, 1000000000,  200, 100000, 2000000, NULL),
+     1000, 50000,  500000,  10000000,   5000000, 100000000,  50000000,  2000000000, 1000000000,  200,   NULL,    NULL, NULL),
     ('*', 'unlimited',  'No limits',        false, NULL,
      NULL,  NULL,    NULL,      NULL,      NULL,      NULL,      NULL,        NULL,       NULL, NULL,   NULL,    NULL, NULL);
 
@@ -300,21 +302,23 @@ CREATE TYPE control_plane.admission AS (
     limit_name     text,
     remaining      bigint,
     retry_after_ms bigint,
-    reservation_id uuid
+    reservation_id uuid,
+    model          text
 );
 COMMENT ON TYPE control_plane.admission IS 'One admission decision, returned by cp_admit.';
 
--- Implemented in Rust against the raw calling convention (src/api.rs, cp_admit_fast).
+-- Implemented in Rust against the raw calling convention (src/api/admit.rs, cp_admit_fast).
 CREATE FUNCTION control_plane.cp_admit(
-    subject text,
-    tokens  bigint DEFAULT 0,
-    model   text   DEFAULT NULL,
-    feature text   DEFAULT NULL
+    subject           text,
+    tokens            bigint DEFAULT 0,
+    model             text   DEFAULT NULL,
+    feature           text   DEFAULT NULL,
+    max_output_tokens bigint DEFAULT NULL
 ) RETURNS control_plane.admission
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'cp_admit_fast';
-COMMENT ON FUNCTION control_plane.cp_admit(text, bigint, text, text) IS
-    'One admission decision: checks every limit and holds the request and its token estimate if admitted.';
+COMMENT ON FUNCTION control_plane.cp_admit(text, bigint, text, text, bigint) IS
+    'One admission decision: checks every limit and budget and holds the request and its token and cost estimates if admitted.';
 
 -- ------------------------------------------------------------------------------ cp_record_usage
 
@@ -350,7 +354,7 @@ COMMENT ON VIEW control_plane.stats IS 'Shared-memory use and decision counters 
 -- so they are for monitoring roles (pg_monitor), not for PUBLIC.
 CREATE VIEW control_plane.tenant_stats AS
 SELECT d.datname AS database, s.tenant, s.admitted, s.denied_quota, s.denied_rate, s.denied_concurrency,
-       s.denied_model_or_feature, s.denied_inactive, s.denied_capacity, s.recorded, s.recorded_input_tokens,
+       s.denied_model_or_feature, s.denied_inactive, s.denied_capacity, s.denied_budget, s.recorded, s.recorded_input_tokens,
        s.recorded_output_tokens, s.expired, s.expired_tokens
   FROM control_plane.cp_tenant_stats() s
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.database_oid;

@@ -5,7 +5,7 @@
 
 use crate::calendar::Now;
 use crate::policy::{Limit, Policy};
-use crate::quota::{self, QuotaVerdict, Totals};
+use crate::quota::{self, Ask, QuotaVerdict, Totals};
 use crate::rate::{self, Period, RateCheck};
 
 /// The rate dimensions held per key, in the order of `Slot::tat`.
@@ -27,6 +27,7 @@ pub struct State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenyKind {
     Quota,
+    Budget,
     Rate,
     Concurrency,
 }
@@ -35,6 +36,7 @@ impl DenyKind {
     pub fn reason(self) -> &'static str {
         match self {
             DenyKind::Quota => "quota_exceeded",
+            DenyKind::Budget => "budget_exceeded",
             DenyKind::Rate => "rate_limited",
             DenyKind::Concurrency => "concurrency_limit",
         }
@@ -75,18 +77,24 @@ fn ceil_ms(ns: i64) -> i64 {
 }
 
 /// Whether an admission under `policy` must hold anything until it is settled: a place among
-/// `max_concurrent`, a request against a request quota, or a token estimate against an input
-/// token quota. Rate limits are consumed at admission and hold nothing.
-pub fn needs_hold(policy: &Policy, tokens: i64) -> bool {
+/// `max_concurrent`, a request against a request quota, a token estimate against an input
+/// token quota, or a cost estimate against a budget. Rate limits are consumed at admission and
+/// hold nothing.
+pub fn needs_hold(policy: &Policy, ask: impl Into<Ask>) -> bool {
+    let ask = ask.into();
     let set = |l: Limit| policy.limit(l).is_some();
     set(Limit::MaxConcurrent)
         || set(Limit::RequestsPerDay)
         || set(Limit::RequestsPerMonth)
-        || (tokens > 0 && (set(Limit::InputTokensPerDay) || set(Limit::InputTokensPerMonth)))
+        || (ask.tokens > 0 && (set(Limit::InputTokensPerDay) || set(Limit::InputTokensPerMonth)))
+        || (ask.cost.is_some_and(|c| c > 0) && (set(Limit::DailyBudgetCents) || set(Limit::MonthlyBudgetCents)))
 }
 
-/// Decides a request for `tokens` at `now` (whose day and month ends set a quota denial's retry).
-pub fn decide(policy: &Policy, state: &State, tokens: i64, now: Now, warn_pct: i64) -> Verdict {
+/// Decides a request (its token estimate, or an [`Ask`] with its cost) at `now` (whose day and
+/// month ends set a quota denial's retry).
+pub fn decide(policy: &Policy, state: &State, ask: impl Into<Ask>, now: Now, warn_pct: i64) -> Verdict {
+    let ask = ask.into();
+    let tokens = ask.tokens;
     let now_ns = now.us.saturating_mul(1_000);
     let mut deny: Option<(DenyKind, Limit, i64, Option<i64>)> = None;
     let mut note = |kind, limit, remaining, retry: Option<i64>| {
@@ -96,14 +104,22 @@ pub fn decide(policy: &Policy, state: &State, tokens: i64, now: Now, warn_pct: i
     };
 
     // Calendar quotas first: they also tell the tightest quota dimension.
-    let (mut tightest, warn) = match quota::check(policy, &state.totals, tokens, now, warn_pct) {
-        QuotaVerdict::Allow { tightest, warn } => (tightest.map(|(l, r)| (l, r, policy.limit(l).unwrap_or(1))), warn),
+    let (mut tightest, warn) = match quota::check(policy, &state.totals, ask, now, warn_pct) {
+        QuotaVerdict::Allow { tightest, warn } => (
+            tightest.map(|(l, r)| (l, r, quota::cap_of(policy, l).unwrap_or(1))),
+            warn,
+        ),
         QuotaVerdict::Deny {
             limit,
             remaining,
             retry_after_ms,
         } => {
-            note(DenyKind::Quota, limit, remaining, retry_after_ms);
+            let kind = if quota::is_budget(limit) {
+                DenyKind::Budget
+            } else {
+                DenyKind::Quota
+            };
+            note(kind, limit, remaining, retry_after_ms);
             (None, false)
         }
     };
@@ -248,6 +264,44 @@ mod unit {
             }
         );
         assert!(apply(&decide(&p, &s, 300, Now::utc(NOON), 80), &mut s, 300));
+    }
+
+    #[test]
+    fn a_budget_refuses_as_budget_exceeded_and_holds_the_cost() {
+        assert_eq!(DenyKind::Budget.reason(), "budget_exceeded");
+        let p = policy(&[(Limit::DailyBudgetCents, 1), (Limit::RequestsPerMinute, 100)]);
+        let ask = Ask {
+            tokens: 10,
+            cost: Some(6_000),
+        };
+        assert!(needs_hold(&p, ask), "a cost estimate is held");
+        assert!(
+            !needs_hold(&p, Ask { tokens: 10, cost: None }),
+            "nothing to hold when it costs nothing"
+        );
+        let mut s = State::default();
+        match decide(&p, &s, ask, Now::utc(NOON), 80) {
+            Verdict::Allow { tightest, warn, .. } => {
+                assert_eq!(tightest, Some((Limit::DailyBudgetCents, 4_000)));
+                assert!(!warn, "60 % used");
+            }
+            v => panic!("{v:?}"),
+        }
+        s.totals.held_cost += 6_000;
+        assert_eq!(
+            decide(&p, &s, ask, Now::utc(NOON), 80),
+            Verdict::Deny {
+                kind: DenyKind::Budget,
+                limit: Limit::DailyBudgetCents,
+                remaining: 4_000,
+                retry_after_ms: Some(43_200_000)
+            }
+        );
+        // The same request on a model that costs nothing is admitted.
+        assert!(matches!(
+            decide(&p, &s, Ask { tokens: 10, cost: None }, Now::utc(NOON), 80),
+            Verdict::Allow { .. }
+        ));
     }
 
     #[test]
@@ -422,7 +476,7 @@ mod unit {
         RATE_LIMITS
             .iter()
             .map(|(l, _)| *l)
-            .chain(quota::QUOTA_LIMITS)
+            .chain(quota::QUOTA_LIMITS.into_iter().filter(|l| !quota::is_budget(*l)))
             .chain([Limit::MaxConcurrent])
             .collect()
     }

@@ -11,7 +11,7 @@ use crate::admission::State;
 use crate::key::Key;
 use crate::quota::Totals;
 
-/// One subject's entry: calendar totals, rate states and where its policy comes from. 176 bytes.
+/// One subject's entry: calendar totals, rate states and where its policy comes from. 184 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Slot {
@@ -37,7 +37,7 @@ pub struct Slot {
     pub unflushed: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 176);
+const _: () = assert!(std::mem::size_of::<Slot>() == 184);
 
 /// `policy_flags` bits.
 pub const POLICY_ACTIVE: u16 = 1;
@@ -71,10 +71,16 @@ pub enum Effect {
         output: i64,
         cost: i64,
     },
-    /// A reservation's hold ends (settled or released).
-    ReleaseHold { tokens: i64 },
-    /// A reservation expired: its hold becomes a charge of one request and `charged` tokens.
-    Charge { tokens_held: i64, charged: i64 },
+    /// A reservation's hold ends (settled or released): its request, tokens and cost estimate.
+    ReleaseHold { tokens: i64, cost: i64 },
+    /// A reservation expired: its hold becomes a charge of one request, `charged` tokens and
+    /// `cost_charged` micro-units.
+    Charge {
+        tokens_held: i64,
+        cost_held: i64,
+        charged: i64,
+        cost_charged: i64,
+    },
     /// This many expired charges reached the ledger.
     Flushed(u32),
 }
@@ -83,6 +89,8 @@ pub enum Effect {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
     pub tokens: i64,
+    /// The cost estimate, in micro-units (0 when no budget applies).
+    pub cost: i64,
     pub expires_at: i64,
 }
 
@@ -112,7 +120,8 @@ impl Slot {
     /// Nothing is lost when this entry goes: no open reservation, no unwritten charge (its totals
     /// come back from the ledger).
     pub fn is_evictable(&self) -> bool {
-        !self.key.is_empty() && self.totals.held_requests == 0 && self.totals.held_tokens == 0 && self.unflushed == 0
+        let t = &self.totals;
+        !self.key.is_empty() && t.held_requests == 0 && t.held_tokens == 0 && t.held_cost == 0 && self.unflushed == 0
     }
 
     /// Every rate bucket is full again at `now_ns`: evicting loses no rate state either.
@@ -159,10 +168,11 @@ impl Slot {
         }
     }
 
-    fn release_hold(&mut self, tokens: i64) {
+    fn release_hold(&mut self, tokens: i64, cost: i64) {
         let t = &mut self.totals;
         t.held_requests = (t.held_requests - 1).max(0);
         t.held_tokens = t.held_tokens.saturating_sub(tokens).max(0);
+        t.held_cost = t.held_cost.saturating_sub(cost).max(0);
     }
 
     /// Applies one effect at `now`.
@@ -175,12 +185,17 @@ impl Slot {
                 output,
                 cost,
             } => self.add_row(at, [requests, input, output, cost], w),
-            Effect::ReleaseHold { tokens } => self.release_hold(tokens),
-            Effect::Charge { tokens_held, charged } => {
-                // An expired reservation: its request and (unless lenient) its estimate move from
+            Effect::ReleaseHold { tokens, cost } => self.release_hold(tokens, cost),
+            Effect::Charge {
+                tokens_held,
+                cost_held,
+                charged,
+                cost_charged,
+            } => {
+                // An expired reservation: its request and (unless lenient) its estimates move from
                 // held to used, to be written to the ledger by the flusher.
-                self.release_hold(tokens_held);
-                self.add_row(now, [1, charged, 0, 0], w);
+                self.release_hold(tokens_held, cost_held);
+                self.add_row(now, [1, charged, 0, cost_charged], w);
                 self.unflushed = self.unflushed.saturating_add(1);
                 self.policy_flags &= !REZONING;
             }
@@ -214,6 +229,7 @@ impl Slot {
                 let t = &mut self.totals;
                 t.held_requests = t.held_requests.saturating_add(1);
                 t.held_tokens = t.held_tokens.saturating_add(h.tokens);
+                t.held_cost = t.held_cost.saturating_add(h.cost.max(0));
                 if self.next_expiry == 0 || h.expires_at < self.next_expiry {
                     self.next_expiry = h.expires_at;
                 }
@@ -256,6 +272,7 @@ impl Slot {
         self.totals = Totals {
             held_requests: self.totals.held_requests,
             held_tokens: self.totals.held_tokens,
+            held_cost: self.totals.held_cost,
             ..committed
         };
         let (day, month) = w.windows(zone, now);
@@ -580,38 +597,55 @@ mod unit {
         let mut s = Slot::new(key(1), 0, 0, Totals::default(), 0, &Days);
         let hold = Some(Hold {
             tokens: 50,
+            cost: 3_000,
             expires_at: 900,
         });
         let a = s.admit(hold, None, |_| ((), None));
         assert_eq!((a.totals.held_requests, a.next_expiry), (0, 0));
         let a = s.admit(hold, None, |_| ((), Some([7, 0, 0, 0])));
         assert_eq!(
-            (a.totals.held_requests, a.totals.held_tokens, a.next_expiry, s.tat[0]),
-            (1, 50, 900, 7)
+            (
+                a.totals.held_requests,
+                a.totals.held_tokens,
+                a.totals.held_cost,
+                a.next_expiry,
+                s.tat[0]
+            ),
+            (1, 50, 3_000, 900, 7)
         );
+        assert!(!s.is_evictable());
         s.apply(
             &Effect::Charge {
                 tokens_held: 50,
+                cost_held: 3_000,
                 charged: 50,
+                cost_charged: 3_000,
             },
             100,
             &Days,
         );
+        let t = s.totals;
         assert_eq!(
             (
-                s.totals.held_requests,
-                s.totals.held_tokens,
-                s.totals.day_input,
-                s.totals.day_requests
+                t.held_requests,
+                t.held_tokens,
+                t.held_cost,
+                t.day_input,
+                t.day_requests,
+                t.day_cost,
+                t.month_cost
             ),
-            (0, 0, 50, 1)
+            (0, 0, 0, 50, 1, 3_000, 3_000)
         );
         assert!(!s.is_evictable());
         s.apply(&Effect::Flushed(1), 100, &Days);
         assert!(s.is_evictable());
         // Releasing more than is held never goes below zero.
-        s.apply(&Effect::ReleaseHold { tokens: 5 }, 100, &Days);
-        assert_eq!((s.totals.held_requests, s.totals.held_tokens), (0, 0));
+        s.apply(&Effect::ReleaseHold { tokens: 5, cost: 7 }, 100, &Days);
+        assert_eq!(
+            (s.totals.held_requests, s.totals.held_tokens, s.totals.held_cost),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -639,6 +673,7 @@ mod unit {
         s.admit(
             Some(Hold {
                 tokens: 9,
+                cost: 11,
                 expires_at: 1,
             }),
             None,
@@ -648,20 +683,29 @@ mod unit {
             day_input: 70,
             month_input: 80,
             held_tokens: 999,
+            held_cost: 999,
             ..Totals::default()
         };
         assert!(s.rezone_begin(3));
         assert!(s.rezone_end(3, committed, 0, &Days));
         assert_eq!(
-            (s.zone, s.totals.day_input, s.totals.held_tokens, s.totals.held_requests),
-            (3, 70, 9, 1)
+            (
+                s.zone,
+                s.totals.day_input,
+                s.totals.held_tokens,
+                s.totals.held_requests,
+                s.totals.held_cost
+            ),
+            (3, 70, 9, 1, 11)
         );
         // An expiry between the two halves voids the second.
         assert!(s.rezone_begin(4));
         s.apply(
             &Effect::Charge {
                 tokens_held: 9,
+                cost_held: 11,
                 charged: 9,
+                cost_charged: 11,
             },
             0,
             &Days,

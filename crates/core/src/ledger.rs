@@ -3,7 +3,7 @@
 //!
 //! Pure Rust. A `usage` row (recorded) and an `expired` row (charged by the extension) count
 //! requests and tokens, never negative; an `expired_reversed` row takes one expired charge back:
-//! exactly one request and the tokens it charged, as negative amounts, and no output. A `rollup`
+//! exactly one request and the tokens and cost it charged, as negative amounts, and no output. A `rollup`
 //! row (written by `cp_cleanup` past `control_plane.ledger_retention`) sums the rows of one
 //! subject and day: never negative either, since a reversal sits on the day of its charge.
 
@@ -12,11 +12,11 @@ pub const KINDS: [&str; 4] = ["usage", "expired", "expired_reversed", "rollup"];
 
 pub fn row_valid(kind: &str, requests: i64, input: i64, output: i64, cost: Option<i64>, duration: Option<i64>) -> bool {
     let amounts = match kind {
-        "usage" | "expired" | "rollup" => requests >= 0 && input >= 0 && output >= 0,
-        "expired_reversed" => requests == -1 && input <= 0 && output == 0,
+        "usage" | "expired" | "rollup" => requests >= 0 && input >= 0 && output >= 0 && cost.is_none_or(|c| c >= 0),
+        "expired_reversed" => requests == -1 && input <= 0 && output == 0 && cost.is_none_or(|c| c <= 0),
         _ => false,
     };
-    amounts && cost.is_none_or(|c| c >= 0) && duration.is_none_or(|d| d >= 0)
+    amounts && duration.is_none_or(|d| d >= 0)
 }
 
 /// Ledger rows younger than this are never compacted, whatever `control_plane.ledger_retention`
@@ -87,6 +87,9 @@ mod unit {
         assert!(!row_valid("expired_reversed", -1, 300, 0, None, None));
         assert!(!row_valid("expired_reversed", -1, -300, 1, None, None));
         assert!(!row_valid("usage", 1, 1, 1, Some(-1), None));
+        assert!(!row_valid("expired", 1, 1, 0, Some(-1), None));
+        assert!(row_valid("expired_reversed", -1, -300, 0, Some(-4_500), None));
+        assert!(!row_valid("expired_reversed", -1, -300, 0, Some(1), None));
         assert!(!row_valid("usage", 1, 1, 1, None, Some(-1)));
         assert!(!row_valid("refund", 1, 1, 1, None, None));
         for k in KINDS {

@@ -95,6 +95,10 @@ pub struct Policy {
     /// `features` jsonb of the profile: `{"name": false}` switches a feature off.
     pub features: Map<String, Value>,
     pub profile_active: bool,
+    /// The model to call when a request names none (`profiles.default_model`).
+    pub default_model: Option<String>,
+    /// A cheaper model to call past an emergency threshold (`profiles.fallback_model`).
+    pub fallback_model: Option<String>,
 }
 
 /// Why a request is refused before any counter is looked at.
@@ -222,6 +226,12 @@ impl Policy {
         if let Some(Value::Bool(a)) = obj.get("is_active") {
             p.profile_active = *a;
         }
+        let text = |k: &str| match obj.get(k) {
+            Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
+            _ => None,
+        };
+        p.default_model = text("default_model");
+        p.fallback_model = text("fallback_model");
         Ok(p)
     }
 
@@ -259,6 +269,25 @@ impl Policy {
         self.limits[l as usize]
     }
 
+    /// Whether a money budget (daily or monthly) applies.
+    pub fn has_budget(&self) -> bool {
+        self.limit(Limit::DailyBudgetCents).is_some() || self.limit(Limit::MonthlyBudgetCents).is_some()
+    }
+
+    /// The smallest budget that applies, in micro-units.
+    pub fn smallest_budget_micros(&self) -> Option<i64> {
+        [Limit::DailyBudgetCents, Limit::MonthlyBudgetCents]
+            .into_iter()
+            .filter_map(|l| self.limit(l))
+            .min()
+            .map(crate::money::cents_to_micros)
+    }
+
+    /// The model a request calls: the one it names, else the profile's default.
+    pub fn model_for<'a>(&'a self, requested: Option<&'a str>) -> Option<&'a str> {
+        requested.or(self.default_model.as_deref())
+    }
+
     /// Model and feature gates. A request that names no model is not checked against the model
     /// lists; an empty `allowed_models` array allows no model at all.
     pub fn gate(&self, model: Option<&str>, feature: Option<&str>) -> Option<Gate> {
@@ -292,6 +321,21 @@ mod unit {
         assert_eq!(Gate::FeatureDisabled.reason(), "feature_disabled");
         assert!(Policy::with_limits(&[]).profile_active);
         assert!(Policy::from_profile(&json!({"name": "p"})).unwrap().profile_active);
+    }
+
+    #[test]
+    fn default_and_fallback_models_and_budgets_come_from_the_profile() {
+        let p = Policy::from_profile(&json!({"default_model": "m-small", "fallback_model": "",
+                                             "daily_budget_cents": 250, "monthly_budget_cents": 100}))
+        .unwrap();
+        assert_eq!(p.model_for(None), Some("m-small"));
+        assert_eq!(p.model_for(Some("m-big")), Some("m-big"));
+        assert_eq!(p.fallback_model, None, "an empty name is no model");
+        assert!(p.has_budget());
+        assert_eq!(p.smallest_budget_micros(), Some(1_000_000));
+        let none = Policy::with_limits(&[(Limit::RequestsPerDay, 1)]);
+        assert!(!none.has_budget());
+        assert_eq!((none.smallest_budget_micros(), none.model_for(None)), (None, None));
     }
 
     #[test]

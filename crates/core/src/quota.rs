@@ -6,7 +6,10 @@
 //! - its token estimate is held against `input_tokens_per_day` / `input_tokens_per_month`, and at
 //!   least one input token must remain (a request with no estimate still sends a prompt);
 //! - at least one output token must remain under `output_tokens_per_day` / `_per_month`;
-//! - what earlier admissions hold (requests and tokens not yet recorded or released) counts as used.
+//! - what earlier admissions hold (requests and tokens not yet recorded or released) counts as used;
+//! - money budgets (`daily_budget_cents`, `monthly_budget_cents`, compared in micro-units) are
+//!   checked only for a request that costs money: its cost estimate is held against them, and at
+//!   least one micro-unit must remain. A request whose model costs nothing is never refused by money.
 
 use crate::calendar::{Now, Window};
 use crate::policy::{Limit, Policy};
@@ -26,17 +29,50 @@ pub struct Totals {
     /// Committed spend in the day and month windows, in micro-units (`money`).
     pub day_cost: i64,
     pub month_cost: i64,
+    /// Cost estimates held by open admissions, in micro-units.
+    pub held_cost: i64,
 }
 
 /// The quota dimensions, each with its limit, window and how it is measured.
-pub const QUOTA_LIMITS: [Limit; 6] = [
+pub const QUOTA_LIMITS: [Limit; 8] = [
     Limit::RequestsPerDay,
     Limit::RequestsPerMonth,
     Limit::InputTokensPerDay,
     Limit::InputTokensPerMonth,
     Limit::OutputTokensPerDay,
     Limit::OutputTokensPerMonth,
+    Limit::DailyBudgetCents,
+    Limit::MonthlyBudgetCents,
 ];
+
+/// True for the money budgets, whose limits are set in cents and compared in micro-units.
+pub fn is_budget(l: Limit) -> bool {
+    matches!(l, Limit::DailyBudgetCents | Limit::MonthlyBudgetCents)
+}
+
+/// A limit's value in the unit its dimension is counted in (micro-units for budgets).
+pub fn cap_of(policy: &Policy, l: Limit) -> Option<i64> {
+    let cap = policy.limit(l)?;
+    Some(if is_budget(l) {
+        crate::money::cents_to_micros(cap)
+    } else {
+        cap
+    })
+}
+
+/// What one request asks for: its input token estimate and, when it costs money under a budget,
+/// its cost estimate in micro-units (`None`: no budget applies, or its model costs nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ask {
+    pub tokens: i64,
+    pub cost: Option<i64>,
+}
+
+impl From<i64> for Ask {
+    fn from(tokens: i64) -> Ask {
+        Ask { tokens, cost: None }
+    }
+}
 
 pub fn window_of(l: Limit) -> Option<Window> {
     match l {
@@ -61,6 +97,18 @@ impl Totals {
             Limit::InputTokensPerMonth => self.month_input.saturating_add(self.held_tokens),
             Limit::OutputTokensPerDay => self.day_output,
             Limit::OutputTokensPerMonth => self.month_output,
+            Limit::DailyBudgetCents => self.day_cost.saturating_add(self.held_cost),
+            Limit::MonthlyBudgetCents => self.month_cost.saturating_add(self.held_cost),
+            _ => 0,
+        }
+    }
+
+    /// What open admissions hold in one quota dimension.
+    pub fn held(&self, l: Limit) -> i64 {
+        match l {
+            Limit::RequestsPerDay | Limit::RequestsPerMonth => self.held_requests,
+            Limit::InputTokensPerDay | Limit::InputTokensPerMonth => self.held_tokens,
+            Limit::DailyBudgetCents | Limit::MonthlyBudgetCents => self.held_cost,
             _ => 0,
         }
     }
@@ -74,18 +122,22 @@ impl Totals {
             Limit::InputTokensPerMonth => self.month_input,
             Limit::OutputTokensPerDay => self.day_output,
             Limit::OutputTokensPerMonth => self.month_output,
+            Limit::DailyBudgetCents => self.day_cost,
+            Limit::MonthlyBudgetCents => self.month_cost,
             _ => 0,
         }
     }
 }
 
-/// What one admission needs in a dimension, and what it holds there if admitted.
-fn need(l: Limit, tokens: i64) -> (i64, i64) {
+/// What one admission needs in a dimension, and what it holds there if admitted; `None` when the
+/// dimension does not apply to it (a budget, for a request that costs nothing).
+fn need(l: Limit, ask: Ask) -> Option<(i64, i64)> {
     match l {
-        Limit::RequestsPerDay | Limit::RequestsPerMonth => (1, 1),
-        Limit::InputTokensPerDay | Limit::InputTokensPerMonth => (tokens.max(1), tokens),
-        Limit::OutputTokensPerDay | Limit::OutputTokensPerMonth => (1, 0),
-        _ => (0, 0),
+        Limit::RequestsPerDay | Limit::RequestsPerMonth => Some((1, 1)),
+        Limit::InputTokensPerDay | Limit::InputTokensPerMonth => Some((ask.tokens.max(1), ask.tokens)),
+        Limit::OutputTokensPerDay | Limit::OutputTokensPerMonth => Some((1, 0)),
+        Limit::DailyBudgetCents | Limit::MonthlyBudgetCents => ask.cost.map(|c| (c.max(1), c.max(0))),
+        _ => Some((0, 0)),
     }
 }
 
@@ -108,15 +160,18 @@ pub enum QuotaVerdict {
     },
 }
 
-/// Checks a request for `tokens` against every calendar quota. All-or-nothing: the caller holds
-/// only after an `Allow`. When several dimensions refuse, the one that frees last is reported.
-pub fn check(policy: &Policy, totals: &Totals, tokens: i64, now: Now, warn_pct: i64) -> QuotaVerdict {
+/// Checks a request (its token estimate, or an [`Ask`] with its cost) against every calendar
+/// quota and budget. All-or-nothing: the caller holds only after an `Allow`. When several
+/// dimensions refuse, the one that frees last is reported. Budget amounts (`remaining`) are in
+/// micro-units.
+pub fn check(policy: &Policy, totals: &Totals, ask: impl Into<Ask>, now: Now, warn_pct: i64) -> QuotaVerdict {
+    let ask = ask.into();
     let mut deny: Option<(Limit, i64, Option<i64>)> = None;
     let mut tightest: Option<(Limit, i64, i64)> = None; // (limit, remaining after, limit value)
     for l in QUOTA_LIMITS {
-        let Some(cap) = policy.limit(l) else { continue };
+        let Some(cap) = cap_of(policy, l) else { continue };
+        let Some((needed, held)) = need(l, ask) else { continue };
         let used = totals.used(l);
-        let (needed, held) = need(l, tokens);
         let remaining = cap.saturating_sub(used).max(0);
         if needed > remaining {
             let retry = if needed > cap {
@@ -302,9 +357,9 @@ mod unit {
             ..Totals::default()
         };
         let got: Vec<i64> = QUOTA_LIMITS.iter().map(|l| t.committed(*l)).collect();
-        assert_eq!(got, [1, 4, 2, 5, 3, 6]);
+        assert_eq!(got, [1, 4, 2, 5, 3, 6, 0, 0]);
         let used: Vec<i64> = QUOTA_LIMITS.iter().map(|l| t.used(*l)).collect();
-        assert_eq!(used, [101, 104, 1002, 1005, 3, 6]);
+        assert_eq!(used, [101, 104, 1002, 1005, 3, 6, 0, 0]);
         assert_eq!(t.committed(Limit::MaxConcurrent), 0);
     }
 
@@ -377,6 +432,95 @@ mod unit {
         ));
     }
 
+    #[test]
+    fn budgets_hold_the_cost_estimate_in_micro_units() {
+        // 1 cent a day = 10,000 micro-units; 4,000 already spent, 5,000 held by open admissions.
+        let p = policy(&[(Limit::DailyBudgetCents, 1)]);
+        let t = Totals {
+            day_cost: 4_000,
+            held_cost: 5_000,
+            ..Totals::default()
+        };
+        let ask = |cost| Ask { tokens: 0, cost };
+        assert_eq!(
+            check(&p, &t, ask(Some(1_000)), Now::utc(noon()), 80),
+            QuotaVerdict::Allow {
+                tightest: Some((Limit::DailyBudgetCents, 0)),
+                warn: true
+            }
+        );
+        assert_eq!(
+            check(&p, &t, ask(Some(1_001)), Now::utc(noon()), 80),
+            QuotaVerdict::Deny {
+                limit: Limit::DailyBudgetCents,
+                remaining: 1_000,
+                retry_after_ms: Some(43_200_000)
+            }
+        );
+        // More than the whole budget never fits.
+        assert!(matches!(
+            check(&p, &Totals::default(), ask(Some(10_001)), Now::utc(noon()), 80),
+            QuotaVerdict::Deny {
+                retry_after_ms: None,
+                ..
+            }
+        ));
+        // A priced request with a zero estimate still needs one micro-unit left.
+        let spent = Totals {
+            day_cost: 10_000,
+            ..Totals::default()
+        };
+        assert!(matches!(
+            check(&p, &spent, ask(Some(0)), Now::utc(noon()), 80),
+            QuotaVerdict::Deny {
+                limit: Limit::DailyBudgetCents,
+                remaining: 0,
+                ..
+            }
+        ));
+        // A request that costs nothing is never refused by money, even past the budget.
+        let over = Totals {
+            day_cost: 50_000,
+            ..Totals::default()
+        };
+        assert_eq!(
+            check(&p, &over, ask(None), Now::utc(noon()), 80),
+            QuotaVerdict::Allow {
+                tightest: None,
+                warn: false
+            }
+        );
+        assert_eq!(over.used(Limit::DailyBudgetCents), 50_000);
+        assert_eq!(t.held(Limit::MonthlyBudgetCents), 5_000);
+        assert_eq!(t.committed(Limit::DailyBudgetCents), 4_000);
+    }
+
+    #[test]
+    fn a_month_budget_counts_the_month_and_the_holds() {
+        let p = policy(&[(Limit::DailyBudgetCents, 100), (Limit::MonthlyBudgetCents, 2)]);
+        let t = Totals {
+            day_cost: 0,
+            month_cost: 15_000,
+            held_cost: 4_000,
+            ..Totals::default()
+        };
+        match check(
+            &p,
+            &t,
+            Ask {
+                tokens: 0,
+                cost: Some(2_000),
+            },
+            Now::utc(noon()),
+            80,
+        ) {
+            QuotaVerdict::Deny { limit, remaining, .. } => {
+                assert_eq!((limit, remaining), (Limit::MonthlyBudgetCents, 1_000))
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
     proptest! {
         /// Admitting one request at a time and holding what the verdict says never exceeds a limit,
         /// and admits exactly the number the limit allows.
@@ -397,11 +541,31 @@ mod unit {
             prop_assert_eq!(admitted, cap.min(by_tokens).min(400));
         }
 
+        /// Holding each admitted cost estimate never lets spent plus held pass a budget, and
+        /// admits exactly as many as the budget holds.
+        #[test]
+        fn budgets_admit_exactly_what_fits(cents in 0i64..50, cost in 0i64..30_000, spent in 0i64..100_000) {
+            let p = policy(&[(Limit::DailyBudgetCents, cents)]);
+            let mut t = Totals { day_cost: spent, ..Totals::default() };
+            let mut admitted = 0i64;
+            for _ in 0..600 {
+                if let QuotaVerdict::Allow { .. } = check(&p, &t, Ask { tokens: 0, cost: Some(cost) }, Now::utc(noon()), 80) {
+                    admitted += 1;
+                    t.held_cost += cost;
+                }
+            }
+            let left = (cents * 10_000 - spent).max(0);
+            let expected = if cost == 0 { if left > 0 { 600 } else { 0 } } else { (left / cost).min(600) };
+            prop_assert_eq!(admitted, expected);
+            prop_assert!(cost == 0 || spent >= cents * 10_000 || t.day_cost + t.held_cost <= cents * 10_000);
+        }
+
         #[test]
         fn extreme_values_do_not_overflow(cap in proptest::num::i64::ANY, used in proptest::num::i64::ANY, held in proptest::num::i64::ANY, tokens in 0i64..i64::MAX) {
             let p = policy(&[(Limit::InputTokensPerDay, cap.max(0)), (Limit::RequestsPerDay, cap.max(0))]);
-            let t = Totals { day_input: used, held_tokens: held, day_requests: used, held_requests: held, ..Totals::default() };
-            let _ = check(&p, &t, tokens, Now::utc(noon()), 80);
+            let p = Policy { limits: { let mut l = p.limits; l[Limit::DailyBudgetCents as usize] = Some(cap.max(0)); l }, ..p };
+            let t = Totals { day_input: used, held_tokens: held, day_requests: used, held_requests: held, day_cost: used, held_cost: held, ..Totals::default() };
+            let _ = check(&p, &t, Ask { tokens, cost: Some(tokens) }, Now::utc(noon()), 80);
         }
     }
 }

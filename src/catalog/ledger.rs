@@ -1,0 +1,271 @@
+//! The usage ledger: the totals a rebuild reads, and every row the extension appends (recorded
+//! usage, expired charges, their reversals, compaction's rollups).
+
+use super::{query_latest, timestamptz, write, Arg};
+use crate::error::{CpError, CpResult};
+use crate::quota::Totals;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// Committed usage of a subject in one day and its month, read from the ledger.
+pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, i64)) -> CpResult<Totals> {
+    let rows = query_latest(
+        c"SELECT coalesce(sum(requests) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                 coalesce(sum(input_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                 coalesce(sum(output_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                 coalesce(sum(requests), 0)::bigint,
+                 coalesce(sum(input_tokens), 0)::bigint,
+                 coalesce(sum(output_tokens), 0)::bigint,
+                 -- Spend saturates like the shared-memory totals do (a row may cost up to 2 * 10^18).
+                 least(coalesce(sum(cost_micros) FILTER (WHERE created_at >= $3 AND created_at < $4), 0),
+                       9223372036854775807)::bigint,
+                 least(coalesce(sum(cost_micros), 0), 9223372036854775807)::bigint
+            FROM control_plane.usage_events
+           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
+             AND created_at >= $5 AND created_at < $6",
+        &[
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
+            Arg::TimestampUnixUs(day.0),
+            Arg::TimestampUnixUs(day.1),
+            Arg::TimestampUnixUs(month.0),
+            Arg::TimestampUnixUs(month.1),
+        ],
+        |r| Totals {
+            day_requests: r.i64(1),
+            day_input: r.i64(2),
+            day_output: r.i64(3),
+            month_requests: r.i64(4),
+            month_input: r.i64(5),
+            month_output: r.i64(6),
+            day_cost: r.i64(7),
+            month_cost: r.i64(8),
+            ..Totals::default()
+        },
+    )?;
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| CpError::Internal("ledger aggregate returned no row".into()))
+}
+
+/// A new ledger row.
+pub struct UsageRow<'a> {
+    pub tenant: &'a str,
+    pub subject: &'a str,
+    pub org_id: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub feature: Option<&'a str>,
+    pub input: i64,
+    pub output: i64,
+    pub reservation_id: Option<pgrx::Uuid>,
+    pub idempotency_key: Option<&'a str>,
+    /// The caller's jsonb datum, stored as it came.
+    pub metadata: Option<pg_sys::Datum>,
+    pub at_unix_us: i64,
+    /// What the usage cost at the model's price in force at `at_unix_us`; None when unpriced.
+    pub cost_micros: Option<i64>,
+}
+
+/// Appends a row to the ledger (one prepared statement per backend) and returns its id.
+pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
+    let ids = write(
+        c"INSERT INTO control_plane.usage_events
+              (tenant_id, subject_id, org_id, model, feature, input_tokens, output_tokens,
+               reservation_id, idempotency_key, metadata, created_at, cost_micros)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        &[
+            Arg::Text(Some(u.tenant)),
+            Arg::Text(Some(u.subject)),
+            Arg::Text(u.org_id),
+            Arg::Text(u.model),
+            Arg::Text(u.feature),
+            Arg::Int(u.input),
+            Arg::Int(u.output),
+            Arg::Uuid(u.reservation_id),
+            Arg::Text(u.idempotency_key),
+            Arg::Raw(pg_sys::JSONBOID, u.metadata),
+            Arg::TimestampUnixUs(u.at_unix_us),
+            Arg::OptInt(u.cost_micros),
+        ],
+        |r| r.i64(1),
+    )?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
+}
+
+/// The charge of an expired reservation, if the flusher wrote it: (its time, tokens charged).
+/// Looks at the subject's expired rows since the admission (a partial index holds only those).
+pub fn expired_charge(
+    tenant: &str,
+    subject: &str,
+    id: &pgrx::Uuid,
+    admitted_at: i64,
+) -> CpResult<Option<(i64, i64, i64)>> {
+    let key = id.to_string();
+    let rows = query_latest(
+        c"SELECT (extract(epoch FROM created_at) * 1000000)::bigint,
+                 (metadata->'expired_reservations'->>$3)::bigint,
+                 coalesce((metadata->'expired_costs'->>$3)::bigint, 0)
+            FROM control_plane.usage_events
+           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
+             AND kind OPERATOR(pg_catalog.=) 'expired' AND created_at >= $4
+             AND metadata->'expired_reservations' ? $3
+           LIMIT 1",
+        &[
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
+            Arg::Text(Some(&key)),
+            Arg::TimestampUnixUs(admitted_at - 1_000_000),
+        ],
+        |r| (r.i64(1), r.i64(2), r.i64(3)),
+    )?;
+    Ok(rows.into_iter().next())
+}
+
+/// Appends the reversal of an expired reservation's charge of `tokens` and `cost` (at the charge's
+/// time, so that it lands in the same windows). False when it was reversed already (by another
+/// record).
+pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, tokens: i64, cost: i64, at: i64) -> CpResult<bool> {
+    let ids = write(
+        c"INSERT INTO control_plane.usage_events
+              (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, reservation_id, created_at,
+               cost_micros)
+          VALUES ($1, $2, 'expired_reversed', -1, -$3, 0, $4, $5, -NULLIF($6, 0))
+          ON CONFLICT (reservation_id) WHERE kind = 'expired_reversed' DO NOTHING
+          RETURNING id",
+        &[
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
+            Arg::Int(tokens),
+            Arg::Uuid(Some(id)),
+            Arg::TimestampUnixUs(at),
+            Arg::Int(cost),
+        ],
+        |r| r.i64(1),
+    )?;
+    Ok(!ids.is_empty())
+}
+
+/// Rows of expired charges, one per element of each vector.
+#[derive(Default)]
+pub struct ChargeRows {
+    pub tenants: Vec<String>,
+    pub subjects: Vec<String>,
+    pub requests: Vec<i64>,
+    pub tokens: Vec<i64>,
+    /// Micro-units (a row whose charges cost nothing gets a NULL cost).
+    pub costs: Vec<i64>,
+    /// µs since the epoch.
+    pub at: Vec<i64>,
+    /// Each reservation's tokens, as the text of a JSON object keyed by reservation id.
+    pub charges: Vec<String>,
+    /// Each reservation's cost, likewise; None when none of the row's charges cost anything.
+    pub charge_costs: Vec<Option<String>>,
+}
+
+/// Appends expired charges: each row's requests, tokens and cost of a subject at its time, with
+/// each reservation's charge in `metadata.expired_reservations` (tokens) and
+/// `metadata.expired_costs` (micro-units, when any). One statement for the whole batch.
+pub fn insert_charges(rows: &ChargeRows) -> CpResult<usize> {
+    let texts = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().into_datum();
+    let ints = |v: &[i64]| v.to_vec().into_datum();
+    let opt_texts = |v: &[Option<String>]| v.iter().map(Option::as_deref).collect::<Vec<_>>().into_datum();
+    let times = rows
+        .at
+        .iter()
+        .map(|t| timestamptz(*t))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| CpError::Internal("charge time out of range".into()))?;
+    let ids = write(
+        c"INSERT INTO control_plane.usage_events
+              (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, cost_micros, metadata, created_at)
+          SELECT t, s, 'expired', r, n, 0, NULLIF(m, 0),
+                 CASE WHEN k IS NULL THEN pg_catalog.jsonb_build_object('expired_reservations', c::jsonb)
+                      ELSE pg_catalog.jsonb_build_object('expired_reservations', c::jsonb, 'expired_costs', k::jsonb)
+                 END, a
+            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]),
+                            pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[]),
+                            pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::text[]),
+                            pg_catalog.unnest($7::bigint[]), pg_catalog.unnest($8::text[]))
+                 AS u(t, s, r, n, a, c, m, k)
+          RETURNING id",
+        &[
+            Arg::Raw(pg_sys::TEXTARRAYOID, texts(&rows.tenants)),
+            Arg::Raw(pg_sys::TEXTARRAYOID, texts(&rows.subjects)),
+            Arg::Raw(pg_sys::INT8ARRAYOID, ints(&rows.requests)),
+            Arg::Raw(pg_sys::INT8ARRAYOID, ints(&rows.tokens)),
+            Arg::Raw(pg_sys::TIMESTAMPTZARRAYOID, times.into_datum()),
+            Arg::Raw(pg_sys::TEXTARRAYOID, texts(&rows.charges)),
+            Arg::Raw(pg_sys::INT8ARRAYOID, ints(&rows.costs)),
+            Arg::Raw(pg_sys::TEXTARRAYOID, opt_texts(&rows.charge_costs)),
+        ],
+        |r| r.i64(1),
+    )?;
+    Ok(ids.len())
+}
+
+// ---------------------------------------------------------------------------------- compaction
+
+/// Compacts the oldest rows before `cutoff` (µs) that are not rollups, `max_rows` of them at
+/// most: each (tenant, subject, org, day of the tenant's time zone) they fall in becomes one
+/// `rollup` row with the sums of all its rows (earlier rollups included), at the latest one's
+/// time, so in the same day and month. Only days that end by `cutoff` are compacted. Returns
+/// (rows considered, rows removed, rollups written); fewer rows considered than `max_rows` means
+/// none is left.
+pub fn compact_batch(cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
+    let rows = write(
+        c"WITH todo AS (
+              SELECT e.tenant_id, e.subject_id, e.org_id, z.zone,
+                     control_plane._local_day_start(z.zone, e.created_at) AS day
+                FROM control_plane.usage_events e
+               CROSS JOIN LATERAL (
+                     SELECT coalesce((SELECT t.time_zone FROM control_plane.tenants t
+                                       WHERE t.tenant_id OPERATOR(pg_catalog.=) e.tenant_id), 'UTC') AS zone) z
+               WHERE e.kind OPERATOR(pg_catalog.<>) 'rollup' AND e.created_at < $1
+                 AND e.created_at < control_plane._local_day_start(z.zone, $1)
+               ORDER BY e.created_at
+               LIMIT $2
+          ), groups AS (
+              SELECT DISTINCT tenant_id, subject_id, org_id, day, control_plane._local_day_end(zone, day) AS day_end
+                FROM todo
+          ), doomed AS (
+              DELETE FROM control_plane.usage_events e
+               USING groups g
+               WHERE e.tenant_id OPERATOR(pg_catalog.=) g.tenant_id
+                 AND e.subject_id OPERATOR(pg_catalog.=) g.subject_id
+                 AND e.org_id IS NOT DISTINCT FROM g.org_id
+                 AND e.created_at >= g.day AND e.created_at < g.day_end
+              RETURNING e.tenant_id, e.subject_id, e.org_id, g.day, e.kind, e.requests, e.input_tokens,
+                        e.output_tokens, e.cost_micros, e.metadata, e.created_at
+          ), rolled AS (
+              INSERT INTO control_plane.usage_events
+                  (tenant_id, subject_id, org_id, kind, requests, input_tokens, output_tokens, cost_micros,
+                   metadata, created_at)
+              SELECT tenant_id, subject_id, org_id, 'rollup', pg_catalog.sum(requests), pg_catalog.sum(input_tokens),
+                     pg_catalog.sum(output_tokens), pg_catalog.sum(cost_micros),
+                     pg_catalog.jsonb_build_object('rows', pg_catalog.sum(CASE WHEN kind OPERATOR(pg_catalog.=) 'rollup'
+                         THEN coalesce((metadata OPERATOR(pg_catalog.->>) 'rows')::bigint, 1) ELSE 1 END)),
+                     pg_catalog.max(created_at)
+                FROM doomed
+               GROUP BY tenant_id, subject_id, org_id, day
+              RETURNING 1
+          )
+          SELECT (SELECT pg_catalog.count(*) FROM todo), (SELECT pg_catalog.count(*) FROM doomed),
+                 (SELECT pg_catalog.count(*) FROM rolled)",
+        &[Arg::TimestampUnixUs(cutoff), Arg::Int(max_rows)],
+        |r| (r.i64(1), r.i64(2), r.i64(3)),
+    )?;
+    Ok(rows.into_iter().next().unwrap_or((0, 0, 0)))
+}
+
+/// Takes the transaction-level lock that one compaction holds at a time; false when another
+/// transaction holds it.
+pub fn try_compaction_lock() -> CpResult<bool> {
+    let rows = write(
+        c"SELECT pg_catalog.pg_try_advisory_xact_lock(1668243311, 2)",
+        &[],
+        |r| r.bool(1),
+    )?;
+    Ok(rows.into_iter().next().flatten().unwrap_or(false))
+}

@@ -1,0 +1,158 @@
+//! Money budgets over real connections: concurrent admissions never overspend, an expired cost
+//! reservation is charged its estimate (and a late record takes it back), and an overshoot is
+//! recorded and seen by the next admission.
+
+use control_plane_integration::*;
+use postgres::Client;
+use std::time::{Duration, Instant};
+
+/// cp_admit(subject, tokens, model, max_output_tokens => 0): (allowed, reason, reservation id).
+fn admit_priced(c: &mut Client, subject: &str, tokens: i64, model: &str) -> (bool, Option<String>, Option<String>) {
+    let r = c
+        .query_one(
+            "SELECT allowed, reason, reservation_id::text
+               FROM control_plane.cp_admit($1, $2, $3, max_output_tokens => 0)",
+            &[&subject, &tokens, &model],
+        )
+        .expect("cp_admit");
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// cp_record_usage(subject, input, 0, model, reservation): its cost.
+fn record_priced(c: &mut Client, subject: &str, input: i64, model: &str, id: Option<&str>) -> Option<i64> {
+    c.query_one(
+        "SELECT cost_micros FROM control_plane.cp_record_usage($1, $2, 0, $3, $4::text::uuid)",
+        &[&subject, &input, &model, &id],
+    )
+    .expect("cp_record_usage")
+    .get(0)
+}
+
+/// (budget, spent, reserved, remaining) of the subject's day, in micro-units.
+fn day_money(c: &mut Client, subject: &str) -> (i64, i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT (m->>'budget_micros')::bigint, (m->>'spent_micros')::bigint,
+                    (m->>'reserved_micros')::bigint, (m->>'remaining_micros')::bigint
+               FROM (SELECT control_plane.cp_quota_status($1)->'money'->'day' AS m) s",
+            &[&subject],
+        )
+        .expect("cp_quota_status");
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+fn ledger_cost(c: &mut Client, subject: &str) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(cost_micros), 0)::bigint FROM control_plane.usage_events WHERE subject_id = $1",
+        &[&subject],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn many_connections_admit_exactly_what_a_budget_holds_and_never_spend_more() {
+    // 1 micro-unit per input token; 10 cents a day = 100,000 micro-units; each request reserves
+    // and then records 1,000 tokens = 1,000 micro-units: exactly 100 fit.
+    let s = format!("{}_budget_race", run_id());
+    let model = format!("{}-m1", run_id());
+    let mut admin = connect();
+    shared_price(&mut admin, &model, 1_000_000, 0);
+    enroll(&mut admin, &s, "unlimited", r#"{"daily_budget_cents": 10}"#);
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (s, model) = (s.clone(), model.clone());
+            std::thread::spawn(move || {
+                let mut c = connect();
+                let mut admitted = 0;
+                loop {
+                    match admit_priced(&mut c, &s, 1_000, &model) {
+                        (true, _, Some(id)) => {
+                            admitted += 1;
+                            assert_eq!(record_priced(&mut c, &s, 1_000, &model, Some(&id)), Some(1_000));
+                        }
+                        (false, reason, _) => {
+                            assert_eq!(reason.as_deref(), Some("budget_exceeded"));
+                            return admitted;
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let admitted: i64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(admitted, 100, "exactly what the budget holds");
+    assert_eq!(ledger_cost(&mut admin, &s), 100_000, "never more than the budget");
+    assert_eq!(day_money(&mut admin, &s), (100_000, 100_000, 0, 0));
+}
+
+#[test]
+fn an_expired_cost_reservation_is_charged_its_estimate_and_a_late_record_takes_it_back() {
+    let s = format!("{}_budget_expiry", run_id());
+    let model = format!("{}-m2", run_id());
+    let mut admin = connect();
+    shared_price(&mut admin, &model, 2_000_000, 0);
+    enroll(&mut admin, &s, "unlimited", r#"{"daily_budget_cents": 100}"#);
+    let mut c = connect();
+    c.batch_execute("SET control_plane.reservation_timeout = 1").unwrap();
+    let (allowed, _, id) = admit_priced(&mut c, &s, 300, &model);
+    assert!(allowed);
+    let id = id.unwrap();
+    assert_eq!(day_money(&mut c, &s).2, 600, "300 tokens at 2 each, reserved");
+    // Never recorded: it expires and its estimate is charged, in the ledger too.
+    let start = Instant::now();
+    let (cost, per_reservation) = loop {
+        let r = admin
+            .query_opt(
+                "SELECT cost_micros, (metadata->'expired_costs'->>$2)::bigint FROM control_plane.usage_events
+                  WHERE subject_id = $1 AND kind = 'expired'",
+                &[&s, &id],
+            )
+            .unwrap();
+        if let Some(r) = r {
+            break (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the charge never reached the ledger"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((cost, per_reservation), (Some(600), Some(600)));
+    assert_eq!(day_money(&mut c, &s), (1_000_000, 600, 0, 999_400));
+    // The request did run after all: its record replaces the charge (one reversal row).
+    assert_eq!(record_priced(&mut c, &s, 100, &model, Some(&id)), Some(200));
+    let reversed: Option<i64> = admin
+        .query_one(
+            "SELECT cost_micros FROM control_plane.usage_events WHERE subject_id = $1 AND kind = 'expired_reversed'",
+            &[&s],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reversed, Some(-600));
+    assert_eq!(ledger_cost(&mut admin, &s), 200);
+    assert_eq!(day_money(&mut c, &s).1, 200, "spent is what the request cost");
+}
+
+#[test]
+fn a_record_that_costs_more_than_its_reservation_is_counted_and_the_next_admission_sees_it() {
+    let s = format!("{}_budget_over", run_id());
+    let model = format!("{}-m3", run_id());
+    let mut admin = connect();
+    shared_price(&mut admin, &model, 1_000_000, 0);
+    // 1 cent = 10,000 micro-units; one admission reserves 1,000 and the call costs 50,000.
+    enroll(&mut admin, &s, "unlimited", r#"{"daily_budget_cents": 1}"#);
+    let mut c = connect();
+    let (allowed, _, id) = admit_priced(&mut c, &s, 1_000, &model);
+    assert!(allowed);
+    assert_eq!(record_priced(&mut c, &s, 50_000, &model, id.as_deref()), Some(50_000));
+    assert_eq!(day_money(&mut c, &s), (10_000, 50_000, 0, 0));
+    let (allowed, reason, _) = admit_priced(&mut c, &s, 1, &model);
+    assert_eq!((allowed, reason.as_deref()), (false, Some("budget_exceeded")));
+    // In another backend too.
+    let mut other = connect();
+    let (allowed, reason, _) = admit_priced(&mut other, &s, 1, &model);
+    assert_eq!((allowed, reason.as_deref()), (false, Some("budget_exceeded")));
+    assert_eq!(ledger_cost(&mut admin, &s), 50_000);
+}
