@@ -305,3 +305,26 @@ BEGIN
     END LOOP;
 END $$;
 DROP TABLE cp_admit_acl;
+
+-- ------------------------------------------------------------------------ idempotency keys
+
+-- 0.1.0 stored idempotency keys without deduplicating them: a key recorded twice in a tenant
+-- stops the update, which never changes ledger rows on its own.
+DO $$
+DECLARE
+    dup bigint;
+BEGIN
+    SELECT count(*) INTO dup FROM (
+        SELECT 1 FROM control_plane.usage_events
+         WHERE idempotency_key IS NOT NULL
+         GROUP BY tenant_id, idempotency_key HAVING count(*) > 1) d;
+    IF dup > 0 THEN
+        RAISE EXCEPTION 'control_plane.usage_events has % idempotency keys recorded more than once', dup
+            USING ERRCODE = 'unique_violation',
+                  DETAIL = 'control_plane 0.1.0 stored idempotency keys without deduplicating them; 0.2.0 makes them unique per tenant.',
+                  HINT = 'List them with: SELECT tenant_id, idempotency_key, array_agg(id ORDER BY id) FROM control_plane.usage_events WHERE idempotency_key IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1; then clear the key of all but one row of each through the maintenance path in the README ("The ledger is append-only"), and update again.';
+    END IF;
+END $$;
+-- A retried cp_record_usage with the same idempotency key records nothing new (per tenant).
+CREATE UNIQUE INDEX usage_events_idempotency ON control_plane.usage_events (tenant_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND kind = 'usage';

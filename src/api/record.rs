@@ -43,6 +43,26 @@ pub fn record(
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 
+    if let Some(k) = idempotency_key {
+        // Calls with the same key wait for each other (until the first one's transaction ends),
+        // then find its row: a retry records nothing and settles nothing.
+        key_lock(db, &tenant, k);
+        if let Some((owner, event_id, cost_micros)) = catalog::usage_by_key(&tenant, k)? {
+            if owner != subject {
+                return Err(CpError::invalid_with(
+                    format!("idempotency key \"{k}\" was recorded for another subject"),
+                    format!("subject \"{owner}\" in tenant \"{tenant}\" recorded it (event {event_id})"),
+                    Some("An idempotency key names one usage event of one subject in a tenant."),
+                ));
+            }
+            return Ok(Recorded {
+                event_id,
+                cost_micros,
+                settled: false,
+            });
+        }
+    }
+
     // A call that names no model used the profile's default.
     let model = pol.policy.model_for(model);
     // Read before a reservation is taken: from the take to the queuing below nothing may fail.
@@ -133,6 +153,23 @@ pub fn record(
         cost_micros,
         settled: held.is_some() || reversal.is_some(),
     })
+}
+
+/// Transaction-level lock on (database, tenant, idempotency key), so that calls with the same key
+/// run one after the other. (A hash collision only makes two keys wait for each other.)
+fn key_lock(db: u32, tenant: &str, idempotency_key: &str) {
+    let h = crate::key::Key::of(db, tenant, idempotency_key);
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: db,
+        locktag_field2: h.hi as u32,
+        locktag_field3: h.lo as u32,
+        locktag_field4: 0x4351,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe {
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false);
+    }
 }
 
 /// `pg_finfo` record of `cp_record_usage_fast` (version-1 calling convention).

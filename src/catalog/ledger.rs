@@ -94,6 +94,19 @@ pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
         .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
 }
 
+/// The usage row recorded with an idempotency key in a tenant, committed or this transaction's:
+/// (its subject, id, cost).
+pub fn usage_by_key(tenant: &str, key: &str) -> CpResult<Option<(String, i64, Option<i64>)>> {
+    let rows = query_latest(
+        c"SELECT subject_id, id, cost_micros FROM control_plane.usage_events
+           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND idempotency_key OPERATOR(pg_catalog.=) $2
+             AND kind OPERATOR(pg_catalog.=) 'usage'",
+        &[Arg::Text(Some(tenant)), Arg::Text(Some(key))],
+        |r| (r.text(1).unwrap_or_default(), r.i64(2), r.i64_opt(3)),
+    )?;
+    Ok(rows.into_iter().next())
+}
+
 /// The charge of an expired reservation, if the flusher wrote it: (its time, tokens charged).
 /// Looks at the subject's expired rows since the admission (a partial index holds only those).
 pub fn expired_charge(

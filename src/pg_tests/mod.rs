@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 mod budgets;
+mod idempotency;
 mod money;
 mod zones;
 

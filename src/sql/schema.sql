@@ -265,6 +265,9 @@ CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subj
 -- A charge is taken back at most once.
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';
+-- A retried cp_record_usage with the same idempotency key records nothing new (per tenant).
+CREATE UNIQUE INDEX usage_events_idempotency ON control_plane.usage_events (tenant_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND kind = 'usage';
 
 -- Every row: kind is one of the four above; usage, expired and rollup rows count forward (no
 -- negative amount), an expired_reversed row is exactly -1 request, <= 0 input tokens and no

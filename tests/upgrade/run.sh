@@ -99,6 +99,10 @@ for release in "${RELEASES[@]}"; do
         -c "SELECT control_plane.cp_record_usage('u_2', 300, 30, reservation_id => reservation_id)
               FROM control_plane.cp_admit('u_2', 500)" \
         -c "SELECT count(*) FROM generate_series(1, 3) g, LATERAL control_plane.cp_admit('u_1', 50 + 0 * g)" >/dev/null
+    # A database where that release recorded one idempotency key twice (it did not deduplicate).
+    psql_u -q -c "CREATE DATABASE dup"
+    psql_u -d dup -q -c "CREATE EXTENSION control_plane VERSION '$version'" \
+        -c "SELECT control_plane.cp_record_usage('d_1', 1, 1, idempotency_key => 'k-twice') FROM generate_series(1, 2)" >/dev/null
     open_id="$(psql_u -d up -c "SELECT reservation_id FROM control_plane.cp_admit('u_2', 40)")"
     [ -n "$open_id" ] || fail "$version admitted nothing"
     state up >/tmp/cp-upgrade-before.txt
@@ -122,6 +126,21 @@ for release in "${RELEASES[@]}"; do
     psql_u -d fresh -q -c "CREATE EXTENSION control_plane"
     same_listing up fresh "$version updated to $CURRENT"
     pass "$version updated to $CURRENT: catalog listing equals a fresh install ($(wc -l </tmp/cp-upgrade-a.txt) lines)"
+
+    # Where a key was recorded twice, the update stops (it never changes ledger rows itself) and
+    # says how to go on; after the maintenance path of the README, it goes through.
+    out="$(cp_psql "$DIR" "$PORT" -X -d dup -c "\\set VERBOSITY verbose" -c "ALTER EXTENSION control_plane UPDATE" 2>&1 || true)"
+    grep -q "ERROR:  23505: control_plane.usage_events has 1 idempotency keys recorded more than once" <<<"$out" \
+        || fail "$version: an update over a duplicated idempotency key should fail with 23505; it printed: $out"
+    grep -q "HINT:  List them with" <<<"$out" || fail "$version: the duplicate-key refusal has no hint: $out"
+    psql_u -d dup -q -c "ALTER TABLE control_plane.usage_events DISABLE TRIGGER usage_events_append_only" \
+        -c "UPDATE control_plane.usage_events SET idempotency_key = NULL
+             WHERE id = (SELECT max(id) FROM control_plane.usage_events WHERE idempotency_key = 'k-twice')" \
+        -c "ALTER TABLE control_plane.usage_events ENABLE TRIGGER usage_events_append_only" \
+        -c "ALTER EXTENSION control_plane UPDATE"
+    [ "$(psql_u -d dup -c "SELECT extversion FROM pg_extension WHERE extname = 'control_plane'")" = "$CURRENT" ] \
+        || fail "$version: the update did not go through once the duplicate key was cleared"
+    pass "$version: an update over an idempotency key recorded twice stops with 23505 and a hint, then goes through"
 
     state up >/tmp/cp-upgrade-after.txt
     diff -u /tmp/cp-upgrade-before.txt /tmp/cp-upgrade-after.txt >&2 || fail "$version: data or totals changed"

@@ -191,14 +191,16 @@ fn when_every_slot_is_being_settled_an_admission_is_denied_capacity_after_two_se
 
 #[test]
 fn cp_cleanup_expires_and_charges_what_is_due() {
-    // The flusher expires what is due within 100 ms; cp_cleanup called in a tight loop from the
-    // reservation's due time gets there first nearly always (up to five tries make a miss
-    // vanishingly rare). What it expires is charged like any expiry.
+    // The flusher expires what is due within 100 ms, and so does cp_cleanup called in a tight
+    // loop from the reservation's due time: whichever gets there first expires it. With five
+    // tries this test missed in about one run of six (the flusher wins roughly 0.7 of the races),
+    // so it gets twenty (0.7^20: about one run in 1,000). What cp_cleanup expires is charged like
+    // any expiry.
     let (mut c, s) = subject_with_1s_timeout("cleanup", r#"{"requests_per_day": 100, "input_tokens_per_day": 1000}"#);
     let mut tries = 0;
     let expired_by_cleanup = loop {
         tries += 1;
-        assert!(tries <= 5, "the flusher expired it first five times in a row");
+        assert!(tries <= 20, "the flusher expired it first twenty times in a row");
         let admitted = Instant::now();
         assert!(admit(&mut c, &s, 30).allowed);
         std::thread::sleep(Duration::from_millis(990));

@@ -1,0 +1,70 @@
+//! Idempotent usage: a retried `cp_record_usage` with the same key records nothing new.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use crate::pg_tests::tests::{run, set_overrides, sqlstate};
+    use pgrx::prelude::*;
+
+    /// cp_record_usage(subject, input, 0, 'pgt-idem', idempotency_key => key): (event_id, cost,
+    /// settled).
+    fn record(subject: &str, input: i64, key: &str) -> (i64, Option<i64>, bool) {
+        let (id, cost, settled) = Spi::get_three::<i64, i64, bool>(&format!(
+            "SELECT event_id, cost_micros, reservation_settled FROM control_plane.cp_record_usage('{subject}', {input}, 0,
+                 'pgt-idem', idempotency_key => '{key}')"
+        ))
+        .unwrap();
+        (id.unwrap(), cost, settled.unwrap())
+    }
+
+    fn rows_with(key: &str) -> i64 {
+        Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM control_plane.usage_events WHERE idempotency_key = '{key}'"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn a_retry_with_the_same_key_returns_the_original_event_and_records_nothing() {
+        run("INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+             VALUES ('*', 'pgt-idem', 3000000, 0, '-infinity')");
+        set_overrides("pgt_idem_a", "{}");
+        let (id, cost, settled) = record("pgt_idem_a", 10, "pgt-key-1");
+        assert_eq!((cost, settled), (Some(30), false));
+        assert_eq!(rows_with("pgt-key-1"), 1);
+        // A retry with other amounts still returns the original: the key names one event.
+        let (again, cost_again, _) = record("pgt_idem_a", 999, "pgt-key-1");
+        assert_eq!((again, cost_again), (id, Some(30)));
+        assert_eq!(rows_with("pgt-key-1"), 1);
+        // Another key is another event.
+        let (other, _, _) = record("pgt_idem_a", 10, "pgt-key-2");
+        assert_ne!(other, id);
+        // The same key in another tenant is another event too.
+        run("SET LOCAL control_plane.tenant = 'pgt_idem_other'");
+        set_overrides("pgt_idem_a", "{}");
+        let (elsewhere, _, _) = record("pgt_idem_a", 10, "pgt-key-1");
+        assert_ne!(elsewhere, id);
+        run("RESET control_plane.tenant");
+        assert_eq!(rows_with("pgt-key-1"), 2);
+    }
+
+    #[pg_test]
+    fn a_key_of_another_subject_is_refused_and_a_direct_duplicate_violates_the_index() {
+        set_overrides("pgt_idem_b", "{}");
+        set_overrides("pgt_idem_c", "{}");
+        run("SELECT control_plane.cp_record_usage('pgt_idem_b', 1, 1, idempotency_key => 'pgt-key-3')");
+        assert_eq!(
+            sqlstate("SELECT control_plane.cp_record_usage('pgt_idem_c', 1, 1, idempotency_key => 'pgt-key-3')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate(
+                "INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, idempotency_key)
+                 VALUES ('default', 'pgt_idem_b', 1, 1, 'pgt-key-3')"
+            ),
+            "23505"
+        );
+    }
+}
