@@ -158,6 +158,12 @@ SELECT 'user_eu' AS subject, cost_micros FROM control_plane.cp_record_usage('use
 RESET control_plane.tenant;
 \echo '   a model with no price records no cost (NULL), never a made-up zero:'
 SELECT cost_micros IS NULL AS no_cost FROM control_plane.cp_record_usage('user_777', 10, 10, model => 'some-new-model');
+\echo '   a retry with the same idempotency key records nothing new: it returns the original event and cost:'
+SELECT 'first call' AS call, event_id, cost_micros
+  FROM control_plane.cp_record_usage('user_777', 100, 10, model => 'gpt-4o-mini', idempotency_key => 'order-42-call-1');
+SELECT 'retry' AS call, event_id, cost_micros
+  FROM control_plane.cp_record_usage('user_777', 100, 10, model => 'gpt-4o-mini', idempotency_key => 'order-42-call-1');
+SELECT count(*) AS ledger_rows_with_that_key FROM control_plane.usage_events WHERE idempotency_key = 'order-42-call-1';
 \echo '   spend is part of the totals, per day and month:'
 SELECT jsonb_pretty(control_plane.cp_quota_status('user_777')->'money') AS money;
 
