@@ -7,6 +7,17 @@ INSERT INTO control_plane.profiles (name, requests_per_second, requests_per_minu
                                     max_concurrent, requests_per_day, requests_per_month, input_tokens_per_day,
                                     input_tokens_per_month, output_tokens_per_day, output_tokens_per_month)
 VALUES ('bench_all', 1e12, 1e12, 1e12, 1e15, 1e9, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15);
+-- bench_money: every dimension of bench_all plus daily and monthly budgets (never denying during a
+-- run) and a priced default model: each admission reserves a cost estimate, each record settles it.
+INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+VALUES ('*', 'bench-model', 150000, 600000, '-infinity');
+INSERT INTO control_plane.profiles (name, requests_per_second, requests_per_minute, requests_per_hour, tokens_per_minute,
+                                    max_concurrent, requests_per_day, requests_per_month, input_tokens_per_day,
+                                    input_tokens_per_month, output_tokens_per_day, output_tokens_per_month,
+                                    daily_budget_cents, monthly_budget_cents, default_model)
+VALUES ('bench_money', 1e12, 1e12, 1e12, 1e15, 1e9, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15, 'bench-model');
+INSERT INTO control_plane.subjects (subject_id, profile)
+SELECT 'b_' || g, 'bench_money' FROM generate_series(1, :subjects) g;
 INSERT INTO control_plane.subjects (subject_id, profile)
 SELECT 'r_' || g, 'bench_rate' FROM generate_series(1, :subjects) g
 UNION ALL SELECT 'a_' || g, 'bench_all' FROM generate_series(1, :subjects) g
@@ -47,5 +58,6 @@ INSERT INTO control_plane.subjects (subject_id, profile) SELECT 'c_' || g, 'benc
 CREATE TABLE bench_ledger (LIKE control_plane.usage_events INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES);
 
 -- The floor of an admission: a no-op with cp_admit's signature and result type (bench/noop).
-CREATE FUNCTION bench_noop_admit(subject text, tokens bigint DEFAULT 0, model text DEFAULT NULL, feature text DEFAULT NULL)
+CREATE FUNCTION bench_noop_admit(subject text, tokens bigint DEFAULT 0, model text DEFAULT NULL, feature text DEFAULT NULL,
+                                 max_output_tokens bigint DEFAULT NULL)
 RETURNS control_plane.admission LANGUAGE c VOLATILE AS '$libdir/cp_bench_noop', 'bench_noop_admit';

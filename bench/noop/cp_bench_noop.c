@@ -1,7 +1,7 @@
 /*
  * Bench tooling, not part of the extension: the floor of an admission over the wire.
  *
- * bench_noop_admit(subject text, tokens bigint, model text, feature text)
+ * bench_noop_admit(subject text, tokens bigint, model text, feature text, max_output_tokens bigint)
  *     RETURNS control_plane.admission
  *
  * Same signature and result type as control_plane.cp_admit, and forms its row the same way
@@ -29,8 +29,8 @@ bench_noop_admit(PG_FUNCTION_ARGS)
 											   0xb5, 0xe5, 0x8d, 0xba, 0xb2, 0xf5, 0x0d, 0xd1};
 	Oid			typid = get_fn_expr_rettype(fcinfo->flinfo);
 	TupleDesc	desc;
-	Datum		values[7];
-	bool		nulls[7] = {false, false, true, false, false, true, false};
+	Datum		values[8];
+	bool		nulls[8] = {false, false, true, false, false, true, false, true};
 	pg_uuid_t  *uuid;
 	HeapTuple	tuple;
 
@@ -46,6 +46,7 @@ bench_noop_admit(PG_FUNCTION_ARGS)
 	values[4] = Int64GetDatum(59);
 	values[5] = (Datum) 0;
 	values[6] = UUIDPGetDatum(uuid);
+	values[7] = (Datum) 0;		/* model: NULL, as cp_admit returns it for a call without one */
 	tuple = heap_form_tuple(desc, values, nulls);
 	DecrTupleDescRefCount(desc);
 	return HeapTupleHeaderGetDatum(tuple->t_data);
