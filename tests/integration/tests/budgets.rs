@@ -156,3 +156,72 @@ fn a_record_that_costs_more_than_its_reservation_is_counted_and_the_next_admissi
     assert_eq!((allowed, reason.as_deref()), (false, Some("budget_exceeded")));
     assert_eq!(ledger_cost(&mut admin, &s), 50_000);
 }
+
+/// Sets a reload setting server-wide for the life of the guard (and resets it when dropped, even
+/// when the test fails).
+struct ServerSetting(&'static str, String);
+
+impl ServerSetting {
+    fn set(name: &'static str, value: &str) -> ServerSetting {
+        let mut c = connect();
+        // (Two statements: ALTER SYSTEM refuses to run in the implicit block of a multi-statement query.)
+        c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .unwrap();
+        c.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // A new backend reads the reloaded file at start; wait until one sees the value.
+        let start = Instant::now();
+        loop {
+            let now: String = connect().query_one(&format!("SHOW {name}"), &[]).unwrap().get(0);
+            if now == value {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{name} never became {value}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ServerSetting(name, value.to_string())
+    }
+}
+
+impl Drop for ServerSetting {
+    fn drop(&mut self) {
+        let mut c = connect();
+        let _ = c.batch_execute(&format!("ALTER SYSTEM RESET {}", self.0));
+        let _ = c.batch_execute("SELECT pg_reload_conf()");
+        // Later tests must not see it: wait (a little) until new backends do not.
+        for _ in 0..500 {
+            match connect().query_one(&format!("SHOW {}", self.0), &[]) {
+                Ok(r) if r.get::<_, String>(0) != self.1 => return,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+#[test]
+fn with_unpriced_models_allowed_an_unpriced_call_is_admitted_without_a_cost_and_counts_nothing() {
+    let s = format!("{}_budget_unpriced", run_id());
+    let model = format!("{}-unpriced", run_id());
+    let mut admin = connect();
+    enroll(&mut admin, &s, "unlimited", r#"{"daily_budget_cents": 1}"#);
+    let (allowed, reason, _) = admit_priced(&mut connect(), &s, 10, &model);
+    assert_eq!(
+        (allowed, reason.as_deref()),
+        (false, Some("unpriced_model")),
+        "the default: deny"
+    );
+    let _allow = ServerSetting::set("control_plane.unpriced_models", "allow");
+    let mut c = connect();
+    let (allowed, _, id) = admit_priced(&mut c, &s, 10, &model);
+    assert!(allowed, "admitted without a price");
+    assert_eq!(day_money(&mut c, &s).2, 0, "nothing reserved");
+    assert_eq!(
+        record_priced(&mut c, &s, 1_000_000, &model, id.as_deref()),
+        None,
+        "no cost"
+    );
+    assert_eq!(
+        day_money(&mut c, &s),
+        (10_000, 0, 0, 10_000),
+        "nothing counted against the budget"
+    );
+}
