@@ -172,26 +172,13 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 }];
                 match p.reservation {
                     Some(Settles::Hold { tokens, cost, .. }) => effects.push(Effect::ReleaseHold { tokens, cost }),
-                    Some(Settles::Charge { tokens, cost, at, .. }) => effects.extend([
-                        Effect::Row {
-                            at,
-                            requests: -1,
-                            input: -tokens,
-                            output: 0,
-                            cost: -cost,
-                        },
-                        Effect::Flushed(1),
-                    ]),
+                    Some(Settles::Charge { tokens, cost, at, .. }) => {
+                        effects.extend([Effect::taken_back(at, tokens, cost), Effect::Flushed(1)])
+                    }
                     None => {}
                 }
                 if let Some((at, tokens, cost)) = p.reversal {
-                    effects.push(Effect::Row {
-                        at,
-                        requests: -1,
-                        input: -tokens,
-                        output: 0,
-                        cost: -cost,
-                    });
+                    effects.push(Effect::taken_back(at, tokens, cost));
                 }
                 sh.settle(&p.key, p.db, now, &effects);
                 sh.bump_usage(p.tenant_slot, shmem::Usage::Recorded, 1);

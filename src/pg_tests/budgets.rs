@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::pg_tests::tests::{enroll, json, run, set_overrides, sqlstate};
+    use crate::pg_tests::tests::{enroll, json, price, run, set_overrides, sqlstate};
     use pgrx::prelude::*;
     use serde_json::Value;
 
@@ -22,12 +22,9 @@ mod tests {
         ))
     }
 
+    /// A shared price in force since always.
     fn shared_price(model: &str, input: i64, output: i64) {
-        run(&format!(
-            "INSERT INTO control_plane.model_prices
-                 (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
-             VALUES ('*', '{model}', {input}, {output}, '-infinity')"
-        ));
+        price("*", model, input, output, "'-infinity'");
     }
 
     #[pg_test]

@@ -4,7 +4,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::pg_tests::tests::{run, set_overrides, sqlstate};
+    use crate::pg_tests::tests::{price, run, set_overrides, sqlstate};
     use pgrx::prelude::*;
 
     /// cp_record_usage(subject, input, 0, 'pgt-idem', idempotency_key => key): (event_id, cost,
@@ -28,8 +28,7 @@ mod tests {
 
     #[pg_test]
     fn a_retry_with_the_same_key_returns_the_original_event_and_records_nothing() {
-        run("INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
-             VALUES ('*', 'pgt-idem', 3000000, 0, '-infinity')");
+        price("*", "pgt-idem", 3_000_000, 0, "'-infinity'");
         set_overrides("pgt_idem_a", "{}");
         let (id, cost, settled) = record("pgt_idem_a", 10, "pgt-key-1");
         assert_eq!((cost, settled), (Some(30), false));

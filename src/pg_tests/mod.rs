@@ -34,6 +34,16 @@ mod tests {
         ))
     }
 
+    /// A price row of `tenant` (`'*'`: shared) for `model`, in force from `from` (SQL text):
+    /// micro-units per million input and output tokens.
+    pub(crate) fn price(tenant: &str, model: &str, input: i64, output: i64, from: &str) {
+        run(&format!(
+            "INSERT INTO control_plane.model_prices
+                 (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+             VALUES ('{tenant}', '{model}', {input}, {output}, {from})"
+        ));
+    }
+
     /// The SQLSTATE a statement fails with, or "ok".
     pub(crate) fn sqlstate(sql: &str) -> String {
         run(

@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::pg_tests::tests::{run, set_overrides, sqlstate};
+    use crate::pg_tests::tests::{price, run, set_overrides, sqlstate};
     use pgrx::prelude::*;
 
     /// `cp_record_usage` of `input` and `output` tokens for `subject` with `model` (SQL text):
@@ -21,14 +21,6 @@ mod tests {
         ))
         .unwrap();
         (cost, stored)
-    }
-
-    fn price(tenant: &str, model: &str, input: i64, output: i64, from: &str) {
-        run(&format!(
-            "INSERT INTO control_plane.model_prices
-                 (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
-             VALUES ('{tenant}', '{model}', {input}, {output}, {from})"
-        ));
     }
 
     #[pg_test]

@@ -101,6 +101,20 @@ pub struct Admitted<V> {
     pub next_expiry: i64,
 }
 
+impl Effect {
+    /// A ledger row at `at` that takes back one request charged with `tokens` and `cost` (an
+    /// expired reservation's charge, replaced by its late record).
+    pub fn taken_back(at: i64, tokens: i64, cost: i64) -> Effect {
+        Effect::Row {
+            at,
+            requests: -1,
+            input: -tokens,
+            output: 0,
+            cost: -cost,
+        }
+    }
+}
+
 impl Slot {
     /// A new entry with the committed totals read from the ledger for the windows of `zone` at `now`.
     pub fn new(key: Key, db: u32, zone: u16, totals: Totals, now: i64, w: &impl Windows) -> Slot {
