@@ -328,3 +328,71 @@ END $$;
 -- A retried cp_record_usage with the same idempotency key records nothing new (per tenant).
 CREATE UNIQUE INDEX usage_events_idempotency ON control_plane.usage_events (tenant_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL AND kind = 'usage';
+
+-- ------------------------------------------------------------------------------- organizations
+
+CREATE TABLE control_plane.organizations (
+    tenant_id            text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant')
+                                     CHECK (tenant_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(tenant_id) <= 256),
+    org_id               text        NOT NULL
+                                     CHECK (org_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(org_id) <= 256),
+    daily_budget_cents   bigint      CHECK (daily_budget_cents >= 0),
+    monthly_budget_cents bigint      CHECK (monthly_budget_cents >= 0),
+    warning_pct          integer     NOT NULL DEFAULT 80 CHECK (warning_pct BETWEEN 1 AND 100),
+    emergency_pct        integer     NOT NULL DEFAULT 90 CHECK (emergency_pct BETWEEN 1 AND 100),
+    emergency_action     text        NOT NULL DEFAULT 'degrade'
+                                     CHECK (emergency_action IN ('degrade', 'deny')),
+    emergency_stop       boolean     NOT NULL DEFAULT false,
+    active               boolean     NOT NULL DEFAULT true,
+    created_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, org_id),
+    CONSTRAINT organizations_thresholds_ordered CHECK (warning_pct <= emergency_pct)
+);
+COMMENT ON TABLE control_plane.organizations IS
+    'Organisations: budgets that all their subjects draw on together (NULL: none), thresholds, an emergency stop, an active flag.';
+
+-- 0.1.0 stored subjects.org_id as free text: every organisation it names gets a row without
+-- budgets (nothing changes for its subjects until an admin sets some). A name no row can hold
+-- stops the update.
+DO $$
+DECLARE
+    bad bigint;
+BEGIN
+    SELECT count(*) INTO bad FROM control_plane.subjects
+     WHERE org_id IS NOT NULL AND (org_id OPERATOR(pg_catalog.=) '' OR pg_catalog.octet_length(org_id) > 256);
+    IF bad > 0 THEN
+        RAISE EXCEPTION 'control_plane.subjects has % subjects whose org_id is empty or longer than 256 bytes', bad
+            USING ERRCODE = 'check_violation',
+                  DETAIL = 'control_plane 0.2.0 makes org_id a reference to control_plane.organizations, whose names are 1 to 256 bytes.',
+                  HINT = 'Set those subjects'' org_id to NULL or to a valid name, and update again.';
+    END IF;
+END $$;
+INSERT INTO control_plane.organizations (tenant_id, org_id)
+SELECT DISTINCT tenant_id, org_id FROM control_plane.subjects WHERE org_id IS NOT NULL;
+
+ALTER TABLE control_plane.subjects
+    ADD CONSTRAINT subjects_org_fkey FOREIGN KEY (tenant_id, org_id)
+        REFERENCES control_plane.organizations (tenant_id, org_id);
+CREATE INDEX subjects_org ON control_plane.subjects (tenant_id, org_id) WHERE org_id IS NOT NULL;
+
+-- A committed change is obeyed by the next cp_admit in every backend.
+CREATE TRIGGER organizations_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.organizations
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+
+-- An organisation's row, for the extension's functions whatever the caller may read (an
+-- application role needs no grant on organizations).
+CREATE FUNCTION control_plane._organization(for_tenant text, for_org text)
+RETURNS TABLE (daily_budget_cents bigint, monthly_budget_cents bigint, warning_pct integer, emergency_pct integer,
+               emergency_action text, emergency_stop boolean, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT o.daily_budget_cents, o.monthly_budget_cents, o.warning_pct, o.emergency_pct, o.emergency_action,
+             o.emergency_stop, o.active
+        FROM control_plane.organizations o
+       WHERE o.tenant_id OPERATOR(pg_catalog.=) for_tenant AND o.org_id OPERATOR(pg_catalog.=) for_org $$;
+
+SELECT pg_catalog.pg_extension_config_dump('control_plane.organizations', '');
+
+-- Where an organisation's entry is rebuilt from.
+CREATE INDEX usage_events_org_time ON control_plane.usage_events (tenant_id, org_id, created_at)
+    WHERE org_id IS NOT NULL;

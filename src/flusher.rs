@@ -6,7 +6,7 @@
 //! of its database that are past their time; every second (sooner when its unwritten charges hold
 //! an eighth of the reservation slots, at once when an admission waits for a slot) it writes every
 //! expired charge to the ledger, in one statement per batch: one
-//! `kind = 'expired'` row per subject and day (of its tenant's time zone), with each
+//! `kind = 'expired'` row per subject, organisation and day (of its tenant's time zone), with each
 //! reservation's charge in its metadata.
 //! At a clean shutdown it expires every reservation still open and writes them too, so nothing
 //! admitted is lost. It exits after a minute with nothing open in its database.
@@ -127,9 +127,9 @@ fn flush(sh: &Shared, db: u32) -> usize {
         if charges.is_empty() {
             return written;
         }
-        // A subject's charges of one day (in its tenant's time zone) side by side: one row per
+        // A subject's charges of one organisation and day (in its tenant's time zone) side by side: one row per
         // ROW_CHARGES of them.
-        charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, local_day(sh, c)));
+        charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, c.org.hi, c.org.lo, local_day(sh, c)));
         // An error raised inside ends the worker; on_exit puts the charges back.
         let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(sh, &charges)));
         sh.end_flush(db, &charges, result.is_ok(), now_unix_us());
@@ -145,15 +145,16 @@ fn flush(sh: &Shared, db: u32) -> usize {
     }
 }
 
-/// One row per (tenant, subject, day) and up to ROW_CHARGES charges (sorted that way): their sum,
-/// at the latest one's time; one statement for the whole batch.
+/// One row per (tenant, subject, organisation, day) and up to ROW_CHARGES charges (sorted that
+/// way): their sum, at the latest one's time; one statement for the whole batch.
 fn write(sh: &Shared, charges: &[Charge]) -> crate::error::CpResult<()> {
-    let same_row = |a: &Charge, b: &Charge| a.key == b.key && local_day(sh, a) == local_day(sh, b);
+    let same_row = |a: &Charge, b: &Charge| a.key == b.key && a.org == b.org && local_day(sh, a) == local_day(sh, b);
     let mut rows = catalog::ChargeRows::default();
     for cs in charges.chunk_by(same_row).flat_map(|g| g.chunks(ROW_CHARGES)) {
-        let (tenant, subject) = sh.charge_names(&cs[0]);
+        let (tenant, subject, org) = sh.charge_names(&cs[0]);
         rows.tenants.push(tenant);
         rows.subjects.push(subject);
+        rows.orgs.push(org);
         rows.requests.push(cs.len() as i64);
         rows.tokens.push(cs.iter().map(|c| c.tokens).sum::<i64>());
         rows.costs

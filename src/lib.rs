@@ -16,7 +16,7 @@ compile_error!("control_plane must be built with panic = \"unwind\"");
 
 /// The pure decision modules live in `crates/core`; re-exported so that they read as part of
 /// this crate.
-pub use control_plane_core::{admission, calendar, index, key, ledger, money, policy, quota, rate, zone};
+pub use control_plane_core::{admission, calendar, index, key, ledger, money, org, policy, quota, rate, zone};
 
 mod api;
 mod args;

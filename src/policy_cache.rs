@@ -1,4 +1,4 @@
-//! Per-backend caches of subject rows and profile rows, each tagged with the shared-memory stamp
+//! Per-backend caches of subject rows, profile rows and organisation rows, each tagged with the shared-memory stamp
 //! of what it was read from (see `Shared::subject_stamp` and `Shared::profile_stamp`). A committed
 //! change bumps the version of exactly what it touched (one subject, one profile, or everything,
 //! see `xact`), so a cached row is used only while its stamp is unchanged: no time-based expiry,
@@ -6,10 +6,12 @@
 //!
 //! The stamp is always read before the row it tags, and bumped only after the change committed:
 //! a row read concurrently with a change is tagged with the old stamp and read again next time.
+//! Organisation rows are tagged with the global generation: any change to `organizations` bumps it.
 
 use crate::catalog;
 use crate::error::{CpError, CpResult};
 use crate::key::Key;
+use crate::org::Organization;
 use crate::policy::Policy;
 use crate::shmem::{self, Shared};
 use serde_json::Value;
@@ -39,6 +41,9 @@ impl Cached {
         }
         if self.has_overrides {
             flags |= shmem::POLICY_HAS_OVERRIDES;
+        }
+        if self.org_id.is_some() {
+            flags |= shmem::POLICY_HAS_ORG;
         }
         shmem::PolicyStamp {
             stamp,
@@ -85,11 +90,19 @@ struct ProfileRow {
     policy: Rc<Policy>,
 }
 
+/// An organisation's row and its key in shared memory.
+pub struct Org {
+    pub key: Key,
+    pub name: Rc<str>,
+    pub org: Organization,
+}
+
 #[derive(Default)]
 struct Cache {
     generation: u64,
     subjects: KeyMap<Rc<SubjectRow>>,
     profiles: HashMap<i32, Rc<ProfileRow>>,
+    orgs: KeyMap<Rc<Org>>,
 }
 
 thread_local! {
@@ -101,6 +114,7 @@ pub fn clear() {
     CACHE.with_borrow_mut(|c| {
         c.subjects.clear();
         c.profiles.clear();
+        c.orgs.clear();
     });
 }
 
@@ -118,6 +132,7 @@ fn refresh(sh: &Shared) {
         if c.generation != generation {
             c.subjects.clear();
             c.profiles.clear();
+            c.orgs.clear();
             c.generation = generation;
         }
     });
@@ -285,7 +300,9 @@ pub fn for_admission(
         }
     }
     if let Some(st) = (!own_changes).then(|| sh.peek_policy(key, db)).flatten() {
-        if st.stamp == stamp && st.flags & shmem::POLICY_HAS_OVERRIDES == 0 && st.profile_id != 0 {
+        // A subject with overrides or an organisation takes them from its row.
+        let read_row = shmem::POLICY_HAS_OVERRIDES | shmem::POLICY_HAS_ORG;
+        if st.stamp == stamp && st.flags & read_row == 0 && st.profile_id != 0 {
             if let Some(p) = profile(sh, st.profile_id)? {
                 let cached = Cached {
                     profile: p.name.clone(),
@@ -315,4 +332,34 @@ pub fn get(key: &Key, tenant: &str, subject: &str, enroll: bool) -> CpResult<Opt
         Some(row) => Ok(Some(effective(sh, &row, subject)?)),
         None => Ok(None),
     }
+}
+
+/// The row of organisation `name` of the tenant, from the cache or the catalog. Every subject that
+/// names it exists only while it does (a foreign key): a missing row is an error (55000).
+pub fn org(db: u32, tenant: &str, name: &str) -> CpResult<Rc<Org>> {
+    let sh = shmem::shared()?;
+    refresh(sh);
+    let key = Key::org(db, tenant, name);
+    if let Some(o) = CACHE.with_borrow(|c| c.orgs.get(&key).cloned()) {
+        return Ok(o);
+    }
+    let Some(org) = catalog::load_org(tenant, name)? else {
+        return Err(CpError::state(
+            format!("organization \"{name}\" of tenant \"{tenant}\" does not exist"),
+            None,
+            Some("Insert it into control_plane.organizations."),
+        ));
+    };
+    let o = Rc::new(Org {
+        key,
+        name: name.into(),
+        org,
+    });
+    CACHE.with_borrow_mut(|c| {
+        if c.orgs.len() >= MAX_ENTRIES {
+            c.orgs.clear();
+        }
+        c.orgs.insert(key, o.clone());
+    });
+    Ok(o)
 }

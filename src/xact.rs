@@ -15,6 +15,8 @@ use std::cell::RefCell;
 pub struct Pending {
     pub subid: pg_sys::SubTransactionId,
     pub key: Key,
+    /// The organisation the row is recorded for (its entry counts the row too).
+    pub org: Option<Key>,
     pub db: u32,
     /// The slot of the tenant's counters (`control_plane.tenant_stats`).
     pub tenant_slot: usize,
@@ -25,22 +27,37 @@ pub struct Pending {
     pub cost: i64,
     /// The reservation slot this row settles, taken by this transaction.
     pub reservation: Option<Settles>,
-    /// A reversal row this transaction wrote for a charge already in the ledger: (its time,
-    /// tokens charged, micro-units charged).
-    pub reversal: Option<(i64, i64, i64)>,
+    /// A reversal row this transaction wrote for a charge already in the ledger.
+    pub reversal: Option<Reversal>,
+}
+
+/// A reversal row of a charge already in the ledger: the charge's time, tokens and micro-units,
+/// and the organisation it was charged to.
+#[derive(Clone, Copy, Debug)]
+pub struct Reversal {
+    pub at: i64,
+    pub tokens: i64,
+    pub cost: i64,
+    pub org: Option<Key>,
 }
 
 /// What settling a taken reservation slot ends.
 #[derive(Clone, Copy, Debug)]
 pub enum Settles {
     /// An open reservation's hold (tokens and micro-units).
-    Hold { index: usize, tokens: i64, cost: i64 },
+    Hold {
+        index: usize,
+        tokens: i64,
+        cost: i64,
+        org: Option<Key>,
+    },
     /// An expired reservation's charge, not yet written to the ledger: it is replaced.
     Charge {
         index: usize,
         tokens: i64,
         cost: i64,
         at: i64,
+        org: Option<Key>,
     },
 }
 
@@ -48,6 +65,20 @@ impl Settles {
     fn index(&self) -> usize {
         match *self {
             Settles::Hold { index, .. } | Settles::Charge { index, .. } => index,
+        }
+    }
+
+    /// The effects of settling on the subject's entry, and on the organisation's entry that held
+    /// the reservation too.
+    fn effects(&self) -> (Option<Key>, [Option<Effect>; 2]) {
+        match *self {
+            Settles::Hold { tokens, cost, org, .. } => (org, [Some(Effect::ReleaseHold { tokens, cost }), None]),
+            Settles::Charge {
+                tokens, cost, at, org, ..
+            } => (
+                org,
+                [Some(Effect::taken_back(at, tokens, cost)), Some(Effect::Flushed(1))],
+            ),
         }
     }
 }
@@ -100,16 +131,19 @@ pub fn push(p: Pending) {
     });
 }
 
-/// The ledger rows this transaction wrote through `cp_record_usage` for a subject, not yet
-/// committed: (time, [requests, input, output, cost]). A rebuild reads them from the ledger (its
-/// snapshot sees this transaction's writes) and must leave them out, since the commit adds them.
+/// The ledger rows this transaction wrote through `cp_record_usage` for a subject or an
+/// organisation (by its entry's key), not yet committed: (time, [requests, input, output, cost]).
+/// A rebuild reads them from the ledger (its snapshot sees this transaction's writes) and must
+/// leave them out, since the commit adds them.
 pub fn uncommitted_rows(key: &Key, db: u32) -> Vec<(i64, [i64; 4])> {
     STATE.with_borrow(|st| {
         let mut rows = Vec::new();
-        for p in st.pending.iter().filter(|p| p.key == *key && p.db == db) {
-            rows.push((p.at_unix_us, [1, p.input, p.output, p.cost]));
-            if let Some((at, tokens, cost)) = p.reversal {
-                rows.push((at, [-1, -tokens, 0, -cost]));
+        for p in st.pending.iter().filter(|p| p.db == db) {
+            if p.key == *key || p.org == Some(*key) {
+                rows.push((p.at_unix_us, [1, p.input, p.output, p.cost]));
+            }
+            if let Some(r) = p.reversal.filter(|r| p.key == *key || r.org == Some(*key)) {
+                rows.push((r.at, [-1, -r.tokens, 0, -r.cost]));
             }
         }
         rows
@@ -163,24 +197,35 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             let Ok(sh) = shmem::shared() else { return };
             let now = crate::catalog::now_unix_us();
             for p in &work {
-                let mut effects = vec![Effect::Row {
+                // What moves on the subject's entry, and on organisations' entries (the one the
+                // row is recorded for, the one that held the reservation, the one charged with
+                // what a reversal takes back: the same one unless the subject moved meanwhile).
+                let row = Effect::Row {
                     at: p.at_unix_us,
                     requests: 1,
                     input: p.input,
                     output: p.output,
                     cost: p.cost,
-                }];
-                match p.reservation {
-                    Some(Settles::Hold { tokens, cost, .. }) => effects.push(Effect::ReleaseHold { tokens, cost }),
-                    Some(Settles::Charge { tokens, cost, at, .. }) => {
-                        effects.extend([Effect::taken_back(at, tokens, cost), Effect::Flushed(1)])
+                };
+                let mut effects = vec![row];
+                let mut orgs: Vec<(Key, Effect)> = p.org.map(|o| (o, row)).into_iter().collect();
+                if let Some(r) = p.reservation {
+                    let (org, es) = r.effects();
+                    for e in es.into_iter().flatten() {
+                        effects.push(e);
+                        orgs.extend(org.map(|o| (o, e)));
                     }
-                    None => {}
                 }
-                if let Some((at, tokens, cost)) = p.reversal {
-                    effects.push(Effect::taken_back(at, tokens, cost));
+                if let Some(r) = p.reversal {
+                    let e = Effect::taken_back(r.at, r.tokens, r.cost);
+                    effects.push(e);
+                    orgs.extend(r.org.map(|o| (o, e)));
                 }
                 sh.settle(&p.key, p.db, now, &effects);
+                for run in orgs.chunk_by(|a, b| a.0 == b.0) {
+                    let es: Vec<Effect> = run.iter().map(|(_, e)| *e).collect();
+                    sh.settle(&run[0].0, p.db, now, &es);
+                }
                 sh.bump_usage(p.tenant_slot, shmem::Usage::Recorded, 1);
                 sh.bump_usage(p.tenant_slot, shmem::Usage::InputTokens, p.input);
                 sh.bump_usage(p.tenant_slot, shmem::Usage::OutputTokens, p.output);

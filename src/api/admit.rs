@@ -1,13 +1,14 @@
 //! `cp_admit`: one admission decision across every limit that applies.
 
 use super::{composite_datum, locate, rebuild, tenant_of, zones};
-use crate::admission::{self, DenyKind, Verdict};
+use crate::admission::{self, DenyKind, OrgSide, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
-use crate::catalog::now_unix_us;
+use crate::catalog::{now_unix_us, Whose};
 use crate::error::CpResult;
 use crate::gucs;
 use crate::money;
+use crate::org::Organization;
 use crate::policy_cache;
 use crate::quota::Ask;
 use crate::shmem::{self, Hold, Owner, Seen, Stat};
@@ -49,19 +50,22 @@ impl Decision {
     }
 }
 
-/// What an admission reserves against the budgets that apply: None when none applies or the
-/// model costs nothing; Err(denial) when the model has no price and unpriced models are denied.
+/// What an admission reserves against the budgets that apply (the subject's and its
+/// organisation's): None when none applies or the model costs nothing; Err(denial) when the model
+/// has no price and unpriced models are denied.
+#[allow(clippy::too_many_arguments)]
 fn cost_estimate(
     sh: &shmem::Shared,
     db: u32,
     tenant: &str,
     policy: &crate::policy::Policy,
+    org: Option<&Organization>,
     model: Option<&str>,
     tokens: i64,
     max_output_tokens: Option<i64>,
     now: i64,
 ) -> CpResult<Result<Option<i64>, Decision>> {
-    let Some(smallest) = policy.smallest_budget_micros() else {
+    let Some(smallest) = crate::org::smallest_budget_micros(policy, org) else {
         return Ok(Ok(None));
     };
     let price = match model {
@@ -171,8 +175,35 @@ pub fn admit(
         return Ok(Decision::deny(g.reason(), None, None, None));
     }
 
+    let org = pol
+        .org_id
+        .as_deref()
+        .map(|o| policy_cache::org(db, &tenant, o))
+        .transpose()?;
+    if let Some(o) = &org {
+        if !o.org.active {
+            sh.bump_outcome(tenant_slot, Stat::DeniedInactive);
+            return Ok(Decision::deny("org_inactive", None, None, None));
+        }
+        if o.org.emergency_stop {
+            sh.bump_outcome(tenant_slot, Stat::DeniedBudget);
+            return Ok(Decision::deny("emergency_stop", None, None, None));
+        }
+    }
+    let org_row = org.as_ref().map(|o| &o.org);
+
     let now = now_unix_us();
-    let cost = match cost_estimate(sh, db, &tenant, &pol.policy, model, tokens, max_output_tokens, now)? {
+    let cost = match cost_estimate(
+        sh,
+        db,
+        &tenant,
+        &pol.policy,
+        org_row,
+        model,
+        tokens,
+        max_output_tokens,
+        now,
+    )? {
         Ok(c) => c,
         Err(denied) => {
             sh.bump_outcome(tenant_slot, Stat::DeniedBudget);
@@ -186,11 +217,12 @@ pub fn admit(
     let warn_pct = gucs::WARN_THRESHOLD.get() as i64;
     // A plan with nothing to hold (no concurrency limit, no request quota, no token estimate
     // against a token quota, no cost estimate against a budget) claims no reservation slot.
-    let hold = admission::needs_hold(&pol.policy, ask).then_some(Hold {
+    let hold = admission::needs_hold_with_org(&pol.policy, org_row, ask).then_some(Hold {
         tokens,
         cost: cost.unwrap_or(0),
         expires_at,
     });
+    let org_key = org.as_ref().map(|o| o.key);
     let mut expired_once = false;
     for _ in 0..4 {
         // From the claim of a reservation slot to its publication nothing can raise an error:
@@ -206,26 +238,46 @@ pub fn admit(
                 }
             },
         };
-        let seen = sh.admit(&key, db, now, hold, zone, stamp, |state| {
-            let v = admission::decide(&pol.policy, state, ask, at, warn_pct);
-            let tat = match v {
-                Verdict::Allow { tat, .. } => Some(tat),
-                Verdict::Deny { .. } => None,
-            };
-            (v, tat)
-        });
+        let seen = sh.admit(
+            &key,
+            org_key.as_ref(),
+            db,
+            now,
+            hold,
+            zone,
+            stamp,
+            |state, org_totals| {
+                let side = org.as_ref().zip(org_totals).map(|(o, totals)| OrgSide {
+                    budgets: &o.org.budgets,
+                    totals,
+                    warn_pct: o.org.warning_pct,
+                });
+                let (v, scope) = admission::decide_with_org(&pol.policy, state, side, ask, at, warn_pct);
+                let tat = match v {
+                    Verdict::Allow { tat, .. } => Some(tat),
+                    Verdict::Deny { .. } => None,
+                };
+                ((v, scope), tat)
+            },
+        );
         let a = match seen {
             Seen::Found(a) => a,
             Seen::Missing | Seen::Moved => {
                 drop(claim);
-                if !rebuild(sh, &key, db, &tenant, subject, zone)? {
+                let installed = rebuild(sh, &key, db, &tenant, Whose::Subject(subject), zone)?
+                    && match &org {
+                        Some(o) => rebuild(sh, &o.key, db, &tenant, Whose::Org(&o.name), zone)?,
+                        None => true,
+                    };
+                if !installed {
                     sh.bump_outcome(tenant_slot, Stat::DeniedCapacity);
                     return Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None));
                 }
                 continue;
             }
         };
-        match a.verdict {
+        let (verdict, scope) = a.verdict;
+        match verdict {
             Verdict::Allow { tightest, warn, .. } => {
                 let id = reservation_uuid(claim.as_ref().map_or(NO_SLOT, |c| c.index() as u32), now);
                 if let (Some(c), Some(h)) = (claim, hold) {
@@ -237,6 +289,7 @@ pub fn admit(
                         zone,
                         tenant: &tenant,
                         subject,
+                        org: org.as_ref().map(|o| (o.key, &*o.name)),
                     };
                     c.publish(id, &owner, &h);
                     crate::flusher::ensure(sh, db, now);
@@ -246,7 +299,7 @@ pub fn admit(
                     allowed: true,
                     decision: if warn { "warn" } else { "allow" },
                     reason: warn.then_some("quota_warning"),
-                    limit_name: tightest.map(|(l, _)| l.name()),
+                    limit_name: tightest.map(|(l, _)| admission::limit_name(l, scope)),
                     remaining: tightest.map(|(_, r)| r),
                     retry_after_ms: None,
                     reservation_id: Some(Uuid::from_bytes(id)),
@@ -282,7 +335,7 @@ pub fn admit(
                 }
                 return Ok(Decision::deny(
                     kind.reason(),
-                    Some(limit.name()),
+                    Some(admission::limit_name(limit, scope)),
                     Some(remaining),
                     retry_after_ms,
                 ));

@@ -17,7 +17,7 @@ mod status;
 mod zones;
 
 use crate::calendar::Window;
-use crate::catalog::{self, now_unix_us};
+use crate::catalog::{self, now_unix_us, Whose};
 use crate::error::{CpError, CpResult};
 use crate::gucs;
 use crate::key::Key;
@@ -80,26 +80,26 @@ fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
     }
 }
 
-/// Committed usage of a subject in the day and month of `zone` that contain `now`, from the
-/// ledger.
-fn ledger_totals(sh: &Shared, tenant: &str, subject: &str, zone: u16, now: i64) -> CpResult<Totals> {
+/// Committed usage of a subject or an organisation in the day and month of `zone` that contain
+/// `now`, from the ledger.
+fn ledger_totals(sh: &Shared, tenant: &str, whose: Whose, zone: u16, now: i64) -> CpResult<Totals> {
     let (d, m) = (sh.span_at(zone, Window::Day, now), sh.span_at(zone, Window::Month, now));
-    catalog::ledger_totals(tenant, subject, (d.start, d.end), (m.start, m.end))
+    catalog::ledger_totals(tenant, whose, (d.start, d.end), (m.start, m.end))
 }
 
 /// What a rebuild installs: the ledger's totals without the rows this transaction recorded for
-/// the subject and has not committed (its commit adds them to the entry; counting them here too
+/// the entry and has not committed (its commit adds them to the entry; counting them here too
 /// would count them twice, and a rollback would leave them counted).
 fn rebuilt_totals(
     sh: &Shared,
     key: &Key,
     db: u32,
     tenant: &str,
-    subject: &str,
+    whose: Whose,
     zone: u16,
     now: i64,
 ) -> CpResult<Totals> {
-    let totals = ledger_totals(sh, tenant, subject, zone, now)?;
+    let totals = ledger_totals(sh, tenant, whose, zone, now)?;
     let own = crate::xact::uncommitted_rows(key, db);
     if own.is_empty() {
         return Ok(totals);
@@ -111,24 +111,25 @@ fn rebuilt_totals(
     Ok(s.totals)
 }
 
-/// Loads a subject's totals from the ledger into shared memory unless they are there already,
-/// counted in the tenant's time zone `zone`; an entry that counts in another zone (the tenant's
-/// zone changed) reads its committed totals again for the new windows. Returns false when the
-/// index is full and nothing can be evicted.
-fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, zone: u16) -> CpResult<bool> {
+/// Loads the totals of a subject's entry (or of an organisation's: `key` is then `Key::org`) from
+/// the ledger into shared memory unless they are there already, counted in the tenant's time zone
+/// `zone`; an entry that counts in another zone (the tenant's zone changed) reads its committed
+/// totals again for the new windows. Returns false when the index is full and nothing can be
+/// evicted.
+fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, whose: Whose, zone: u16) -> CpResult<bool> {
     let evict_busy = gucs::ON_FULL.get() == gucs::OnFull::EvictLru;
     ledger_lock(db, key, pg_sys::ExclusiveLock, true);
     let now = now_unix_us();
     let result = match sh.rezone_begin(key, db, zone, now) {
         Seen::Found(false) | Seen::Moved => Ok(true),
-        Seen::Found(true) => rebuilt_totals(sh, key, db, tenant, subject, zone, now).map(|totals| {
+        Seen::Found(true) => rebuilt_totals(sh, key, db, tenant, whose, zone, now).map(|totals| {
             sh.bump(Stat::Rebuilds);
             // A reservation that expired meanwhile leaves the entry as it was: the caller
             // finds it moved and comes back.
             sh.rezone_end(key, db, zone, totals, now);
             true
         }),
-        Seen::Missing => rebuilt_totals(sh, key, db, tenant, subject, zone, now).map(|totals| {
+        Seen::Missing => rebuilt_totals(sh, key, db, tenant, whose, zone, now).map(|totals| {
             sh.bump(Stat::Rebuilds);
             sh.install(key, db, zone, totals, now, evict_busy).is_ok()
         }),
@@ -137,25 +138,29 @@ fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, zone: u
     result
 }
 
-/// The subject's current totals in its tenant's time zone `zone`, rebuilt from the ledger if
-/// shared memory lacks them.
-fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, subject: &str, zone: u16) -> CpResult<Option<Totals>> {
+/// The current totals of a subject's (or an organisation's) entry in its tenant's time zone
+/// `zone`, rebuilt from the ledger if shared memory lacks them; None when the index is full.
+fn totals_of(sh: &Shared, key: &Key, db: u32, tenant: &str, whose: Whose, zone: u16) -> CpResult<Option<Totals>> {
     for _ in 0..3 {
         if let Seen::Found(t) = sh.with_entry_in(key, db, zone, now_unix_us(), |s| s.totals) {
             return Ok(Some(t));
         }
-        if !rebuild(sh, key, db, tenant, subject, zone)? {
+        if !rebuild(sh, key, db, tenant, whose, zone)? {
             return Ok(None);
         }
     }
     // Evicted again before it could be read, three times: the index is too small for the traffic.
-    Err(full_index(subject))
+    Err(full_index(whose))
 }
 
-/// The error of a call that cannot get its subject into a full index (55000).
-fn full_index(subject: &str) -> CpError {
+/// The error of a call that cannot get its subject (or organisation) into a full index (55000).
+fn full_index(whose: Whose) -> CpError {
+    let (what, name) = match whose {
+        Whose::Subject(s) => ("subject", s),
+        Whose::Org(o) => ("organization", o),
+    };
     CpError::state(
-        format!("shared memory has no room for subject \"{subject}\""),
+        format!("shared memory has no room for {what} \"{name}\""),
         Some("Every entry of its lock partition is in use and none can be evicted without loss.".into()),
         Some("Raise control_plane.max_subjects (server restart) or set control_plane.on_full = 'evict_lru'."),
     )

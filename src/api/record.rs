@@ -5,9 +5,10 @@ use crate::args::{self, optional_name, required};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::gucs;
+use crate::key::Key;
 use crate::policy_cache;
 use crate::shmem::{self, Taken};
-use crate::xact::{self, Settles};
+use crate::xact::{self, Reversal, Settles};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -94,10 +95,19 @@ pub fn record(
                 // reversal row takes the charge back (once per reservation), and the usage row
                 // counts the request and the actual tokens.
                 if let Some(admitted_at) = super::admit::admitted_at(rid.as_bytes()) {
-                    if let Some((at, tokens, cost)) = catalog::expired_charge(&tenant, subject, &rid, admitted_at)? {
+                    if let Some(c) = catalog::expired_charge(&tenant, subject, &rid, admitted_at)? {
+                        let org = c.org_id.as_deref().map(|o| Key::org(db, &tenant, o));
                         ledger_lock(db, &key, pg_sys::ShareLock, true);
-                        if catalog::insert_reversal(&tenant, subject, rid, tokens, cost, at)? {
-                            reversal = Some((at, tokens, cost));
+                        if let Some(o) = &org {
+                            ledger_lock(db, o, pg_sys::ShareLock, true);
+                        }
+                        if catalog::insert_reversal(&tenant, subject, rid, &c)? {
+                            reversal = Some(Reversal {
+                                at: c.at,
+                                tokens: c.tokens,
+                                cost: c.cost,
+                                org,
+                            });
                         }
                     }
                 }
@@ -108,10 +118,12 @@ pub fn record(
     let cost_micros = prices
         .and_then(|rows| crate::money::price_at(&rows, now))
         .map(|p| crate::money::cost(p, input, output));
+    let org = pol.org_id.as_deref().map(|o| Key::org(db, &tenant, o));
     // Queued before anything that can fail, so that an abort gives the reservation back.
     xact::push(xact::Pending {
         subid: xact::current_subid(),
         key,
+        org,
         db,
         tenant_slot,
         at_unix_us: now,
@@ -123,17 +135,23 @@ pub fn record(
                 index: h.index,
                 tokens: h.tokens,
                 cost: h.cost,
+                org: h.org,
             },
             Some(e) => Settles::Charge {
                 index: h.index,
                 tokens: e.tokens,
                 cost: e.cost,
                 at: e.at,
+                org: h.org,
             },
         }),
         reversal,
     });
+    // Rebuilds of the subject's entry and of its organisation's wait for this transaction.
     ledger_lock(db, &key, pg_sys::ShareLock, true);
+    if let Some(o) = &org {
+        ledger_lock(db, o, pg_sys::ShareLock, true);
+    }
     let event_id = catalog::insert_usage(catalog::UsageRow {
         tenant: &tenant,
         subject,
@@ -158,7 +176,7 @@ pub fn record(
 /// Transaction-level lock on (database, tenant, idempotency key), so that calls with the same key
 /// run one after the other. (A hash collision only makes two keys wait for each other.)
 fn key_lock(db: u32, tenant: &str, idempotency_key: &str) {
-    let h = crate::key::Key::of(db, tenant, idempotency_key);
+    let h = Key::of(db, tenant, idempotency_key);
     let tag = pg_sys::LOCKTAG {
         locktag_field1: db,
         locktag_field2: h.hi as u32,

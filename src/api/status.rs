@@ -3,6 +3,7 @@
 use super::{full_index, ledger_totals, locate, totals_of, zones};
 use crate::args;
 use crate::calendar::{iso_utc, Now, Window};
+use crate::catalog::Whose;
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::policy::{Limit, Policy};
@@ -101,6 +102,25 @@ pub fn status_json(
     })
 }
 
+/// An organisation's switches, thresholds and money per window.
+fn org_json(o: &policy_cache::Org, t: &Totals) -> Value {
+    let r = &o.org;
+    json!({
+        "org_id": &*o.name,
+        "active": r.active,
+        "emergency_stop": r.emergency_stop,
+        "warning_pct": r.warning_pct,
+        "emergency_pct": r.emergency_pct,
+        "emergency_action": r.action.name(),
+        "budgets": {
+            "daily_budget_cents": r.budgets.limit(Limit::DailyBudgetCents),
+            "monthly_budget_cents": r.budgets.limit(Limit::MonthlyBudgetCents),
+        },
+        "money": money_json(&r.budgets, t),
+        "held": {"requests": t.held_requests, "cost_micros": t.held_cost},
+    })
+}
+
 /// Spend per window against the budget: in micro-units, and as display strings. `spent` is
 /// recorded (and expired) usage, `reserved` what open admissions hold; `remaining` and `percent`
 /// count both, like the admission does.
@@ -130,16 +150,16 @@ pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
     let period = Period::of(sh, zone, now_unix_us());
     match policy_cache::get(&key, &tenant, subject, false)? {
         Some(c) => {
-            let t = totals_of(sh, &key, db, &tenant, subject, zone)?.ok_or_else(|| full_index(subject))?;
-            Ok(status_json(
-                &tenant,
-                subject,
-                Some(&c),
-                &c.policy,
-                &c.profile,
-                &t,
-                &period,
-            ))
+            let whose = Whose::Subject(subject);
+            let t = totals_of(sh, &key, db, &tenant, whose, zone)?.ok_or_else(|| full_index(whose))?;
+            let mut v = status_json(&tenant, subject, Some(&c), &c.policy, &c.profile, &t, &period);
+            if let Some(name) = c.org_id.as_deref() {
+                let o = policy_cache::org(db, &tenant, name)?;
+                let whose = Whose::Org(name);
+                let ot = totals_of(sh, &o.key, db, &tenant, whose, zone)?.ok_or_else(|| full_index(whose))?;
+                v["organization"] = org_json(&o, &ot);
+            }
+            Ok(v)
         }
         None => {
             // Not enrolled: show what the default profile would give, with what the ledger holds.
@@ -152,7 +172,7 @@ pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
             };
             let v: Value = serde_json::from_str(&pj).map_err(|e| CpError::Internal(e.to_string()))?;
             let policy = Policy::from_profile(&v).map_err(|e| CpError::state(e.message, Some(e.detail), None))?;
-            let t = ledger_totals(sh, &tenant, subject, zone, period.now)?;
+            let t = ledger_totals(sh, &tenant, Whose::Subject(subject), zone, period.now)?;
             Ok(status_json(&tenant, subject, None, &policy, &name, &t, &period))
         }
     }

@@ -7,25 +7,59 @@ use crate::quota::Totals;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// Committed usage of a subject in one day and its month, read from the ledger.
-pub fn ledger_totals(tenant: &str, subject: &str, day: (i64, i64), month: (i64, i64)) -> CpResult<Totals> {
+/// Whose usage a ledger sum is for.
+#[derive(Clone, Copy, Debug)]
+pub enum Whose<'a> {
+    Subject(&'a str),
+    /// Every row recorded (or charged) for the organisation, whichever subject it was for.
+    Org(&'a str),
+}
+
+/// The sums of the totals, for the rows of one subject or one organisation ($2) in a tenant ($1)
+/// in a month ($5 to $6) and its day ($3 to $4). Spend saturates like the shared-memory totals do
+/// (a row may cost up to 2 * 10^18).
+macro_rules! totals_sql {
+    ($who:literal) => {
+        concat!(
+            "SELECT coalesce(sum(requests) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                    coalesce(sum(input_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                    coalesce(sum(output_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+                    coalesce(sum(requests), 0)::bigint,
+                    coalesce(sum(input_tokens), 0)::bigint,
+                    coalesce(sum(output_tokens), 0)::bigint,
+                    least(coalesce(sum(cost_micros) FILTER (WHERE created_at >= $3 AND created_at < $4), 0),
+                          9223372036854775807)::bigint,
+                    least(coalesce(sum(cost_micros), 0), 9223372036854775807)::bigint
+               FROM control_plane.usage_events
+              WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND ",
+            $who,
+            " OPERATOR(pg_catalog.=) $2 AND created_at >= $5 AND created_at < $6"
+        )
+    };
+}
+
+const SUBJECT_TOTALS: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(totals_sql!("subject_id"), "\0").as_bytes()) {
+        Ok(c) => c,
+        Err(_) => panic!("SQL text with a NUL"),
+    };
+const ORG_TOTALS: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(totals_sql!("org_id"), "\0").as_bytes()) {
+        Ok(c) => c,
+        Err(_) => panic!("SQL text with a NUL"),
+    };
+
+/// Committed usage of a subject or an organisation in one day and its month, read from the ledger.
+pub fn ledger_totals(tenant: &str, whose: Whose, day: (i64, i64), month: (i64, i64)) -> CpResult<Totals> {
+    let (sql, name) = match whose {
+        Whose::Subject(s) => (SUBJECT_TOTALS, s),
+        Whose::Org(o) => (ORG_TOTALS, o),
+    };
     let rows = query_latest(
-        c"SELECT coalesce(sum(requests) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
-                 coalesce(sum(input_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
-                 coalesce(sum(output_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
-                 coalesce(sum(requests), 0)::bigint,
-                 coalesce(sum(input_tokens), 0)::bigint,
-                 coalesce(sum(output_tokens), 0)::bigint,
-                 -- Spend saturates like the shared-memory totals do (a row may cost up to 2 * 10^18).
-                 least(coalesce(sum(cost_micros) FILTER (WHERE created_at >= $3 AND created_at < $4), 0),
-                       9223372036854775807)::bigint,
-                 least(coalesce(sum(cost_micros), 0), 9223372036854775807)::bigint
-            FROM control_plane.usage_events
-           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
-             AND created_at >= $5 AND created_at < $6",
+        sql,
         &[
             Arg::Text(Some(tenant)),
-            Arg::Text(Some(subject)),
+            Arg::Text(Some(name)),
             Arg::TimestampUnixUs(day.0),
             Arg::TimestampUnixUs(day.1),
             Arg::TimestampUnixUs(month.0),
@@ -107,19 +141,20 @@ pub fn usage_by_key(tenant: &str, key: &str) -> CpResult<Option<(String, i64, Op
     Ok(rows.into_iter().next())
 }
 
-/// The charge of an expired reservation, if the flusher wrote it: (its time, tokens charged).
+/// The charge of an expired reservation, if the flusher wrote it: its time, tokens and micro-units
+/// charged, and the organisation it was charged to.
 /// Looks at the subject's expired rows since the admission (a partial index holds only those).
 pub fn expired_charge(
     tenant: &str,
     subject: &str,
     id: &pgrx::Uuid,
     admitted_at: i64,
-) -> CpResult<Option<(i64, i64, i64)>> {
+) -> CpResult<Option<ExpiredCharge>> {
     let key = id.to_string();
     let rows = query_latest(
         c"SELECT (extract(epoch FROM created_at) * 1000000)::bigint,
                  (metadata->'expired_reservations'->>$3)::bigint,
-                 coalesce((metadata->'expired_costs'->>$3)::bigint, 0)
+                 coalesce((metadata->'expired_costs'->>$3)::bigint, 0), org_id
             FROM control_plane.usage_events
            WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
              AND kind OPERATOR(pg_catalog.=) 'expired' AND created_at >= $4
@@ -131,29 +166,45 @@ pub fn expired_charge(
             Arg::Text(Some(&key)),
             Arg::TimestampUnixUs(admitted_at - 1_000_000),
         ],
-        |r| (r.i64(1), r.i64(2), r.i64(3)),
+        |r| ExpiredCharge {
+            at: r.i64(1),
+            tokens: r.i64(2),
+            cost: r.i64(3),
+            org_id: r.text(4),
+        },
     )?;
     Ok(rows.into_iter().next())
 }
 
-/// Appends the reversal of an expired reservation's charge of `tokens` and `cost` (at the charge's
-/// time, so that it lands in the same windows). False when it was reversed already (by another
-/// record).
-pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, tokens: i64, cost: i64, at: i64) -> CpResult<bool> {
+/// An expired reservation's charge in the ledger.
+pub struct ExpiredCharge {
+    /// µs since the epoch.
+    pub at: i64,
+    pub tokens: i64,
+    /// Micro-units.
+    pub cost: i64,
+    pub org_id: Option<String>,
+}
+
+/// Appends the reversal of an expired reservation's charge (at the charge's time and to its
+/// organisation, so that it lands in the same windows of the same entries). False when it was
+/// reversed already (by another record).
+pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, charge: &ExpiredCharge) -> CpResult<bool> {
     let ids = write(
         c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, reservation_id, created_at,
-               cost_micros)
-          VALUES ($1, $2, 'expired_reversed', -1, -$3, 0, $4, $5, -NULLIF($6, 0))
+               cost_micros, org_id)
+          VALUES ($1, $2, 'expired_reversed', -1, -$3, 0, $4, $5, -NULLIF($6, 0), $7)
           ON CONFLICT (reservation_id) WHERE kind = 'expired_reversed' DO NOTHING
           RETURNING id",
         &[
             Arg::Text(Some(tenant)),
             Arg::Text(Some(subject)),
-            Arg::Int(tokens),
+            Arg::Int(charge.tokens),
             Arg::Uuid(Some(id)),
-            Arg::TimestampUnixUs(at),
-            Arg::Int(cost),
+            Arg::TimestampUnixUs(charge.at),
+            Arg::Int(charge.cost),
+            Arg::Text(charge.org_id.as_deref()),
         ],
         |r| r.i64(1),
     )?;
@@ -165,6 +216,8 @@ pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, tokens: i64,
 pub struct ChargeRows {
     pub tenants: Vec<String>,
     pub subjects: Vec<String>,
+    /// The organisation each reservation held its estimate on, if any.
+    pub orgs: Vec<Option<String>>,
     pub requests: Vec<i64>,
     pub tokens: Vec<i64>,
     /// Micro-units (a row whose charges cost nothing gets a NULL cost).
@@ -192,16 +245,18 @@ pub fn insert_charges(rows: &ChargeRows) -> CpResult<usize> {
         .ok_or_else(|| CpError::Internal("charge time out of range".into()))?;
     let ids = write(
         c"INSERT INTO control_plane.usage_events
-              (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, cost_micros, metadata, created_at)
+              (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, cost_micros, metadata, created_at,
+               org_id)
           SELECT t, s, 'expired', r, n, 0, NULLIF(m, 0),
                  CASE WHEN k IS NULL THEN pg_catalog.jsonb_build_object('expired_reservations', c::jsonb)
                       ELSE pg_catalog.jsonb_build_object('expired_reservations', c::jsonb, 'expired_costs', k::jsonb)
-                 END, a
+                 END, a, o
             FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]),
                             pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[]),
                             pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::text[]),
-                            pg_catalog.unnest($7::bigint[]), pg_catalog.unnest($8::text[]))
-                 AS u(t, s, r, n, a, c, m, k)
+                            pg_catalog.unnest($7::bigint[]), pg_catalog.unnest($8::text[]),
+                            pg_catalog.unnest($9::text[]))
+                 AS u(t, s, r, n, a, c, m, k, o)
           RETURNING id",
         &[
             Arg::Raw(pg_sys::TEXTARRAYOID, texts(&rows.tenants)),
@@ -212,6 +267,7 @@ pub fn insert_charges(rows: &ChargeRows) -> CpResult<usize> {
             Arg::Raw(pg_sys::TEXTARRAYOID, texts(&rows.charges)),
             Arg::Raw(pg_sys::INT8ARRAYOID, ints(&rows.costs)),
             Arg::Raw(pg_sys::TEXTARRAYOID, opt_texts(&rows.charge_costs)),
+            Arg::Raw(pg_sys::TEXTARRAYOID, opt_texts(&rows.orgs)),
         ],
         |r| r.i64(1),
     )?;

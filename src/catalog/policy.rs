@@ -105,3 +105,28 @@ pub fn enroll(tenant: &str, subject: &str) -> CpResult<bool> {
     .map_err(|e| CpError::Internal(format!("enrolling subject: {e}")))?;
     Ok(true)
 }
+
+/// An organisation's row (through `control_plane._organization`), None when it has none.
+pub fn load_org(tenant: &str, org: &str) -> CpResult<Option<crate::org::Organization>> {
+    use crate::org::{EmergencyAction, Organization};
+    let rows = query_latest(
+        c"SELECT daily_budget_cents, monthly_budget_cents, warning_pct::bigint, emergency_pct::bigint,
+                 emergency_action, emergency_stop, active
+            FROM control_plane._organization($1, $2)",
+        &[Arg::Text(Some(tenant)), Arg::Text(Some(org))],
+        |r| {
+            let mut o = Organization::new(r.i64_opt(1), r.i64_opt(2));
+            o.warning_pct = r.i64(3);
+            o.emergency_pct = r.i64(4);
+            o.action = r
+                .text(5)
+                .as_deref()
+                .and_then(EmergencyAction::from_name)
+                .unwrap_or(EmergencyAction::Deny);
+            o.emergency_stop = r.bool(6).unwrap_or(true);
+            o.active = r.bool(7).unwrap_or(false);
+            o
+        },
+    )?;
+    Ok(rows.into_iter().next())
+}

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 mod budgets;
 mod idempotency;
 mod money;
+mod orgs;
 mod zones;
 
 #[pg_schema]

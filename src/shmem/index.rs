@@ -9,7 +9,9 @@
 
 use super::{PartGuard, Shared, Stat, NPARTS};
 use crate::admission::State;
-pub use crate::index::{Admitted, Effect, Hold, PolicyStamp, Slot, POLICY_ACTIVE, POLICY_HAS_OVERRIDES};
+pub use crate::index::{
+    Admitted, Effect, Hold, PolicyStamp, Slot, POLICY_ACTIVE, POLICY_HAS_ORG, POLICY_HAS_OVERRIDES,
+};
 use crate::index::{Full, Ring, Windows};
 use crate::key::Key;
 use crate::quota::Totals;
@@ -85,19 +87,58 @@ impl Shared {
         )
     }
 
-    /// The all-or-nothing step (`Slot::admit`) under the subject's partition lock.
+    /// The all-or-nothing step (`Slot::admit`) under the subject's partition lock; for a subject
+    /// of an organisation, under the locks of both entries' partitions at once, taken in
+    /// ascending partition order (once when they share one): every backend that holds two
+    /// partition locks took them in that order, so none waits for another in a cycle. `check`
+    /// sees the organisation's totals too, and an admission holds on both entries.
     #[allow(clippy::too_many_arguments)]
     pub fn admit<V>(
         &self,
         key: &Key,
+        org: Option<&Key>,
         db: u32,
         now: i64,
         hold: Option<Hold>,
         zone: u16,
         stamp: Option<PolicyStamp>,
-        check: impl FnOnce(&State) -> (V, Option<[i64; 4]>),
+        check: impl FnOnce(&State, Option<&Totals>) -> (V, Option<[i64; 4]>),
     ) -> Seen<Admitted<V>> {
-        self.with_entry_in(key, db, zone, now, |s| s.admit(hold, stamp, check))
+        let Some(org) = org else {
+            return self.with_entry_in(key, db, zone, now, |s| s.admit(hold, stamp, |st| check(st, None)));
+        };
+        let (ps, po) = (Ring::part_of(key, NPARTS), Ring::part_of(org, NPARTS));
+        let mut first = self.lock(ps.min(po), pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut second = (ps != po).then(|| self.lock(ps.max(po), pg_sys::LWLockMode::LW_EXCLUSIVE));
+        // Raw pointers to the two entries (never the same slot: the keys differ), valid while
+        // both locks are held and nothing is inserted or removed.
+        let mut find = |part: usize, k: &Key| -> Option<*mut Slot> {
+            let g = match second.as_mut() {
+                Some(g2) if part != ps.min(po) => g2,
+                _ => &mut first,
+            };
+            let mut ring = self.ring(part, g);
+            ring.find(k, db).map(|i| ring.get_mut(i) as *mut Slot)
+        };
+        let (Some(s), Some(o)) = (find(ps, key), find(po, org)) else {
+            return Seen::Missing;
+        };
+        let (s, o) = unsafe { (&mut *s, &mut *o) };
+        for e in [&*s, &*o] {
+            if e.zone != zone && e.unflushed == 0 {
+                return Seen::Moved;
+            }
+        }
+        for e in [&mut *s, &mut *o] {
+            e.roll(now, self);
+            e.last_used = now;
+        }
+        let org_totals = o.totals;
+        let a = s.admit(hold, stamp, |st| check(st, Some(&org_totals)));
+        if let (true, Some(h)) = (a.admitted, hold) {
+            o.hold(&h);
+        }
+        Seen::Found(a)
     }
 
     /// Where the subject's policy came from, if its entry knows (shared lock).

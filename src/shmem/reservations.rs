@@ -13,8 +13,9 @@
 //!
 //! An expired reservation is charged at once in the subject's totals (its request, and its token
 //! and cost estimates unless `control_plane.on_expiry = 'release_estimate'`), and stays in its slot until
-//! the flusher of its database has written the charge to the ledger. The slot keeps the tenant and
-//! subject names for that.
+//! the flusher of its database has written the charge to the ledger. The slot keeps the tenant,
+//! subject and organisation names for that. A reservation of a subject of an organisation is held,
+//! charged and released on the organisation's entry too.
 
 use super::index::{Effect, Hold};
 use super::{Shared, Stat, Usage};
@@ -33,10 +34,10 @@ const RES_FLUSHING: u32 = 6;
 
 /// Slots of the ring that a claim expires when the free list is empty.
 const SWEEP: usize = 64;
-/// Longest tenant plus subject name a slot keeps (each is at most 256 bytes).
-const NAMES: usize = 512;
+/// Longest tenant, subject and organisation names a slot keeps (each is at most 256 bytes).
+const NAMES: usize = 768;
 
-/// One reservation. 640 bytes. Fields other than `state` are written only by the process that
+/// One reservation. 912 bytes. Fields other than `state` are written only by the process that
 /// moved `state` to `CLAIMED`, `SETTLING`, `EXPIRING` or `FLUSHING`.
 #[repr(C)]
 pub struct Resv {
@@ -66,10 +67,14 @@ pub struct Resv {
     /// The cost estimate held (micro-units), and what expiry charged of it.
     cost: i64,
     cost_charged: i64,
-    _reserved: [u8; 8],
+    /// The organisation's entry that holds the reservation too (empty: none); its name follows
+    /// the subject's in `names`.
+    org: Key,
+    org_len: u16,
+    _reserved: [u8; 6],
 }
 
-const _: () = assert!(std::mem::size_of::<Resv>() == 640);
+const _: () = assert!(std::mem::size_of::<Resv>() == 912);
 
 /// Who a reservation is for.
 #[derive(Clone, Copy)]
@@ -83,6 +88,8 @@ pub struct Owner<'a> {
     pub zone: u16,
     pub tenant: &'a str,
     pub subject: &'a str,
+    /// The subject's organisation (its key and name), whose entry holds the reservation too.
+    pub org: Option<(Key, &'a str)>,
 }
 
 /// An expired reservation's charge, on its way to the ledger.
@@ -91,6 +98,8 @@ pub struct Charge {
     pub index: usize,
     pub id: [u8; 16],
     pub key: Key,
+    /// The organisation's entry charged too (empty: none).
+    pub org: Key,
     pub tokens: i64,
     /// Micro-units.
     pub cost: i64,
@@ -220,12 +229,16 @@ impl Shared {
         r.charged_at = 0;
         r.expires_at = hold.expires_at;
         r.owner_pid = 0;
-        let (t, s) = (owner.tenant.as_bytes(), owner.subject.as_bytes());
-        let (tl, sl) = (t.len().min(NAMES), s.len().min(NAMES - t.len().min(NAMES)));
-        r.names[..tl].copy_from_slice(&t[..tl]);
-        r.names[tl..tl + sl].copy_from_slice(&s[..sl]);
-        r.tenant_len = tl as u16;
-        r.subject_len = sl as u16;
+        let (org, org_name) = owner.org.unwrap_or_default();
+        r.org = org;
+        let mut at = 0;
+        let mut put = |name: &str| {
+            let n = name.len().min(NAMES - at);
+            r.names[at..at + n].copy_from_slice(&name.as_bytes()[..n]);
+            at += n;
+            n as u16
+        };
+        (r.tenant_len, r.subject_len, r.org_len) = (put(owner.tenant), put(owner.subject), put(org_name));
         r.state.store(RES_ACTIVE, Ordering::Release);
     }
 
@@ -245,17 +258,16 @@ impl Shared {
         } else {
             (0, 0)
         };
-        self.settle(
-            &r.key,
-            r.db,
-            now,
-            &[Effect::Charge {
-                tokens_held: r.tokens,
-                cost_held: r.cost,
-                charged,
-                cost_charged,
-            }],
-        );
+        let charge = [Effect::Charge {
+            tokens_held: r.tokens,
+            cost_held: r.cost,
+            charged,
+            cost_charged,
+        }];
+        self.settle(&r.key, r.db, now, &charge);
+        if !r.org.is_empty() {
+            self.settle(&r.org, r.db, now, &charge);
+        }
         r.charged = charged;
         r.cost_charged = cost_charged;
         r.charged_at = now;
@@ -320,6 +332,7 @@ impl Shared {
                 index: i,
                 id: r.id,
                 key: r.key,
+                org: r.org,
                 tokens: r.charged,
                 cost: r.cost_charged,
                 at: r.charged_at,
@@ -329,14 +342,16 @@ impl Shared {
         out
     }
 
-    /// The tenant and subject a charge taken by `take_charges` belongs to (its slot stays the
-    /// flusher's until `end_flush`).
-    pub fn charge_names(&self, c: &Charge) -> (String, String) {
+    /// The tenant, subject and organisation a charge taken by `take_charges` belongs to (its slot
+    /// stays the flusher's until `end_flush`).
+    pub fn charge_names(&self, c: &Charge) -> (String, String, Option<String>) {
         let r = self.res(c.index);
-        let (tl, sl) = (r.tenant_len as usize, r.subject_len as usize);
+        let (tl, sl, ol) = (r.tenant_len as usize, r.subject_len as usize, r.org_len as usize);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (
-            String::from_utf8_lossy(&r.names[..tl]).into_owned(),
-            String::from_utf8_lossy(&r.names[tl..tl + sl]).into_owned(),
+            text(&r.names[..tl]),
+            text(&r.names[tl..tl + sl]),
+            (!r.org.is_empty()).then(|| text(&r.names[tl + sl..tl + sl + ol])),
         )
     }
 
@@ -352,6 +367,9 @@ impl Shared {
         }
         for run in charges.chunk_by(|a, b| a.key == b.key) {
             self.settle(&run[0].key, db, now, &[Effect::Flushed(run.len() as u32)]);
+            for c in run.iter().filter(|c| !c.org.is_empty()) {
+                self.settle(&c.org, db, now, &[Effect::Flushed(1)]);
+            }
             for c in run {
                 self.free_slot(c.index);
             }
@@ -431,6 +449,7 @@ impl Shared {
             return Taken::Held(Held {
                 index: i,
                 key: rm.key,
+                org: (!rm.org.is_empty()).then_some(rm.org),
                 tenant_fp: rm.tenant_fp,
                 tokens: rm.tokens,
                 cost: rm.cost,
@@ -458,15 +477,14 @@ impl Shared {
 
     /// Releases a taken (open) reservation's hold and frees it (cp_release).
     pub fn release_taken(&self, h: &Held, db: u32, now: i64) {
-        self.settle(
-            &h.key,
-            db,
-            now,
-            &[Effect::ReleaseHold {
-                tokens: h.tokens,
-                cost: h.cost,
-            }],
-        );
+        let release = [Effect::ReleaseHold {
+            tokens: h.tokens,
+            cost: h.cost,
+        }];
+        self.settle(&h.key, db, now, &release);
+        if let Some(o) = h.org {
+            self.settle(&o, db, now, &release);
+        }
         self.free_taken(h.index);
         self.bump(Stat::Released);
     }
@@ -519,6 +537,8 @@ impl Drop for Claim<'_> {
 pub struct Held {
     pub index: usize,
     pub key: Key,
+    /// The organisation's entry that holds it too.
+    pub org: Option<Key>,
     pub tenant_fp: u64,
     pub tokens: i64,
     /// The cost estimate held (micro-units).

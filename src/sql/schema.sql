@@ -65,6 +65,29 @@ VALUES
     ('*', 'unlimited',  'No limits',        false, NULL,
      NULL,  NULL,    NULL,      NULL,      NULL,      NULL,      NULL,        NULL,       NULL, NULL,   NULL,    NULL, NULL);
 
+-- ------------------------------------------------------------------------------- organizations
+
+CREATE TABLE control_plane.organizations (
+    tenant_id            text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant')
+                                     CHECK (tenant_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(tenant_id) <= 256),
+    org_id               text        NOT NULL
+                                     CHECK (org_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(org_id) <= 256),
+    daily_budget_cents   bigint      CHECK (daily_budget_cents >= 0),
+    monthly_budget_cents bigint      CHECK (monthly_budget_cents >= 0),
+    warning_pct          integer     NOT NULL DEFAULT 80 CHECK (warning_pct BETWEEN 1 AND 100),
+    emergency_pct        integer     NOT NULL DEFAULT 90 CHECK (emergency_pct BETWEEN 1 AND 100),
+    emergency_action     text        NOT NULL DEFAULT 'degrade'
+                                     CHECK (emergency_action IN ('degrade', 'deny')),
+    emergency_stop       boolean     NOT NULL DEFAULT false,
+    active               boolean     NOT NULL DEFAULT true,
+    created_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, org_id),
+    CONSTRAINT organizations_thresholds_ordered CHECK (warning_pct <= emergency_pct)
+);
+COMMENT ON TABLE control_plane.organizations IS
+    'Organisations: budgets that all their subjects draw on together (NULL: none), thresholds, an emergency stop, an active flag.';
+
 -- ------------------------------------------------------------------------------------ subjects
 
 CREATE TABLE control_plane.subjects (
@@ -78,11 +101,14 @@ CREATE TABLE control_plane.subjects (
     active     boolean     NOT NULL DEFAULT true,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    PRIMARY KEY (tenant_id, subject_id)
+    PRIMARY KEY (tenant_id, subject_id),
+    -- An organisation must exist in the subject's tenant (and cannot go while subjects name it).
+    CONSTRAINT subjects_org_fkey FOREIGN KEY (tenant_id, org_id) REFERENCES control_plane.organizations (tenant_id, org_id)
 );
 COMMENT ON TABLE control_plane.subjects IS
     'Who is limited: a profile, an optional organisation, per-subject overrides of any limit, an active flag.';
 CREATE INDEX subjects_profile ON control_plane.subjects (profile);
+CREATE INDEX subjects_org ON control_plane.subjects (tenant_id, org_id) WHERE org_id IS NOT NULL;
 
 -- A subject's profile must exist for its tenant (its own, or a shared preset).
 CREATE FUNCTION control_plane._subjects_profile_exists() RETURNS trigger
@@ -171,6 +197,21 @@ CREATE TRIGGER profiles_truncated AFTER TRUNCATE ON control_plane.profiles
 CREATE TRIGGER subjects_truncated AFTER TRUNCATE ON control_plane.subjects
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
 
+-- A committed change is obeyed by the next cp_admit in every backend.
+CREATE TRIGGER organizations_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.organizations
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
+
+-- An organisation's row, for the extension's functions whatever the caller may read (an
+-- application role needs no grant on organizations).
+CREATE FUNCTION control_plane._organization(for_tenant text, for_org text)
+RETURNS TABLE (daily_budget_cents bigint, monthly_budget_cents bigint, warning_pct integer, emergency_pct integer,
+               emergency_action text, emergency_stop boolean, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT o.daily_budget_cents, o.monthly_budget_cents, o.warning_pct, o.emergency_pct, o.emergency_action,
+             o.emergency_stop, o.active
+        FROM control_plane.organizations o
+       WHERE o.tenant_id OPERATOR(pg_catalog.=) for_tenant AND o.org_id OPERATOR(pg_catalog.=) for_org $$;
+
 -- ------------------------------------------------------------------------------------- tenants
 
 CREATE TABLE control_plane.tenants (
@@ -257,6 +298,9 @@ CREATE TABLE control_plane.usage_events (
 COMMENT ON TABLE control_plane.usage_events IS
     'The append-only usage ledger: the truth that the shared-memory totals index.';
 CREATE INDEX usage_events_subject_time ON control_plane.usage_events (tenant_id, subject_id, created_at);
+-- Where an organisation's entry is rebuilt from.
+CREATE INDEX usage_events_org_time ON control_plane.usage_events (tenant_id, org_id, created_at)
+    WHERE org_id IS NOT NULL;
 -- Where cp_cleanup finds the rows to roll up past ledger_retention, oldest first.
 CREATE INDEX usage_events_uncompacted ON control_plane.usage_events (created_at) WHERE kind <> 'rollup';
 -- Where a late cp_record_usage finds the charge of its expired reservation.
@@ -367,6 +411,7 @@ COMMENT ON VIEW control_plane.tenant_stats IS
 -- ------------------------------------------------------------------------------ dump and grants
 
 SELECT pg_catalog.pg_extension_config_dump('control_plane.profiles', $$WHERE tenant_id <> '*'$$);
+SELECT pg_catalog.pg_extension_config_dump('control_plane.organizations', '');
 SELECT pg_catalog.pg_extension_config_dump('control_plane.subjects', '');
 SELECT pg_catalog.pg_extension_config_dump('control_plane.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('control_plane.model_prices', '');

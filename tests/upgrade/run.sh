@@ -82,15 +82,16 @@ for release in "${RELEASES[@]}"; do
     psql_u -d up -q -c "CREATE EXTENSION control_plane VERSION '$version'"
     [ "$(psql_u -d up -c "SELECT extversion FROM pg_extension WHERE extname = 'control_plane'")" = "$version" ] \
         || fail "the $version library did not install version $version"
-    # Data through the public API of that release: three subjects on a plan with daily quotas,
-    # usage recorded with and without reservations, and reservations left open.
+    # Data through the public API of that release: three subjects on a plan with daily quotas (two
+    # of them naming an organisation, a free-text column then), usage recorded with and without
+    # reservations, and reservations left open.
     psql_u -d up -q -c "
         INSERT INTO control_plane.profiles (name, requests_per_day, input_tokens_per_day, max_concurrent)
         VALUES ('up_plan', 10, 100000, 50);
-        INSERT INTO control_plane.subjects (subject_id, profile)
-        VALUES ('u_1', 'up_plan'), ('u_2', 'up_plan'), ('u_3', 'pro');
+        INSERT INTO control_plane.subjects (subject_id, profile, org_id)
+        VALUES ('u_1', 'up_plan', 'acme'), ('u_2', 'up_plan', 'acme'), ('u_3', 'pro', NULL);
         SET control_plane.tenant = 'other';
-        INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('u_1', 'free');
+        INSERT INTO control_plane.subjects (subject_id, profile, org_id) VALUES ('u_1', 'free', 'acme');
         SELECT control_plane.cp_record_usage('u_1', 100, 10);
         RESET control_plane.tenant;" \
         -c "SELECT control_plane.cp_record_usage('u_1', 1000, 100, 'gpt-4o-mini')" \
@@ -103,6 +104,10 @@ for release in "${RELEASES[@]}"; do
     psql_u -q -c "CREATE DATABASE dup"
     psql_u -d dup -q -c "CREATE EXTENSION control_plane VERSION '$version'" \
         -c "SELECT control_plane.cp_record_usage('d_1', 1, 1, idempotency_key => 'k-twice') FROM generate_series(1, 2)" >/dev/null
+    # And one where a subject names an organisation by an empty name (free text then).
+    psql_u -q -c "CREATE DATABASE badorg"
+    psql_u -d badorg -q -c "CREATE EXTENSION control_plane VERSION '$version'" \
+        -c "INSERT INTO control_plane.subjects (subject_id, profile, org_id) VALUES ('b_1', 'free', '')"
     open_id="$(psql_u -d up -c "SELECT reservation_id FROM control_plane.cp_admit('u_2', 40)")"
     [ -n "$open_id" ] || fail "$version admitted nothing"
     state up >/tmp/cp-upgrade-before.txt
@@ -141,6 +146,27 @@ for release in "${RELEASES[@]}"; do
     [ "$(psql_u -d dup -c "SELECT extversion FROM pg_extension WHERE extname = 'control_plane'")" = "$CURRENT" ] \
         || fail "$version: the update did not go through once the duplicate key was cleared"
     pass "$version: an update over an idempotency key recorded twice stops with 23505 and a hint, then goes through"
+
+    # Every organisation the subjects named gets a row (per tenant), without budgets; a name no
+    # row can hold stops the update until it is fixed.
+    [ "$(psql_u -d up -c "SELECT string_agg(format('%s/%s/%s/%s', tenant_id, org_id, daily_budget_cents IS NULL,
+                                                  monthly_budget_cents IS NULL), ' ' ORDER BY tenant_id)
+                          FROM control_plane.organizations")" = "default/acme/t/t other/acme/t/t" ] \
+        || fail "$version: the update should create one organization row per (tenant, org_id) named by subjects"
+    [ "$(psql_u -d up -c "SELECT control_plane.cp_quota_status('u_2')->'organization'->>'org_id' = 'acme'
+                             AND (SELECT sum(requests) FROM control_plane.usage_events
+                                   WHERE tenant_id = 'default' AND org_id = 'acme')
+                                 = (SELECT sum(requests) FROM control_plane.usage_events
+                                     WHERE tenant_id = 'default' AND subject_id IN ('u_1', 'u_2'))")" = t ] \
+        || fail "$version: the status should show the organisation, whose rows the old ledger names"
+    out="$(cp_psql "$DIR" "$PORT" -X -d badorg -c "\\set VERBOSITY verbose" -c "ALTER EXTENSION control_plane UPDATE" 2>&1 || true)"
+    grep -q "ERROR:  23514: control_plane.subjects has 1 subjects whose org_id is empty" <<<"$out" \
+        || fail "$version: an update over an empty org_id should fail with 23514; it printed: $out"
+    psql_u -d badorg -q -c "UPDATE control_plane.subjects SET org_id = NULL WHERE org_id = ''" \
+        -c "ALTER EXTENSION control_plane UPDATE"
+    [ "$(psql_u -d badorg -c "SELECT extversion FROM pg_extension WHERE extname = 'control_plane'")" = "$CURRENT" ] \
+        || fail "$version: the update did not go through once the empty org_id was cleared"
+    pass "$version: organisations named by subjects get rows; an org_id no row can hold stops the update with 23514"
 
     state up >/tmp/cp-upgrade-after.txt
     diff -u /tmp/cp-upgrade-before.txt /tmp/cp-upgrade-after.txt >&2 || fail "$version: data or totals changed"

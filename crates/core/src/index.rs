@@ -12,6 +12,8 @@ use crate::key::Key;
 use crate::quota::Totals;
 
 /// One subject's entry: calendar totals, rate states and where its policy comes from. 184 bytes.
+/// An organisation's entry (`Key::org`) has the same shape: it uses only its totals and expiry
+/// fields.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Slot {
@@ -42,6 +44,8 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 184);
 /// `policy_flags` bits.
 pub const POLICY_ACTIVE: u16 = 1;
 pub const POLICY_HAS_OVERRIDES: u16 = 2;
+/// The subject belongs to an organisation (its policy is read from its row, which names it).
+pub const POLICY_HAS_ORG: u16 = 8;
 /// Set while a backend re-reads the entry's totals for its tenant's new time zone; an expiry
 /// clears it (its charge would be missing from what was read).
 pub const REZONING: u16 = 4;
@@ -97,6 +101,8 @@ pub struct Hold {
 /// What an admission did to an entry.
 pub struct Admitted<V> {
     pub verdict: V,
+    /// The check admitted (and the hold, if any, is held).
+    pub admitted: bool,
     pub totals: Totals,
     pub next_expiry: i64,
 }
@@ -237,22 +243,30 @@ impl Slot {
             totals: self.totals,
             tat: self.tat,
         });
+        let held = admitted.is_some();
         if let Some(tat) = admitted {
             self.tat = tat;
             if let Some(h) = hold {
-                let t = &mut self.totals;
-                t.held_requests = t.held_requests.saturating_add(1);
-                t.held_tokens = t.held_tokens.saturating_add(h.tokens);
-                t.held_cost = t.held_cost.saturating_add(h.cost.max(0));
-                if self.next_expiry == 0 || h.expires_at < self.next_expiry {
-                    self.next_expiry = h.expires_at;
-                }
+                self.hold(&h);
             }
         }
         Admitted {
             verdict,
+            admitted: held,
             totals: self.totals,
             next_expiry: self.next_expiry,
+        }
+    }
+
+    /// Holds one admitted request, its tokens and its cost estimate until `h.expires_at` (on the
+    /// subject's entry by `admit`; on its organisation's by the extension, in the same step).
+    pub fn hold(&mut self, h: &Hold) {
+        let t = &mut self.totals;
+        t.held_requests = t.held_requests.saturating_add(1);
+        t.held_tokens = t.held_tokens.saturating_add(h.tokens);
+        t.held_cost = t.held_cost.saturating_add(h.cost.max(0));
+        if self.next_expiry == 0 || h.expires_at < self.next_expiry {
+            self.next_expiry = h.expires_at;
         }
     }
 

@@ -24,19 +24,33 @@ pub fn set_seed(seed: u64) {
     SEED.store(seed, Ordering::Relaxed);
 }
 
+/// The bit of a name's length prefix that marks an organisation's name.
+const ORG_DOMAIN: u32 = 1 << 31;
+
 /// Inputs up to this many bytes are encoded on the stack.
 const INLINE: usize = 12 + 2 * crate::MAX_NAME_BYTES;
 
 impl Key {
+    /// The key of a subject.
     pub fn of(db: u32, tenant: &str, subject: &str) -> Key {
-        let n = 12 + tenant.len() + subject.len();
+        Key::encoded(db, tenant, subject, 0)
+    }
+
+    /// The key of an organisation: a domain of its own (its name's length prefix carries a bit
+    /// no subject name's can, names being at most 256 bytes), so that no subject shares it.
+    pub fn org(db: u32, tenant: &str, org: &str) -> Key {
+        Key::encoded(db, tenant, org, ORG_DOMAIN)
+    }
+
+    fn encoded(db: u32, tenant: &str, name: &str, domain: u32) -> Key {
+        let n = 12 + tenant.len() + name.len();
         let encode = |b: &mut [u8]| {
             let t = 8 + tenant.len();
             b[..4].copy_from_slice(&db.to_le_bytes());
             b[4..8].copy_from_slice(&(tenant.len() as u32).to_le_bytes());
             b[8..t].copy_from_slice(tenant.as_bytes());
-            b[t..t + 4].copy_from_slice(&(subject.len() as u32).to_le_bytes());
-            b[t + 4..].copy_from_slice(subject.as_bytes());
+            b[t..t + 4].copy_from_slice(&(name.len() as u32 | domain).to_le_bytes());
+            b[t + 4..].copy_from_slice(name.as_bytes());
         };
         let seed = SEED.load(Ordering::Relaxed);
         let h = if n <= INLINE {
@@ -108,6 +122,10 @@ mod unit {
                 }
             }
         }
+        // an organisation never shares a subject's key
+        assert_ne!(Key::org(1, "t", "acme"), Key::of(1, "t", "acme"));
+        assert_eq!(Key::org(1, "t", "acme"), Key::org(1, "t", "acme"));
+        assert_ne!(Key::org(1, "t", "acme"), Key::org(1, "u", "acme"));
         // the length prefix separates ("ab","c") from ("a","bc")
         assert_ne!(Key::of(1, "ab", "c"), Key::of(1, "a", "bc"));
         assert_eq!(Key::of(1, "t", "s"), Key::of(1, "t", "s"));

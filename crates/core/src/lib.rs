@@ -11,6 +11,7 @@ pub mod index;
 pub mod key;
 pub mod ledger;
 pub mod money;
+pub mod org;
 pub mod policy;
 pub mod quota;
 pub mod rate;

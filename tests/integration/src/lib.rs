@@ -60,6 +60,35 @@ pub fn shared_price(c: &mut Client, model: &str, input: i64, output: i64) {
     .expect("shared_price");
 }
 
+/// Creates organisation `org` (with `daily_budget_cents`, NULL when None) and puts `subjects` in it.
+pub fn join_org(c: &mut Client, org: &str, daily_budget_cents: Option<i64>, subjects: &[String]) {
+    c.execute(
+        "INSERT INTO control_plane.organizations (org_id, daily_budget_cents) VALUES ($1, $2)",
+        &[&org, &daily_budget_cents],
+    )
+    .expect("organization");
+    c.execute(
+        "UPDATE control_plane.subjects SET org_id = $1 WHERE subject_id = ANY($2)",
+        &[&org, &subjects],
+    )
+    .expect("join organization");
+}
+
+/// (budget, spent, reserved, remaining) of today's money, in micro-units, of `subject` itself
+/// (`scope` = "") or of its organisation (`scope` = "organization").
+pub fn day_money_of(c: &mut Client, subject: &str, scope: &str) -> (i64, i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT (m->>'budget_micros')::bigint, (m->>'spent_micros')::bigint,
+                    (m->>'reserved_micros')::bigint, (m->>'remaining_micros')::bigint
+               FROM (SELECT CASE WHEN $2 = '' THEN s->'money'->'day' ELSE s->$2->'money'->'day' END AS m
+                       FROM control_plane.cp_quota_status($1) s) q",
+            &[&subject, &scope],
+        )
+        .expect("cp_quota_status");
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
 /// What `cp_quota_status` says `subject` spent today, in micro-units.
 pub fn spent_today(c: &mut Client, subject: &str) -> i64 {
     c.query_one(

@@ -1,7 +1,7 @@
 //! The ledger is the truth: after a fast restart and after a crash (immediate stop), the totals
 //! that cp_admit checks equal the ledger again; a clean restart loses nothing admitted, a crash
 //! loses at most the reservations open at that moment that are never recorded. Spend (the cost of
-//! what was recorded) is part of those totals.
+//! what was recorded) is part of those totals, and so is an organisation's.
 
 use control_plane_integration::*;
 use postgres::Client;
@@ -28,15 +28,33 @@ fn index(c: &mut Client, s: &str) -> (i64, i64, i64, i64) {
     )
 }
 
+/// What an organisation spent today, from the ledger and as `cp_quota_status` of `member` shows it.
+fn org_spent(c: &mut Client, org: &str, member: &str) -> (i64, i64) {
+    let ledger: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(cost_micros), 0)::bigint FROM control_plane.usage_events
+              WHERE org_id = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    (ledger, day_money_of(c, member, "organization").1)
+}
+
 #[test]
 fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     let id = run_id();
     let subjects: Vec<String> = (0..6).map(|i| format!("{id}_d{i}")).collect();
     let model = format!("{id}-durable");
+    let org = format!("{id}_d_org");
     let mut c = connect();
     shared_price(&mut c, &model, 1_500_000, 6_000_000);
-    for (i, s) in subjects.iter().enumerate() {
+    for s in &subjects {
         enroll(&mut c, s, "unlimited", r#"{"requests_per_day": 1000}"#);
+    }
+    // Four of the six belong to one organisation.
+    join_org(&mut c, &org, Some(1_000_000), &subjects[2..]);
+    for (i, s) in subjects.iter().enumerate() {
         let mut tx = c.transaction().unwrap();
         for k in 0..(5 + i as i64) {
             tx.query_one(
@@ -53,6 +71,9 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     for s in &subjects {
         assert_eq!(index(&mut c, s), ledger(&mut c, s), "{s} before restart");
     }
+    let (o, shown) = org_spent(&mut c, &org, &subjects[2]);
+    assert!(o > 0);
+    assert_eq!(shown, o, "the organisation before restart");
     drop(c);
 
     pg_ctl(&["restart", "-m", "fast"]);
@@ -60,6 +81,8 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     for s in &subjects {
         assert_eq!(index(&mut c, s), ledger(&mut c, s), "{s} after fast restart");
     }
+    let (o, shown) = org_spent(&mut c, &org, &subjects[3]);
+    assert_eq!(shown, o, "the organisation after fast restart");
     let (used, held) = quota(&mut c, &subjects[0], "requests_per_day");
     assert_eq!(held, 0, "reservations do not survive a restart");
     assert_eq!(used, 6, "the open one was charged at shutdown: 5 recorded + 1");
@@ -81,6 +104,8 @@ fn totals_equal_the_ledger_after_fast_and_immediate_restarts() {
     for s in &subjects {
         assert_eq!(index(&mut c, s), ledger(&mut c, s), "{s} after crash restart");
     }
+    let (o, shown) = org_spent(&mut c, &org, &subjects[4]);
+    assert_eq!(shown, o, "the organisation after crash restart");
     // the reservation charged at the clean shutdown is settled by its late record: the charge is
     // taken back and the actual usage recorded
     let before = index(&mut c, &subjects[0]);
