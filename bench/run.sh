@@ -4,7 +4,8 @@
 #   - cp_admit against a no-op C function of its exact signature and result type (bench/noop)
 #     and against SELECT 1;
 #   - cp_record_usage, and the admit -> record cycle (also under money budgets with a priced
-#     model), against a ledger-shaped INSERT + commit (and the cycle against the same two
+#     model, and for subjects of one organisation with budgets), against a ledger-shaped INSERT +
+#     commit (and the cycle against the same two
 #     statements with the no-op and the INSERT);
 #   - cp_admit on 10,000 subjects while another client commits 50 single-subject changes a second,
 #     against the same run without them;
@@ -84,6 +85,7 @@ N_REC="cp_record_usage"
 N_CYCLE="cp_admit -> cp_record_usage (two transactions)"
 N_FLOOR_CYCLE="no-op admit -> ledger INSERT (two transactions)"
 N_CYCLE_MONEY="cp_admit -> cp_record_usage with budgets (two transactions)"
+N_CYCLE_ORG="the same, subjects of one organisation with budgets"
 N_CALM="cp_admit, 10,000 subjects"
 N_STORM="cp_admit, 10,000 subjects, 50 subject changes/s"
 N_PL="PL/pgSQL token bucket, $SUBJECTS keys"
@@ -107,6 +109,7 @@ for round in $(seq "$ROUNDS"); do
     add "$N_CYCLE" "$(pgb admit_record.sql)"
     add "$N_FLOOR_CYCLE" "$(pgb floor_cycle.sql)"
     add "$N_CYCLE_MONEY" "$(pgb admit_record_money.sql)"
+    add "$N_CYCLE_ORG" "$(pgb admit_record_org.sql)"
     add "$N_CALM" "$(pgb admit_changed.sql)"
     admin_out="$(mktemp)"
     admin_stream >"$admin_out" &
@@ -186,6 +189,8 @@ target "admit -> record cycle / ledger INSERT" "$N_CYCLE" "$N_INS" 0.8
 target "admit -> record cycle / no-op admit -> INSERT" "$N_CYCLE" "$N_FLOOR_CYCLE" 0.8
 target "cycle with budgets / ledger INSERT" "$N_CYCLE_MONEY" "$N_INS" 0.8
 target "cycle with budgets / cycle without" "$N_CYCLE_MONEY" "$N_CYCLE" "-"
+target "cycle with budgets and an organisation / ledger INSERT" "$N_CYCLE_ORG" "$N_INS" 0.8
+target "cycle with an organisation / cycle with budgets only" "$N_CYCLE_ORG" "$N_CYCLE_MONEY" "-"
 target "cp_admit with 50 subject changes/s / without" "$N_STORM" "$N_CALM" 0.9
 target "cp_admit hot subject / PL/pgSQL hot key" "$N_ALL_HOT" "$N_PL_HOT" 10
 target "no-op / SELECT 1 (the shape's own cost)" "$N_NOOP" "$N_SEL" "-"

@@ -18,6 +18,12 @@ INSERT INTO control_plane.profiles (name, requests_per_second, requests_per_minu
 VALUES ('bench_money', 1e12, 1e12, 1e12, 1e15, 1e9, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15, 'bench-model');
 INSERT INTO control_plane.subjects (subject_id, profile)
 SELECT 'b_' || g, 'bench_money' FROM generate_series(1, :subjects) g;
+-- The same plan for subjects that all belong to one organisation with its own budgets: every
+-- admission checks and holds on the subject's entry and on the organisation's.
+INSERT INTO control_plane.organizations (org_id, daily_budget_cents, monthly_budget_cents)
+VALUES ('bench_org', 1e15, 1e15);
+INSERT INTO control_plane.subjects (subject_id, profile, org_id)
+SELECT 'o_' || g, 'bench_money', 'bench_org' FROM generate_series(1, :subjects) g;
 INSERT INTO control_plane.subjects (subject_id, profile)
 SELECT 'r_' || g, 'bench_rate' FROM generate_series(1, :subjects) g
 UNION ALL SELECT 'a_' || g, 'bench_all' FROM generate_series(1, :subjects) g

@@ -188,6 +188,27 @@ SELECT allowed, reason FROM control_plane.cp_admit('user_budget', 10, model => '
 SELECT jsonb_pretty(control_plane.cp_quota_status('user_budget')->'money'->'day') AS day;
 
 \echo
-\echo '== 15. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
+\echo '== 15. Organisations: one budget for all of an organisation''s subjects, and an emergency stop =='
+\echo '   organisation acme_corp has 1 cent a day (10,000 micro-units); alice and bob have no budget of their own:'
+INSERT INTO control_plane.profiles (name, default_model) VALUES ('team_member', 'gpt-4o-mini');
+INSERT INTO control_plane.organizations (org_id, daily_budget_cents) VALUES ('acme_corp', 1);
+INSERT INTO control_plane.subjects (subject_id, profile, org_id)
+VALUES ('alice', 'team_member', 'acme_corp'), ('bob', 'team_member', 'acme_corp');
+\echo '   they take turns reserving 900 each: eleven fit together (9,900), the twelfth is refused by the organisation:'
+SELECT n AS request, s.subject, a.allowed, a.reason, a.limit_name, a.remaining
+  FROM generate_series(1, 12) n
+ CROSS JOIN LATERAL (SELECT CASE WHEN n % 2 = 1 THEN 'alice' ELSE 'bob' END AS subject) s
+ CROSS JOIN LATERAL control_plane.cp_admit(s.subject, 4000 + 0 * n, max_output_tokens => 500) a;
+\echo '   the organisation''s day, as the status of either member shows it:'
+SELECT o->>'org_id' AS org_id, o->'money'->'day'->>'budget' AS budget, o->'money'->'day'->>'reserved' AS reserved,
+       o->'money'->'day'->>'remaining' AS remaining, o->'money'->'day'->>'percent' AS percent
+  FROM (SELECT control_plane.cp_quota_status('bob')->'organization' AS o) s;
+\echo '   an admin trips the emergency stop: every member is refused from the next call on, until it is reset:'
+UPDATE control_plane.organizations SET emergency_stop = true WHERE org_id = 'acme_corp';
+SELECT allowed, reason FROM control_plane.cp_admit('alice', 1, model => 'free-model');
+UPDATE control_plane.organizations SET emergency_stop = false WHERE org_id = 'acme_corp';
+
+\echo
+\echo '== 16. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
 SELECT name, value FROM control_plane.stats;
 SELECT * FROM control_plane.tenant_stats ORDER BY database, tenant;

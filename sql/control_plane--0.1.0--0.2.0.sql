@@ -1,7 +1,7 @@
 -- control_plane 0.1.0 -> 0.2.0: admissions count whether recorded or not, expired reservations
 -- are charged to the ledger, admin changes re-read only what they touch, the ledger is
 -- append-only against DELETE and TRUNCATE too, per-tenant counters for monitoring, tenants with
--- their time zones. See CHANGELOG.md.
+-- their time zones, prices, budgets, idempotency keys and organisations. See CHANGELOG.md.
 --
 -- Never edit this file once 0.2.0 is released (scripts/check-released.sh): every later change is
 -- a new script.
