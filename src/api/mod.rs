@@ -117,6 +117,11 @@ fn rebuilt_totals(
 /// totals again for the new windows. Returns false when the index is full and nothing can be
 /// evicted.
 fn rebuild(sh: &Shared, key: &Key, db: u32, tenant: &str, whose: Whose, zone: u16) -> CpResult<bool> {
+    // Present already (in its tenant's zone): nothing to read, and no lock that would wait for
+    // the entry's recorders (an organisation has many).
+    if let Seen::Found(()) = sh.with_entry_in(key, db, zone, now_unix_us(), |_| ()) {
+        return Ok(true);
+    }
     let evict_busy = gucs::ON_FULL.get() == gucs::OnFull::EvictLru;
     ledger_lock(db, key, pg_sys::ExclusiveLock, true);
     let now = now_unix_us();
