@@ -1,14 +1,14 @@
 //! `cp_admit`: one admission decision across every limit that applies.
 
 use super::{composite_datum, locate, rebuild, tenant_of, zones};
-use crate::admission::{self, DenyKind, OrgSide, Verdict};
+use crate::admission::{DenyKind, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
 use crate::catalog::{now_unix_us, Whose};
 use crate::error::CpResult;
 use crate::gucs;
 use crate::money;
-use crate::org::Organization;
+use crate::org::{self, OrgSide, Organization};
 use crate::policy_cache;
 use crate::quota::Ask;
 use crate::shmem::{self, Hold, Owner, Seen, Stat};
@@ -65,7 +65,7 @@ fn cost_estimate(
     max_output_tokens: Option<i64>,
     now: i64,
 ) -> CpResult<Result<Option<i64>, Decision>> {
-    let Some(smallest) = crate::org::smallest_budget_micros(policy, org) else {
+    let Some(smallest) = org::smallest_budget_micros(policy, org) else {
         return Ok(Ok(None));
     };
     let price = match model {
@@ -217,7 +217,7 @@ pub fn admit(
     let warn_pct = gucs::WARN_THRESHOLD.get() as i64;
     // A plan with nothing to hold (no concurrency limit, no request quota, no token estimate
     // against a token quota, no cost estimate against a budget) claims no reservation slot.
-    let hold = admission::needs_hold_with_org(&pol.policy, org_row, ask).then_some(Hold {
+    let hold = org::needs_hold_with_org(&pol.policy, org_row, ask).then_some(Hold {
         tokens,
         cost: cost.unwrap_or(0),
         expires_at,
@@ -252,7 +252,7 @@ pub fn admit(
                     totals,
                     warn_pct: o.org.warning_pct,
                 });
-                let (v, scope) = admission::decide_with_org(&pol.policy, state, side, ask, at, warn_pct);
+                let (v, scope) = org::decide_with_org(&pol.policy, state, side, ask, at, warn_pct);
                 let tat = match v {
                     Verdict::Allow { tat, .. } => Some(tat),
                     Verdict::Deny { .. } => None,
@@ -299,7 +299,7 @@ pub fn admit(
                     allowed: true,
                     decision: if warn { "warn" } else { "allow" },
                     reason: warn.then_some("quota_warning"),
-                    limit_name: tightest.map(|(l, _)| admission::limit_name(l, scope)),
+                    limit_name: tightest.map(|(l, _)| org::limit_name(l, scope)),
                     remaining: tightest.map(|(_, r)| r),
                     retry_after_ms: None,
                     reservation_id: Some(Uuid::from_bytes(id)),
@@ -335,7 +335,7 @@ pub fn admit(
                 }
                 return Ok(Decision::deny(
                     kind.reason(),
-                    Some(admission::limit_name(limit, scope)),
+                    Some(org::limit_name(limit, scope)),
                     Some(remaining),
                     retry_after_ms,
                 ));
