@@ -123,6 +123,35 @@ pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
     }
 }
 
+/// cp_admit(subject, tokens, model, max_output_tokens => 0): a cost estimate of the input tokens
+/// alone.
+pub fn admit_priced(c: &mut Client, subject: &str, tokens: i64, model: &str) -> Admission {
+    let r = c
+        .query_one(
+            "SELECT allowed, reason, limit_name, reservation_id::text, remaining
+               FROM control_plane.cp_admit($1, $2, $3, max_output_tokens => 0)",
+            &[&subject, &tokens, &model],
+        )
+        .expect("cp_admit");
+    Admission {
+        allowed: r.get(0),
+        reason: r.get(1),
+        limit_name: r.get(2),
+        remaining: r.get(4),
+        reservation_id: r.get(3),
+    }
+}
+
+/// cp_record_usage(subject, input, 0, model, reservation): its cost.
+pub fn record_priced(c: &mut Client, subject: &str, input: i64, model: &str, id: Option<&str>) -> Option<i64> {
+    c.query_one(
+        "SELECT cost_micros FROM control_plane.cp_record_usage($1, $2, 0, $3, $4::text::uuid)",
+        &[&subject, &input, &model, &id],
+    )
+    .expect("cp_record_usage")
+    .get(0)
+}
+
 /// cp_record_usage(subject, input, output, reservation_id => id): whether it settled the
 /// reservation.
 pub fn record(c: &mut Client, subject: &str, input: i64, output: i64, id: &str) -> bool {

@@ -6,41 +6,6 @@ use control_plane_integration::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
-/// cp_admit(subject, tokens, model, max_output_tokens => 0): (allowed, reason, reservation id).
-fn admit_priced(c: &mut Client, subject: &str, tokens: i64, model: &str) -> (bool, Option<String>, Option<String>) {
-    let r = c
-        .query_one(
-            "SELECT allowed, reason, reservation_id::text
-               FROM control_plane.cp_admit($1, $2, $3, max_output_tokens => 0)",
-            &[&subject, &tokens, &model],
-        )
-        .expect("cp_admit");
-    (r.get(0), r.get(1), r.get(2))
-}
-
-/// cp_record_usage(subject, input, 0, model, reservation): its cost.
-fn record_priced(c: &mut Client, subject: &str, input: i64, model: &str, id: Option<&str>) -> Option<i64> {
-    c.query_one(
-        "SELECT cost_micros FROM control_plane.cp_record_usage($1, $2, 0, $3, $4::text::uuid)",
-        &[&subject, &input, &model, &id],
-    )
-    .expect("cp_record_usage")
-    .get(0)
-}
-
-/// (budget, spent, reserved, remaining) of the subject's day, in micro-units.
-fn day_money(c: &mut Client, subject: &str) -> (i64, i64, i64, i64) {
-    let r = c
-        .query_one(
-            "SELECT (m->>'budget_micros')::bigint, (m->>'spent_micros')::bigint,
-                    (m->>'reserved_micros')::bigint, (m->>'remaining_micros')::bigint
-               FROM (SELECT control_plane.cp_quota_status($1)->'money'->'day' AS m) s",
-            &[&subject],
-        )
-        .expect("cp_quota_status");
-    (r.get(0), r.get(1), r.get(2), r.get(3))
-}
-
 fn ledger_cost(c: &mut Client, subject: &str) -> i64 {
     c.query_one(
         "SELECT coalesce(sum(cost_micros), 0)::bigint FROM control_plane.usage_events WHERE subject_id = $1",
@@ -66,17 +31,14 @@ fn many_connections_admit_exactly_what_a_budget_holds_and_never_spend_more() {
                 let mut c = connect();
                 let mut admitted = 0;
                 loop {
-                    match admit_priced(&mut c, &s, 1_000, &model) {
-                        (true, _, Some(id)) => {
-                            admitted += 1;
-                            assert_eq!(record_priced(&mut c, &s, 1_000, &model, Some(&id)), Some(1_000));
-                        }
-                        (false, reason, _) => {
-                            assert_eq!(reason.as_deref(), Some("budget_exceeded"));
-                            return admitted;
-                        }
-                        other => panic!("{other:?}"),
+                    let a = admit_priced(&mut c, &s, 1_000, &model);
+                    if !a.allowed {
+                        assert_eq!(a.reason.as_deref(), Some("budget_exceeded"));
+                        return admitted;
                     }
+                    admitted += 1;
+                    let id = a.reservation_id.expect("a cost reservation");
+                    assert_eq!(record_priced(&mut c, &s, 1_000, &model, Some(&id)), Some(1_000));
                 }
             })
         })
@@ -84,7 +46,7 @@ fn many_connections_admit_exactly_what_a_budget_holds_and_never_spend_more() {
     let admitted: i64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert_eq!(admitted, 100, "exactly what the budget holds");
     assert_eq!(ledger_cost(&mut admin, &s), 100_000, "never more than the budget");
-    assert_eq!(day_money(&mut admin, &s), (100_000, 100_000, 0, 0));
+    assert_eq!(day_money_of(&mut admin, &s, ""), (100_000, 100_000, 0, 0));
 }
 
 #[test]
@@ -96,10 +58,10 @@ fn an_expired_cost_reservation_is_charged_its_estimate_and_a_late_record_takes_i
     enroll(&mut admin, &s, "unlimited", r#"{"daily_budget_cents": 100}"#);
     let mut c = connect();
     c.batch_execute("SET control_plane.reservation_timeout = 1").unwrap();
-    let (allowed, _, id) = admit_priced(&mut c, &s, 300, &model);
-    assert!(allowed);
-    let id = id.unwrap();
-    assert_eq!(day_money(&mut c, &s).2, 600, "300 tokens at 2 each, reserved");
+    let a = admit_priced(&mut c, &s, 300, &model);
+    assert!(a.allowed);
+    let id = a.reservation_id.unwrap();
+    assert_eq!(day_money_of(&mut c, &s, "").2, 600, "300 tokens at 2 each, reserved");
     // Never recorded: it expires and its estimate is charged, in the ledger too.
     let start = Instant::now();
     let (cost, per_reservation) = loop {
@@ -120,7 +82,7 @@ fn an_expired_cost_reservation_is_charged_its_estimate_and_a_late_record_takes_i
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!((cost, per_reservation), (Some(600), Some(600)));
-    assert_eq!(day_money(&mut c, &s), (1_000_000, 600, 0, 999_400));
+    assert_eq!(day_money_of(&mut c, &s, ""), (1_000_000, 600, 0, 999_400));
     // The request did run after all: its record replaces the charge (one reversal row).
     assert_eq!(record_priced(&mut c, &s, 100, &model, Some(&id)), Some(200));
     let reversed: Option<i64> = admin
@@ -132,7 +94,7 @@ fn an_expired_cost_reservation_is_charged_its_estimate_and_a_late_record_takes_i
         .get(0);
     assert_eq!(reversed, Some(-600));
     assert_eq!(ledger_cost(&mut admin, &s), 200);
-    assert_eq!(day_money(&mut c, &s).1, 200, "spent is what the request cost");
+    assert_eq!(day_money_of(&mut c, &s, "").1, 200, "spent is what the request cost");
 }
 
 #[test]
@@ -144,16 +106,19 @@ fn a_record_that_costs_more_than_its_reservation_is_counted_and_the_next_admissi
     // 1 cent = 10,000 micro-units; one admission reserves 1,000 and the call costs 50,000.
     enroll(&mut admin, &s, "unlimited", r#"{"daily_budget_cents": 1}"#);
     let mut c = connect();
-    let (allowed, _, id) = admit_priced(&mut c, &s, 1_000, &model);
-    assert!(allowed);
-    assert_eq!(record_priced(&mut c, &s, 50_000, &model, id.as_deref()), Some(50_000));
-    assert_eq!(day_money(&mut c, &s), (10_000, 50_000, 0, 0));
-    let (allowed, reason, _) = admit_priced(&mut c, &s, 1, &model);
-    assert_eq!((allowed, reason.as_deref()), (false, Some("budget_exceeded")));
+    let a = admit_priced(&mut c, &s, 1_000, &model);
+    assert!(a.allowed);
+    assert_eq!(
+        record_priced(&mut c, &s, 50_000, &model, a.reservation_id.as_deref()),
+        Some(50_000)
+    );
+    assert_eq!(day_money_of(&mut c, &s, ""), (10_000, 50_000, 0, 0));
+    let a = admit_priced(&mut c, &s, 1, &model);
+    assert_eq!((a.allowed, a.reason.as_deref()), (false, Some("budget_exceeded")));
     // In another backend too.
     let mut other = connect();
-    let (allowed, reason, _) = admit_priced(&mut other, &s, 1, &model);
-    assert_eq!((allowed, reason.as_deref()), (false, Some("budget_exceeded")));
+    let a = admit_priced(&mut other, &s, 1, &model);
+    assert_eq!((a.allowed, a.reason.as_deref()), (false, Some("budget_exceeded")));
     assert_eq!(ledger_cost(&mut admin, &s), 50_000);
 }
 
@@ -203,24 +168,24 @@ fn with_unpriced_models_allowed_an_unpriced_call_is_admitted_without_a_cost_and_
     let model = format!("{}-unpriced", run_id());
     let mut admin = connect();
     enroll(&mut admin, &s, "unlimited", r#"{"daily_budget_cents": 1}"#);
-    let (allowed, reason, _) = admit_priced(&mut connect(), &s, 10, &model);
+    let a = admit_priced(&mut connect(), &s, 10, &model);
     assert_eq!(
-        (allowed, reason.as_deref()),
+        (a.allowed, a.reason.as_deref()),
         (false, Some("unpriced_model")),
         "the default: deny"
     );
     let _allow = ServerSetting::set("control_plane.unpriced_models", "allow");
     let mut c = connect();
-    let (allowed, _, id) = admit_priced(&mut c, &s, 10, &model);
-    assert!(allowed, "admitted without a price");
-    assert_eq!(day_money(&mut c, &s).2, 0, "nothing reserved");
+    let a = admit_priced(&mut c, &s, 10, &model);
+    assert!(a.allowed, "admitted without a price");
+    assert_eq!(day_money_of(&mut c, &s, "").2, 0, "nothing reserved");
     assert_eq!(
-        record_priced(&mut c, &s, 1_000_000, &model, id.as_deref()),
+        record_priced(&mut c, &s, 1_000_000, &model, a.reservation_id.as_deref()),
         None,
         "no cost"
     );
     assert_eq!(
-        day_money(&mut c, &s),
+        day_money_of(&mut c, &s, ""),
         (10_000, 0, 0, 10_000),
         "nothing counted against the budget"
     );

@@ -6,33 +6,6 @@ use control_plane_integration::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
-/// cp_admit(subject, tokens, model, max_output_tokens => 0): (allowed, reason, limit, reservation).
-fn admit_priced(
-    c: &mut Client,
-    subject: &str,
-    tokens: i64,
-    model: &str,
-) -> (bool, Option<String>, Option<String>, Option<String>) {
-    let r = c
-        .query_one(
-            "SELECT allowed, reason, limit_name, reservation_id::text
-               FROM control_plane.cp_admit($1, $2, $3, max_output_tokens => 0)",
-            &[&subject, &tokens, &model],
-        )
-        .expect("cp_admit");
-    (r.get(0), r.get(1), r.get(2), r.get(3))
-}
-
-/// cp_record_usage(subject, input, 0, model, reservation): its cost.
-fn record_priced(c: &mut Client, subject: &str, input: i64, model: &str, id: &str) -> Option<i64> {
-    c.query_one(
-        "SELECT cost_micros FROM control_plane.cp_record_usage($1, $2, 0, $3, $4::text::uuid)",
-        &[&subject, &input, &model, &id],
-    )
-    .expect("cp_record_usage")
-    .get(0)
-}
-
 fn org_ledger_cost(c: &mut Client, org: &str) -> i64 {
     c.query_one(
         "SELECT coalesce(sum(cost_micros), 0)::bigint FROM control_plane.usage_events WHERE org_id = $1",
@@ -63,18 +36,15 @@ fn many_subjects_of_one_organisation_spend_exactly_its_budget_and_never_more() {
                 let mut c = connect();
                 let mut admitted = 0;
                 loop {
-                    match admit_priced(&mut c, &s, 1_000, &model) {
-                        (true, _, _, Some(id)) => {
-                            admitted += 1;
-                            assert_eq!(record_priced(&mut c, &s, 1_000, &model, &id), Some(1_000));
-                        }
-                        (false, reason, limit, _) => {
-                            assert_eq!(reason.as_deref(), Some("budget_exceeded"));
-                            assert_eq!(limit.as_deref(), Some("org_daily_budget_cents"));
-                            return admitted;
-                        }
-                        other => panic!("{other:?}"),
+                    let a = admit_priced(&mut c, &s, 1_000, &model);
+                    if !a.allowed {
+                        assert_eq!(a.reason.as_deref(), Some("budget_exceeded"));
+                        assert_eq!(a.limit_name.as_deref(), Some("org_daily_budget_cents"));
+                        return admitted;
                     }
+                    admitted += 1;
+                    let id = a.reservation_id.expect("a cost reservation");
+                    assert_eq!(record_priced(&mut c, &s, 1_000, &model, Some(&id)), Some(1_000));
                 }
             })
         })
@@ -101,9 +71,9 @@ fn an_expired_reservation_is_charged_to_the_organisation_and_a_late_record_takes
     join_org(&mut admin, &org, Some(100), &[s.clone(), t.clone()]);
     let mut c = connect();
     c.batch_execute("SET control_plane.reservation_timeout = 1").unwrap();
-    let (allowed, _, _, rid) = admit_priced(&mut c, &s, 300, &model);
-    assert!(allowed);
-    let rid = rid.unwrap();
+    let a = admit_priced(&mut c, &s, 300, &model);
+    assert!(a.allowed);
+    let rid = a.reservation_id.unwrap();
     assert_eq!(
         day_money_of(&mut c, &t, "organization").2,
         600,
@@ -130,7 +100,7 @@ fn an_expired_reservation_is_charged_to_the_organisation_and_a_late_record_takes
     assert_eq!((cost, charged_org.as_deref()), (Some(600), Some(org.as_str())));
     assert_eq!(day_money_of(&mut c, &t, "organization"), (1_000_000, 600, 0, 999_400));
     // The late record replaces the charge, on the organisation too.
-    assert_eq!(record_priced(&mut c, &s, 100, &model, &rid), Some(200));
+    assert_eq!(record_priced(&mut c, &s, 100, &model, Some(&rid)), Some(200));
     let reversal: (Option<i64>, Option<String>) = admin
         .query_one(
             "SELECT cost_micros, org_id FROM control_plane.usage_events WHERE subject_id = $1 AND kind = 'expired_reversed'",
