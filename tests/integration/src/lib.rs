@@ -107,6 +107,19 @@ pub struct Admission {
     pub reservation_id: Option<String>,
 }
 
+impl Admission {
+    /// From a row of (allowed, reason, limit_name, reservation_id::text, remaining).
+    fn of(r: &postgres::Row) -> Admission {
+        Admission {
+            allowed: r.get(0),
+            reason: r.get(1),
+            limit_name: r.get(2),
+            remaining: r.get(4),
+            reservation_id: r.get(3),
+        }
+    }
+}
+
 pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
     let r = c
         .query_one(
@@ -114,13 +127,7 @@ pub fn admit(c: &mut Client, subject: &str, tokens: i64) -> Admission {
             &[&subject, &tokens],
         )
         .expect("cp_admit");
-    Admission {
-        allowed: r.get(0),
-        reason: r.get(1),
-        limit_name: r.get(2),
-        remaining: r.get(4),
-        reservation_id: r.get(3),
-    }
+    Admission::of(&r)
 }
 
 /// cp_admit(subject, tokens, model, max_output_tokens => 0): a cost estimate of the input tokens
@@ -133,12 +140,23 @@ pub fn admit_priced(c: &mut Client, subject: &str, tokens: i64, model: &str) -> 
             &[&subject, &tokens, &model],
         )
         .expect("cp_admit");
-    Admission {
-        allowed: r.get(0),
-        reason: r.get(1),
-        limit_name: r.get(2),
-        remaining: r.get(4),
-        reservation_id: r.get(3),
+    Admission::of(&r)
+}
+
+/// One connection admits `tokens` input tokens of `model` for `subject` and records exactly that
+/// (each record must cost `cost`), in a loop, until an admission is refused: how many were
+/// admitted, and the refusal.
+pub fn spend_until_refused(subject: &str, tokens: i64, model: &str, cost: i64) -> (i64, Admission) {
+    let mut c = connect();
+    let mut admitted = 0;
+    loop {
+        let a = admit_priced(&mut c, subject, tokens, model);
+        if !a.allowed {
+            return (admitted, a);
+        }
+        admitted += 1;
+        let id = a.reservation_id.expect("a cost reservation");
+        assert_eq!(record_priced(&mut c, subject, tokens, model, Some(&id)), Some(cost));
     }
 }
 

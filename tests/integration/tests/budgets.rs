@@ -28,18 +28,9 @@ fn many_connections_admit_exactly_what_a_budget_holds_and_never_spend_more() {
         .map(|_| {
             let (s, model) = (s.clone(), model.clone());
             std::thread::spawn(move || {
-                let mut c = connect();
-                let mut admitted = 0;
-                loop {
-                    let a = admit_priced(&mut c, &s, 1_000, &model);
-                    if !a.allowed {
-                        assert_eq!(a.reason.as_deref(), Some("budget_exceeded"));
-                        return admitted;
-                    }
-                    admitted += 1;
-                    let id = a.reservation_id.expect("a cost reservation");
-                    assert_eq!(record_priced(&mut c, &s, 1_000, &model, Some(&id)), Some(1_000));
-                }
+                let (admitted, refused) = spend_until_refused(&s, 1_000, &model, 1_000);
+                assert_eq!(refused.reason.as_deref(), Some("budget_exceeded"));
+                admitted
             })
         })
         .collect();

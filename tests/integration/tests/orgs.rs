@@ -33,19 +33,10 @@ fn many_subjects_of_one_organisation_spend_exactly_its_budget_and_never_more() {
         .map(|w| {
             let (s, model) = (subjects[w % 8].clone(), model.clone());
             std::thread::spawn(move || {
-                let mut c = connect();
-                let mut admitted = 0;
-                loop {
-                    let a = admit_priced(&mut c, &s, 1_000, &model);
-                    if !a.allowed {
-                        assert_eq!(a.reason.as_deref(), Some("budget_exceeded"));
-                        assert_eq!(a.limit_name.as_deref(), Some("org_daily_budget_cents"));
-                        return admitted;
-                    }
-                    admitted += 1;
-                    let id = a.reservation_id.expect("a cost reservation");
-                    assert_eq!(record_priced(&mut c, &s, 1_000, &model, Some(&id)), Some(1_000));
-                }
+                let (admitted, refused) = spend_until_refused(&s, 1_000, &model, 1_000);
+                assert_eq!(refused.reason.as_deref(), Some("budget_exceeded"));
+                assert_eq!(refused.limit_name.as_deref(), Some("org_daily_budget_cents"));
+                admitted
             })
         })
         .collect();
