@@ -396,3 +396,36 @@ SELECT pg_catalog.pg_extension_config_dump('control_plane.organizations', '');
 -- Where an organisation's entry is rebuilt from.
 CREATE INDEX usage_events_org_time ON control_plane.usage_events (tenant_id, org_id, created_at)
     WHERE org_id IS NOT NULL;
+
+-- -------------------------------------------------------------------------------------- alerts
+
+-- A money budget of a subject or an organisation reaching its warning or emergency threshold or
+-- its limit: at most one row per budget, level and window, written by cp_admit or
+-- cp_record_usage in the transaction that reached it, with NOTIFY control_plane_alerts (the row
+-- as JSON). Written by the extension as the bootstrap superuser; application roles need no grant.
+CREATE TABLE control_plane.alerts (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id     text        NOT NULL,
+    -- 'subject': the subject's own budget; 'organization': its organisation's (org_id).
+    scope         text        NOT NULL CHECK (scope IN ('subject', 'organization')),
+    -- The subject whose budget it is, or whose request reached the organisation's.
+    subject_id    text        NOT NULL,
+    org_id        text,
+    limit_name    text        NOT NULL,
+    level         text        NOT NULL CHECK (level IN ('warning', 'emergency', 'limit')),
+    -- The start of the day or month (in the tenant's time zone) the budget counts.
+    window_start  timestamptz NOT NULL,
+    budget_micros bigint      NOT NULL,
+    -- Spent plus reserved when it was raised (for a refusal: before it).
+    used_micros   bigint      NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT alerts_org_named CHECK (scope OPERATOR(pg_catalog.=) 'subject' OR org_id IS NOT NULL)
+);
+COMMENT ON TABLE control_plane.alerts IS
+    'Money thresholds reached: one row per budget, level (warning, emergency, limit) and window.';
+CREATE UNIQUE INDEX alerts_subject_once ON control_plane.alerts (tenant_id, subject_id, limit_name, level, window_start)
+    WHERE scope = 'subject';
+CREATE UNIQUE INDEX alerts_org_once ON control_plane.alerts (tenant_id, org_id, limit_name, level, window_start)
+    WHERE scope = 'organization';
+CREATE INDEX alerts_time ON control_plane.alerts (tenant_id, created_at);
+SELECT pg_catalog.pg_extension_config_dump('control_plane.alerts', '');

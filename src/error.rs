@@ -29,6 +29,8 @@ pub enum CpError {
     NotSupported { message: String, hint: Option<String> },
     /// 54000: a fixed limit of the server is reached.
     LimitExceeded(String),
+    /// 25006: the call must write (an alert it owes) in a read-only transaction.
+    ReadOnly { message: String, detail: String },
     /// XX000: an invariant broke; never expected.
     Internal(String),
 }
@@ -66,6 +68,7 @@ impl CpError {
             CpError::Retry { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             CpError::CheckViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             CpError::LimitExceeded(_) => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            CpError::ReadOnly { .. } => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             CpError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -90,6 +93,11 @@ impl From<CpError> for ErrorReport {
             CpError::Retry { message } => (message, None, Some("Retry the call.".into())),
             CpError::CheckViolation { message, detail } => (message, Some(detail), None),
             CpError::LimitExceeded(m) => (m, None, None),
+            CpError::ReadOnly { message, detail } => (
+                message,
+                Some(detail),
+                Some("Call cp_admit and cp_record_usage in read-write transactions.".into()),
+            ),
             CpError::Internal(m) => (
                 format!("control_plane internal error: {m}"),
                 None,

@@ -27,6 +27,11 @@ pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// this share used is returned with decision `warn` (still allowed).
 pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
 
+/// `control_plane.emergency_threshold` (percent, user): the emergency threshold of a subject's
+/// own money budgets (an organisation has its own `emergency_pct`). An admission that would take
+/// a budget there is degraded to the profile's `fallback_model` when it has one, else warned.
+pub static EMERGENCY_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(90);
+
 /// What `cp_admit` does when a new subject's lock partition is full and no entry can be evicted
 /// without losing anything (every entry holds open reservations or rate state that has not
 /// refilled yet).
@@ -195,6 +200,16 @@ fn define_session_gucs() {
         c"Percent of a quota used at which an admission returns decision warn.",
         c"",
         &WARN_THRESHOLD,
+        1,
+        100,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.emergency_threshold",
+        c"Percent of a subject's money budget at which an admission degrades to the fallback model.",
+        c"Without a fallback model the admission is allowed with decision warn. Organisations set their own (organizations.emergency_pct).",
+        &EMERGENCY_THRESHOLD,
         1,
         100,
         GucContext::Userset,

@@ -16,7 +16,9 @@ compile_error!("control_plane must be built with panic = \"unwind\"");
 
 /// The pure decision modules live in `crates/core`; re-exported so that they read as part of
 /// this crate.
-pub use control_plane_core::{admission, calendar, index, key, ledger, money, org, policy, quota, rate, zone};
+pub use control_plane_core::{
+    admission, alerts, calendar, emergency, index, key, ledger, money, org, policy, quota, rate, zone,
+};
 
 mod api;
 mod args;

@@ -4,7 +4,9 @@
 //! settles the reservation. An abort (or the rollback of the subtransaction that queued it) drops
 //! the work and gives the reservation back to its owner. Admin changes to profiles and subjects
 //! queue a bump of the version of what they touched (one subject, one profile, or everything),
-//! applied after commit so that no backend can cache the old rows under the new version.
+//! applied after commit so that no backend can cache the old rows under the new version. Alert
+//! marks set by this transaction (money alerts it wrote) are cleared again if it aborts, so that
+//! the next admission past the threshold raises the alert again.
 
 use crate::key::Key;
 use crate::shmem::{self, Effect};
@@ -104,6 +106,8 @@ struct State {
     /// Changed policy rows, by the subtransaction that changed them (a rolled-back one changes
     /// nothing).
     policy_changed: Vec<(pg_sys::SubTransactionId, Change)>,
+    /// Alert marks set on entries (key, database, bits), by subtransaction.
+    marks: Vec<(pg_sys::SubTransactionId, Key, u32, u8)>,
 }
 
 thread_local! {
@@ -150,6 +154,27 @@ pub fn uncommitted_rows(key: &Key, db: u32) -> Vec<(i64, [i64; 4])> {
     })
 }
 
+/// Alert marks this transaction set on an entry, for the alerts it is writing: cleared if it
+/// aborts (or the subtransaction does).
+pub fn alerts_marked(key: Key, db: u32, bits: u8) {
+    let subid = current_subid();
+    STATE.with_borrow_mut(|st| {
+        ensure_registered(st);
+        st.marks.push((subid, key, db, bits));
+    });
+}
+
+fn unmark(marks: &[(pg_sys::SubTransactionId, Key, u32, u8)]) {
+    if marks.is_empty() {
+        return;
+    }
+    let Ok(sh) = shmem::shared() else { return };
+    let now = crate::catalog::now_unix_us();
+    for (_, key, db, bits) in marks {
+        sh.with_marks(key, *db, now, |_, m| *m &= !bits);
+    }
+}
+
 /// Called by the policy triggers: forget the local cache now, bump what changed at commit.
 pub fn policy_changed(change: Change) {
     crate::policy_cache::clear();
@@ -192,8 +217,10 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             // Must not raise: the transaction is already committed.
-            let (work, changed) =
-                STATE.with_borrow_mut(|st| (std::mem::take(&mut st.pending), std::mem::take(&mut st.policy_changed)));
+            let (work, changed) = STATE.with_borrow_mut(|st| {
+                st.marks.clear();
+                (std::mem::take(&mut st.pending), std::mem::take(&mut st.policy_changed))
+            });
             let Ok(sh) = shmem::shared() else { return };
             let now = crate::catalog::now_unix_us();
             for p in &work {
@@ -243,13 +270,15 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
-            let (work, changed) = STATE.with_borrow_mut(|st| {
+            let (work, changed, marks) = STATE.with_borrow_mut(|st| {
                 (
                     std::mem::take(&mut st.pending),
                     !std::mem::take(&mut st.policy_changed).is_empty(),
+                    std::mem::take(&mut st.marks),
                 )
             });
             work.iter().for_each(undo);
+            unmark(&marks);
             if changed {
                 crate::policy_cache::clear();
             }
@@ -268,16 +297,20 @@ unsafe extern "C-unwind" fn subxact_callback(
     use pg_sys::SubXactEvent::*;
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            let (dropped, changed) = STATE.with_borrow_mut(|st| {
+            let (dropped, changed, marks) = STATE.with_borrow_mut(|st| {
                 let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.pending)
                     .into_iter()
                     .partition(|p| p.subid == my_subid);
                 st.pending = kept;
                 let before = st.policy_changed.len();
                 st.policy_changed.retain(|(s, _)| *s != my_subid);
-                (gone, before != st.policy_changed.len())
+                let (unmarked, marked): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut st.marks).into_iter().partition(|m| m.0 == my_subid);
+                st.marks = marked;
+                (gone, before != st.policy_changed.len(), unmarked)
             });
             dropped.iter().for_each(undo);
+            unmark(&marks);
             if changed {
                 crate::policy_cache::clear();
             }
@@ -291,6 +324,10 @@ unsafe extern "C-unwind" fn subxact_callback(
                 .iter_mut()
                 .filter(|(s, _)| *s == my_subid)
                 .for_each(|(s, _)| *s = parent_subid);
+            st.marks
+                .iter_mut()
+                .filter(|m| m.0 == my_subid)
+                .for_each(|m| m.0 = parent_subid);
         }),
         _ => {}
     }

@@ -1,21 +1,24 @@
 //! `cp_admit`: one admission decision across every limit that applies.
 
+use super::alerts::{self, Owed};
 use super::{composite_datum, locate, rebuild, tenant_of, zones};
 use crate::admission::{DenyKind, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
 use crate::catalog::{now_unix_us, Whose};
+use crate::emergency;
 use crate::error::CpResult;
 use crate::gucs;
 use crate::money;
-use crate::org::{self, OrgSide, Organization};
+use crate::org::{self, OrgSide, Organization, Scope};
 use crate::policy_cache;
 use crate::quota::Ask;
-use crate::shmem::{self, Hold, Owner, Seen, Stat};
+use crate::shmem::{self, Grant, Hold, Owner, Seen, Stat};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 
 /// One admission decision, as returned to SQL.
 pub struct Decision {
@@ -211,23 +214,51 @@ pub fn admit(
         }
     };
     let ask = Ask { tokens, cost };
+    // The cheaper model to degrade to past an emergency threshold: the profile's fallback, when
+    // the request costs money, the fallback is allowed and it is priced (or free).
+    let fallback = match (cost, pol.policy.fallback_model.as_deref()) {
+        (Some(c), Some(f)) if c > 0 && Some(f) != model && pol.policy.gate(Some(f), feature).is_none() => {
+            match cost_estimate(
+                sh,
+                db,
+                &tenant,
+                &pol.policy,
+                org_row,
+                Some(f),
+                tokens,
+                max_output_tokens,
+                now,
+            )? {
+                Ok(fc) => Some((f, Ask { tokens, cost: fc })),
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
     // The ends of the tenant's day and month, for when a quota refuses.
     let at = sh.now_in(zone, now);
     let expires_at = now.saturating_add(gucs::RESERVATION_TIMEOUT.get() as i64 * US_PER_SEC);
-    let warn_pct = gucs::WARN_THRESHOLD.get() as i64;
+    let thresholds = money::Thresholds {
+        warning_pct: gucs::WARN_THRESHOLD.get() as i64,
+        emergency_pct: gucs::EMERGENCY_THRESHOLD.get() as i64,
+    };
     // A plan with nothing to hold (no concurrency limit, no request quota, no token estimate
     // against a token quota, no cost estimate against a budget) claims no reservation slot.
-    let hold = org::needs_hold_with_org(&pol.policy, org_row, ask).then_some(Hold {
-        tokens,
-        cost: cost.unwrap_or(0),
-        expires_at,
-    });
+    let hold_for = |ask: Ask| {
+        org::needs_hold_with_org(&pol.policy, org_row, ask).then_some(Hold {
+            tokens,
+            cost: ask.cost.unwrap_or(0),
+            expires_at,
+        })
+    };
+    let hold = hold_for(ask);
+    let fallback_hold = fallback.and_then(|(_, f)| hold_for(f));
     let org_key = org.as_ref().map(|o| o.key);
     let mut expired_once = false;
     for _ in 0..4 {
         // From the claim of a reservation slot to its publication nothing can raise an error:
         // the ledger rebuild runs with no slot claimed, and the guard gives the slot back on
-        // every other way out.
+        // every other way out. (A degraded admission holds less than the claim was taken for.)
         let claim = match hold {
             None => None,
             Some(_) => match sh.claim_reservation(now, CLAIM_WAIT_MS) {
@@ -243,24 +274,64 @@ pub fn admit(
             org_key.as_ref(),
             db,
             now,
-            hold,
             zone,
             stamp,
             |state, org_totals| {
-                let side = org.as_ref().zip(org_totals).map(|(o, totals)| OrgSide {
-                    budgets: &o.org.budgets,
-                    totals,
-                    warn_pct: o.org.warning_pct,
-                });
-                let (v, scope) = org::decide_with_org(&pol.policy, state, side, ask, at, warn_pct);
-                let tat = match v {
-                    Verdict::Allow { tat, .. } => Some(tat),
+                let side = org.as_ref().zip(org_totals).map(|(o, t)| OrgSide::of(&o.org, t));
+                let d = emergency::decide_money(&pol.policy, state, side, ask, fallback.map(|f| f.1), at, thresholds);
+                let grant = match d.verdict {
+                    Verdict::Allow { tat, .. } => Some(Grant {
+                        tat,
+                        hold: if d.degraded { fallback_hold } else { hold },
+                    }),
                     Verdict::Deny { .. } => None,
                 };
-                ((v, scope), tat)
+                (d, grant)
+            },
+            |a, s, o| {
+                // The alerts this admission owes, marked under the locks: the levels where the
+                // budgets stand, and the level of a refusal or of the emergency zone it entered.
+                let d = &a.verdict;
+                let reached = |scope: Scope| {
+                    alerts::refusal(&d.verdict)
+                        .filter(|_| d.scope == scope)
+                        .or(d.emergency.of(scope).map(|l| (l, money::Level::Emergency)))
+                };
+                let mut owed = Vec::new();
+                if pol.policy.has_budget() {
+                    owed.push(Owed {
+                        scope: Scope::Subject,
+                        key,
+                        alerts: crate::alerts::due(
+                            &pol.policy,
+                            &s.totals,
+                            thresholds,
+                            reached(Scope::Subject),
+                            &mut s.alert_marks,
+                        ),
+                    });
+                }
+                if let (Some(o), Some(org)) = (o, org.as_ref().filter(|g| g.org.has_budget())) {
+                    let t = money::Thresholds {
+                        warning_pct: org.org.warning_pct,
+                        emergency_pct: org.org.emergency_pct,
+                    };
+                    owed.push(Owed {
+                        scope: Scope::Organization,
+                        key: org.key,
+                        alerts: crate::alerts::due(
+                            &org.org.budgets,
+                            &o.totals,
+                            t,
+                            reached(Scope::Organization),
+                            &mut o.alert_marks,
+                        ),
+                    });
+                }
+                owed
             },
         );
-        let a = match seen {
+        let (a, owed) = match seen {
             Seen::Found(a) => a,
             Seen::Missing | Seen::Moved => {
                 drop(claim);
@@ -276,30 +347,55 @@ pub fn admit(
                 continue;
             }
         };
-        let (verdict, scope) = a.verdict;
-        match verdict {
+        let origin = alerts::Origin {
+            db,
+            tenant: &tenant,
+            subject,
+            org_id: pol.org_id.as_deref(),
+            zone,
+            now,
+        };
+        let d = a.verdict;
+        match d.verdict {
             Verdict::Allow { tightest, warn, .. } => {
-                let id = reservation_uuid(claim.as_ref().map_or(NO_SLOT, |c| c.index() as u32), now);
-                if let (Some(c), Some(h)) = (claim, hold) {
-                    let owner = Owner {
-                        db,
-                        key,
-                        tenant_fp,
-                        tenant_slot,
-                        zone,
-                        tenant: &tenant,
-                        subject,
-                        org: org.as_ref().map(|o| (o.key, &*o.name)),
-                    };
-                    c.publish(id, &owner, &h);
-                    crate::flusher::ensure(sh, db, now);
-                }
+                let (id, published) = match (claim, a.held) {
+                    (Some(c), Some(h)) => {
+                        let id = reservation_uuid(c.index() as u32, now);
+                        let owner = Owner {
+                            db,
+                            key,
+                            tenant_fp,
+                            tenant_slot,
+                            zone,
+                            tenant: &tenant,
+                            subject,
+                            org: org.as_ref().map(|o| (o.key, &*o.name)),
+                        };
+                        c.publish(id, &owner, &h);
+                        crate::flusher::ensure(sh, db, now);
+                        (id, true)
+                    }
+                    _ => (reservation_uuid(NO_SLOT, now), false),
+                };
                 sh.bump_outcome(tenant_slot, Stat::Allowed);
+                if alerts::any(&owed) {
+                    raise_admitted(sh, &origin, &owed, published.then_some(id))?;
+                }
+                let (decision, reason) = match (d.degraded, d.emergency.any(), warn) {
+                    (true, _, _) => ("degrade", Some("emergency_threshold")),
+                    (false, true, _) => ("warn", Some("emergency_threshold")),
+                    (false, false, true) => ("warn", Some("quota_warning")),
+                    (false, false, false) => ("allow", None),
+                };
+                let model = match (d.degraded, fallback) {
+                    (true, Some((f, _))) => Some(f),
+                    _ => model,
+                };
                 return Ok(Decision {
                     allowed: true,
-                    decision: if warn { "warn" } else { "allow" },
-                    reason: warn.then_some("quota_warning"),
-                    limit_name: tightest.map(|(l, _)| org::limit_name(l, scope)),
+                    decision,
+                    reason,
+                    limit_name: tightest.map(|(l, _)| org::limit_name(l, d.scope)),
                     remaining: tightest.map(|(_, r)| r),
                     retry_after_ms: None,
                     reservation_id: Some(Uuid::from_bytes(id)),
@@ -316,6 +412,10 @@ pub fn admit(
                 let holds = a.totals.held_requests > 0 || a.totals.held_tokens > 0;
                 if holds && !expired_once && a.next_expiry != 0 && a.next_expiry <= now && kind != DenyKind::Rate {
                     // Some of what blocks us may be reservations past their time: give them back.
+                    // (Alerts marked meanwhile are owed still: the next pass sees them marked.)
+                    if alerts::any(&owed) {
+                        alerts::raise(sh, &origin, &owed)?;
+                    }
                     expired_once = true;
                     sh.expire_reservations(now, Some(db), Some(&key), false);
                     continue;
@@ -324,18 +424,21 @@ pub fn admit(
                     tenant_slot,
                     match kind {
                         DenyKind::Quota => Stat::DeniedQuota,
-                        DenyKind::Budget => Stat::DeniedBudget,
+                        DenyKind::Budget | DenyKind::Emergency => Stat::DeniedBudget,
                         DenyKind::Rate => Stat::DeniedRate,
                         DenyKind::Concurrency => Stat::DeniedConcurrency,
                     },
                 );
+                if alerts::any(&owed) {
+                    alerts::raise(sh, &origin, &owed)?;
+                }
                 if kind == DenyKind::Concurrency && a.next_expiry > now {
                     // At the latest, the oldest open request expires then.
                     retry_after_ms = Some(((a.next_expiry - now) + 999) / 1_000);
                 }
                 return Ok(Decision::deny(
                     kind.reason(),
-                    Some(org::limit_name(limit, scope)),
+                    Some(org::limit_name(limit, d.scope)),
                     Some(remaining),
                     retry_after_ms,
                 ));
@@ -346,6 +449,36 @@ pub fn admit(
     // index is too small for the traffic. Fail closed.
     sh.bump_outcome(tenant_slot, Stat::DeniedCapacity);
     Ok(Decision::deny("capacity", Some("max_subjects"), Some(0), None))
+}
+
+/// Writes the alerts an admission owes, after its reservation (`reservation`) was published. If
+/// writing fails, the admission does not stand: its reservation is given back before the error
+/// goes on (and the transaction's abort clears the marks).
+fn raise_admitted(
+    sh: &shmem::Shared,
+    origin: &alerts::Origin,
+    owed: &[Owed],
+    reservation: Option<[u8; 16]>,
+) -> CpResult<()> {
+    let db = origin.db;
+    let give_back = move || {
+        if let (Some(id), Ok(sh)) = (reservation, shmem::shared()) {
+            let now = now_unix_us();
+            if let shmem::Taken::Held(h) = sh.take_reservation(&id, db, now, false) {
+                sh.release_taken(&h, db, now);
+            }
+        }
+    };
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| alerts::raise(sh, origin, owed)))
+        .catch_others(move |e| {
+            give_back();
+            e.rethrow()
+        })
+        .execute();
+    if r.is_err() {
+        give_back();
+    }
+    r
 }
 
 /// `pg_finfo` record of `cp_admit_fast` (version-1 calling convention).

@@ -2,6 +2,7 @@
 //! shared memory.
 //!
 //! - `admit`: `cp_admit`;
+//! - `alerts`: writing the money alerts an admission or a record owes;
 //! - `record`: `cp_record_usage` and `cp_release`;
 //! - `status`: `cp_quota_status`;
 //! - `admin`: `cp_cleanup`, `cp_stats` and the helpers of triggers and constraints;
@@ -11,6 +12,7 @@
 
 mod admin;
 mod admit;
+mod alerts;
 mod prices;
 mod record;
 mod status;

@@ -1,11 +1,13 @@
 //! `cp_record_usage` and `cp_release`: what happens after the model call.
 
+use super::alerts;
 use super::{composite_datum, database, ledger_lock, locate, tenant_fingerprint, tenant_of};
 use crate::args::{self, optional_name, required};
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
 use crate::gucs;
 use crate::key::Key;
+use crate::org::Scope;
 use crate::policy_cache;
 use crate::shmem::{self, Taken};
 use crate::xact::{self, Reversal, Settles};
@@ -166,11 +168,74 @@ pub fn record(
         at_unix_us: now,
         cost_micros,
     })?;
+    // Spent beyond what this row settles (its reservation's estimate, or the charge it replaces)
+    // may take a budget past a threshold: the alerts are written in this transaction.
+    let settled_cost = held
+        .map(|h| h.expired.map_or(h.cost, |e| e.cost))
+        .or(reversal.map(|r| r.cost))
+        .unwrap_or(0);
+    let over = cost_micros.unwrap_or(0).saturating_sub(settled_cost);
+    if over > 0 {
+        overspend_alerts(sh, db, &tenant, subject, &key, &pol, over, now)?;
+    }
     Ok(Recorded {
         event_id,
         cost_micros,
         settled: held.is_some() || reversal.is_some(),
     })
+}
+
+/// Writes the alerts that `over` micro-units spent beyond what a record settles owe, for the
+/// subject's budgets and its organisation's.
+#[allow(clippy::too_many_arguments)]
+fn overspend_alerts(
+    sh: &shmem::Shared,
+    db: u32,
+    tenant: &str,
+    subject: &str,
+    key: &Key,
+    pol: &policy_cache::Cached,
+    over: i64,
+    now: i64,
+) -> CpResult<()> {
+    let org = pol
+        .org_id
+        .as_deref()
+        .map(|o| policy_cache::org(db, tenant, o))
+        .transpose()?;
+    let mut entries = vec![alerts::Budgets {
+        scope: Scope::Subject,
+        key: *key,
+        budgets: &pol.policy,
+        thresholds: crate::money::Thresholds {
+            warning_pct: gucs::WARN_THRESHOLD.get() as i64,
+            emergency_pct: gucs::EMERGENCY_THRESHOLD.get() as i64,
+        },
+    }];
+    if let Some(o) = &org {
+        entries.push(alerts::Budgets {
+            scope: Scope::Organization,
+            key: o.key,
+            budgets: &o.org.budgets,
+            thresholds: crate::money::Thresholds {
+                warning_pct: o.org.warning_pct,
+                emergency_pct: o.org.emergency_pct,
+            },
+        });
+    }
+    let owed = alerts::owed_by_overspend(sh, db, now, over, &entries);
+    if !alerts::any(&owed) {
+        return Ok(());
+    }
+    let origin = alerts::Origin {
+        db,
+        tenant,
+        subject,
+        org_id: pol.org_id.as_deref(),
+        zone: super::zones::zone_of(sh, db, tenant)?,
+        now,
+    };
+    alerts::raise(sh, &origin, &owed)
 }
 
 /// Transaction-level lock on (database, tenant, idempotency key), so that calls with the same key

@@ -6,6 +6,7 @@ use crate::calendar::{iso_utc, Now, Window};
 use crate::catalog::Whose;
 use crate::catalog::{self, now_unix_us};
 use crate::error::{CpError, CpResult};
+use crate::money::Thresholds;
 use crate::policy::{Limit, Policy};
 use crate::policy_cache::{self, Cached};
 use crate::quota::{self, Totals, QUOTA_LIMITS};
@@ -96,8 +97,9 @@ pub fn status_json(
             "daily_budget_cents": lim(Limit::DailyBudgetCents),
             "monthly_budget_cents": lim(Limit::MonthlyBudgetCents),
         },
-        "money": money_json(policy, t),
-        "models": {"allowed": policy.allowed_models, "blocked": policy.blocked_models},
+        "money": money_json(policy, t, subject_thresholds()),
+        "models": {"allowed": policy.allowed_models, "blocked": policy.blocked_models,
+                   "default": policy.default_model, "fallback": policy.fallback_model},
         "grants": [],
     })
 }
@@ -116,15 +118,30 @@ fn org_json(o: &policy_cache::Org, t: &Totals) -> Value {
             "daily_budget_cents": r.budgets.limit(Limit::DailyBudgetCents),
             "monthly_budget_cents": r.budgets.limit(Limit::MonthlyBudgetCents),
         },
-        "money": money_json(&r.budgets, t),
+        "money": money_json(
+            &r.budgets,
+            t,
+            Thresholds {
+                warning_pct: r.warning_pct,
+                emergency_pct: r.emergency_pct,
+            },
+        ),
         "held": {"requests": t.held_requests, "cost_micros": t.held_cost},
     })
 }
 
+/// The thresholds of a subject's own budgets (its settings).
+fn subject_thresholds() -> Thresholds {
+    Thresholds {
+        warning_pct: crate::gucs::WARN_THRESHOLD.get() as i64,
+        emergency_pct: crate::gucs::EMERGENCY_THRESHOLD.get() as i64,
+    }
+}
+
 /// Spend per window against the budget: in micro-units, and as display strings. `spent` is
-/// recorded (and expired) usage, `reserved` what open admissions hold; `remaining` and `percent`
-/// count both, like the admission does.
-fn money_json(policy: &Policy, t: &Totals) -> Value {
+/// recorded (and expired) usage, `reserved` what open admissions hold; `remaining`, `percent` and
+/// `level` (normal, warning, emergency or limit, against `th`) count both, like the admission does.
+fn money_json(policy: &Policy, t: &Totals, th: Thresholds) -> Value {
     let currency = crate::gucs::currency();
     let show = |micros: i64| crate::money::display(micros, &currency);
     let window = |l: Limit| {
@@ -137,9 +154,11 @@ fn money_json(policy: &Policy, t: &Totals) -> Value {
             "reserved_micros": reserved, "reserved": show(reserved),
             "remaining_micros": remaining, "remaining": remaining.map(show),
             "percent": budget.map(|b| crate::money::percent(used, b)),
+            "level": budget.map(|b| crate::money::level(used, b, th).name()),
         })
     };
-    json!({"currency": currency, "day": window(Limit::DailyBudgetCents), "month": window(Limit::MonthlyBudgetCents)})
+    json!({"currency": currency, "warning_pct": th.warning_pct, "emergency_pct": th.emergency_pct,
+           "day": window(Limit::DailyBudgetCents), "month": window(Limit::MonthlyBudgetCents)})
 }
 
 pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {

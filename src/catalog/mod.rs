@@ -1,5 +1,5 @@
 //! Every SPI query against the extension's own tables: the plumbing here, the queries by table
-//! family in `policy` (subjects, profiles, tenants, prices) and `ledger` (usage_events).
+//! family in `policy` (subjects, profiles, tenants, prices), `ledger` (usage_events) and `alerts`.
 //!
 //! Reads that feed shared memory or the policy cache run against the *latest* snapshot (not the
 //! transaction's), so that a REPEATABLE READ caller never installs stale totals or a stale policy
@@ -10,9 +10,11 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
+mod alerts;
 mod ledger;
 mod policy;
 
+pub use alerts::*;
 pub use ledger::*;
 pub use policy::*;
 

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 
+mod alerts;
 mod budgets;
 mod idempotency;
 mod money;

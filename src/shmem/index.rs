@@ -10,7 +10,7 @@
 use super::{PartGuard, Shared, Stat, NPARTS};
 use crate::admission::State;
 pub use crate::index::{
-    Admitted, Effect, Hold, PolicyStamp, Slot, POLICY_ACTIVE, POLICY_HAS_ORG, POLICY_HAS_OVERRIDES,
+    Admitted, Effect, Grant, Hold, PolicyStamp, Slot, POLICY_ACTIVE, POLICY_HAS_ORG, POLICY_HAS_OVERRIDES,
 };
 use crate::index::{Full, Ring, Windows};
 use crate::key::Key;
@@ -91,21 +91,26 @@ impl Shared {
     /// of an organisation, under the locks of both entries' partitions at once, taken in
     /// ascending partition order (once when they share one): every backend that holds two
     /// partition locks took them in that order, so none waits for another in a cycle. `check`
-    /// sees the organisation's totals too, and an admission holds on both entries.
+    /// sees the organisation's totals too, and an admission holds on both entries. `after` runs
+    /// under the same locks on both entries once the admission is held (to mark alerts).
     #[allow(clippy::too_many_arguments)]
-    pub fn admit<V>(
+    pub fn admit<V, A>(
         &self,
         key: &Key,
         org: Option<&Key>,
         db: u32,
         now: i64,
-        hold: Option<Hold>,
         zone: u16,
         stamp: Option<PolicyStamp>,
-        check: impl FnOnce(&State, Option<&Totals>) -> (V, Option<[i64; 4]>),
-    ) -> Seen<Admitted<V>> {
+        check: impl FnOnce(&State, Option<&Totals>) -> (V, Option<Grant>),
+        after: impl FnOnce(&Admitted<V>, &mut Slot, Option<&mut Slot>) -> A,
+    ) -> Seen<(Admitted<V>, A)> {
         let Some(org) = org else {
-            return self.with_entry_in(key, db, zone, now, |s| s.admit(hold, stamp, |st| check(st, None)));
+            return self.with_entry_in(key, db, zone, now, |s| {
+                let a = s.admit(stamp, |st| check(st, None));
+                let extra = after(&a, s, None);
+                (a, extra)
+            });
         };
         let (ps, po) = (Ring::part_of(key, NPARTS), Ring::part_of(org, NPARTS));
         let mut first = self.lock(ps.min(po), pg_sys::LWLockMode::LW_EXCLUSIVE);
@@ -134,11 +139,20 @@ impl Shared {
             e.last_used = now;
         }
         let org_totals = o.totals;
-        let a = s.admit(hold, stamp, |st| check(st, Some(&org_totals)));
-        if let (true, Some(h)) = (a.admitted, hold) {
+        let a = s.admit(stamp, |st| check(st, Some(&org_totals)));
+        if let Some(h) = a.held {
             o.hold(&h);
         }
-        Seen::Found(a)
+        let extra = after(&a, s, Some(o));
+        Seen::Found((a, extra))
+    }
+
+    /// Runs `f` on the totals and alert marks of an entry, if it is there.
+    pub fn with_marks<R>(&self, key: &Key, db: u32, now: i64, f: impl FnOnce(&Totals, &mut u8) -> R) -> Option<R> {
+        match self.with_entry(key, db, now, |s| f(&s.totals, &mut s.alert_marks)) {
+            Seen::Found(r) => Some(r),
+            _ => None,
+        }
     }
 
     /// Where the subject's policy came from, if its entry knows (shared lock).

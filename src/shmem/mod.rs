@@ -22,7 +22,7 @@ mod reservations;
 mod tenants;
 mod zones;
 
-pub use index::{Effect, Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_ORG, POLICY_HAS_OVERRIDES};
+pub use index::{Effect, Grant, Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_ORG, POLICY_HAS_OVERRIDES};
 pub use reservations::{Charge, Owner, Taken};
 pub use tenants::Usage;
 pub use zones::UTC;

@@ -30,6 +30,9 @@ pub enum DenyKind {
     Budget,
     Rate,
     Concurrency,
+    /// An organisation whose emergency action is `deny`, at its emergency threshold
+    /// (`emergency::decide_money`).
+    Emergency,
 }
 
 impl DenyKind {
@@ -39,6 +42,7 @@ impl DenyKind {
             DenyKind::Budget => "budget_exceeded",
             DenyKind::Rate => "rate_limited",
             DenyKind::Concurrency => "concurrency_limit",
+            DenyKind::Emergency => "emergency_threshold",
         }
     }
 }

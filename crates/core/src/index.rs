@@ -31,7 +31,9 @@ pub struct Slot {
     pub tat: [i64; 4],
     /// Subject stamp at which `profile_id` and `policy_flags` were read (0 = never).
     pub policy_stamp: u64,
-    pub policy_flags: u16,
+    pub policy_flags: u8,
+    /// The money alerts raised in the current day and month (`alerts::mark` bits).
+    pub alert_marks: u8,
     /// The time zone (a number the extension gives each zone) of `day`, `month` and the totals.
     pub zone: u16,
     /// Expired reservations of this subject whose charge is counted in `totals` but not yet
@@ -42,13 +44,13 @@ pub struct Slot {
 const _: () = assert!(std::mem::size_of::<Slot>() == 184);
 
 /// `policy_flags` bits.
-pub const POLICY_ACTIVE: u16 = 1;
-pub const POLICY_HAS_OVERRIDES: u16 = 2;
+pub const POLICY_ACTIVE: u8 = 1;
+pub const POLICY_HAS_OVERRIDES: u8 = 2;
 /// The subject belongs to an organisation (its policy is read from its row, which names it).
-pub const POLICY_HAS_ORG: u16 = 8;
+pub const POLICY_HAS_ORG: u8 = 8;
 /// Set while a backend re-reads the entry's totals for its tenant's new time zone; an expiry
 /// clears it (its charge would be missing from what was read).
-pub const REZONING: u16 = 4;
+pub const REZONING: u8 = 4;
 
 /// The calendar of the entries: the day and month (as stored in an entry, counted from the epoch
 /// in the entry's time zone) that contain an instant.
@@ -61,7 +63,7 @@ pub trait Windows {
 pub struct PolicyStamp {
     pub stamp: u64,
     pub profile_id: i32,
-    pub flags: u16,
+    pub flags: u8,
 }
 
 /// A change to an entry, applied when a transaction commits or a reservation ends.
@@ -98,11 +100,20 @@ pub struct Hold {
     pub expires_at: i64,
 }
 
+/// What an admitting check stores: the new rate states, and what to hold (if anything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub tat: [i64; 4],
+    pub hold: Option<Hold>,
+}
+
 /// What an admission did to an entry.
 pub struct Admitted<V> {
     pub verdict: V,
     /// The check admitted (and the hold, if any, is held).
     pub admitted: bool,
+    /// What it holds.
+    pub held: Option<Hold>,
     pub totals: Totals,
     pub next_expiry: i64,
 }
@@ -161,10 +172,12 @@ impl Slot {
         if d > self.day {
             self.day = d;
             (t.day_requests, t.day_input, t.day_output, t.day_cost) = (0, 0, 0, 0);
+            self.alert_marks &= !crate::alerts::DAY_MARKS;
         }
         if m > self.month {
             self.month = m;
             (t.month_requests, t.month_input, t.month_output, t.month_cost) = (0, 0, 0, 0);
+            self.alert_marks &= !crate::alerts::MONTH_MARKS;
         }
     }
 
@@ -224,13 +237,13 @@ impl Slot {
     }
 
     /// The all-or-nothing step of an admission: `check` decides on the totals and rate states and,
-    /// if it admits (returns new rate states), they are stored and `hold` (one request and its
-    /// tokens) is held. `stamp` records where the subject's policy came from.
+    /// if it admits (returns a grant), the new rate states are stored and the grant's hold (one
+    /// request, its tokens and its cost estimate) is held. `stamp` records where the subject's
+    /// policy came from.
     pub fn admit<V>(
         &mut self,
-        hold: Option<Hold>,
         stamp: Option<PolicyStamp>,
-        check: impl FnOnce(&State) -> (V, Option<[i64; 4]>),
+        check: impl FnOnce(&State) -> (V, Option<Grant>),
     ) -> Admitted<V> {
         if let Some(p) = stamp {
             if p.stamp >= self.policy_stamp {
@@ -239,20 +252,20 @@ impl Slot {
                 self.policy_flags = p.flags | (self.policy_flags & REZONING);
             }
         }
-        let (verdict, admitted) = check(&State {
+        let (verdict, grant) = check(&State {
             totals: self.totals,
             tat: self.tat,
         });
-        let held = admitted.is_some();
-        if let Some(tat) = admitted {
-            self.tat = tat;
-            if let Some(h) = hold {
+        if let Some(g) = grant {
+            self.tat = g.tat;
+            if let Some(h) = g.hold {
                 self.hold(&h);
             }
         }
         Admitted {
             verdict,
-            admitted: held,
+            admitted: grant.is_some(),
+            held: grant.and_then(|g| g.hold),
             totals: self.totals,
             next_expiry: self.next_expiry,
         }
@@ -611,13 +624,20 @@ mod unit {
         s.add_row(10 * DAY_US, [1, 100, 0, 9], &Days);
         assert_eq!((day(&s), month(&s)), ((10, 700), (17, 750)));
         // The next day starts at zero, the month goes on; rolling never goes back.
+        s.alert_marks = crate::alerts::DAY_MARKS | crate::alerts::MONTH_MARKS;
         s.roll(41 * DAY_US, &Days);
         assert_eq!((day(&s), month(&s), s.totals.day_requests), ((0, 0), (17, 750), 0));
+        assert_eq!(
+            s.alert_marks,
+            crate::alerts::MONTH_MARKS,
+            "a new day clears the day's alerts"
+        );
         s.roll(40 * DAY_US, &Days);
         assert_eq!(s.day, 41);
         // A new month starts at zero too.
         s.add_row(60 * DAY_US, [1, 4, 4, 1], &Days);
         assert_eq!((day(&s), month(&s), s.totals.month_output), ((4, 1), (4, 1), 4));
+        assert_eq!(s.alert_marks, 0, "and a new month the month's");
     }
 
     #[test]
@@ -628,9 +648,18 @@ mod unit {
             cost: 3_000,
             expires_at: 900,
         });
-        let a = s.admit(hold, None, |_| ((), None));
-        assert_eq!((a.totals.held_requests, a.next_expiry), (0, 0));
-        let a = s.admit(hold, None, |_| ((), Some([7, 0, 0, 0])));
+        let a = s.admit(None, |_| ((), None));
+        assert_eq!((a.totals.held_requests, a.next_expiry, a.held), (0, 0, None));
+        let a = s.admit(None, |_| {
+            (
+                (),
+                Some(Grant {
+                    tat: [7, 0, 0, 0],
+                    hold,
+                }),
+            )
+        });
+        assert_eq!(a.held, hold);
         assert_eq!(
             (
                 a.totals.held_requests,
@@ -686,11 +715,11 @@ mod unit {
                 flags: POLICY_ACTIVE,
             })
         };
-        s.admit(None, p(5, 1), |_| ((), None));
-        s.admit(None, p(3, 2), |_| ((), None));
+        s.admit(p(5, 1), |_| ((), None));
+        s.admit(p(3, 2), |_| ((), None));
         assert_eq!((s.policy_stamp, s.profile_id), (5, 1));
         assert!(s.rezone_begin(1));
-        s.admit(None, p(6, 3), |_| ((), None));
+        s.admit(p(6, 3), |_| ((), None));
         assert_eq!(s.policy().flags, POLICY_ACTIVE, "the rezoning mark stays out of sight");
         assert_eq!(s.policy_flags & REZONING, REZONING, "and survives a new stamp");
     }
@@ -698,15 +727,19 @@ mod unit {
     #[test]
     fn a_rezone_keeps_holds_and_is_undone_by_an_expiry_in_between() {
         let mut s = Slot::new(key(1), 0, 0, Totals::default(), 0, &Days);
-        s.admit(
-            Some(Hold {
-                tokens: 9,
-                cost: 11,
-                expires_at: 1,
-            }),
-            None,
-            |_| ((), Some([0; 4])),
-        );
+        s.admit(None, |_| {
+            (
+                (),
+                Some(Grant {
+                    tat: [0; 4],
+                    hold: Some(Hold {
+                        tokens: 9,
+                        cost: 11,
+                        expires_at: 1,
+                    }),
+                }),
+            )
+        });
         let committed = Totals {
             day_input: 70,
             month_input: 80,

@@ -6,7 +6,9 @@
 //! practical.
 
 pub mod admission;
+pub mod alerts;
 pub mod calendar;
+pub mod emergency;
 pub mod index;
 pub mod key;
 pub mod ledger;

@@ -13,7 +13,8 @@ use crate::quota::{self, Ask, QuotaVerdict, Totals};
 /// What happens at an organisation's emergency threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EmergencyAction {
-    /// Admit with the profile's cheaper `fallback_model` (deny when the profile has none).
+    /// Admit with the profile's cheaper `fallback_model` (`decision = 'degrade'`); with no
+    /// fallback that fits, admit with a warning (see `emergency`).
     Degrade,
     Deny,
 }
@@ -113,13 +114,28 @@ pub fn limit_name(l: Limit, scope: Scope) -> &'static str {
     }
 }
 
-/// The organisation's side of an admission: its budgets, the totals of its entry, and the
-/// percent from which it warns.
+/// The organisation's side of an admission: its budgets, the totals of its entry, the percents
+/// from which it warns and from which its emergency action applies, and that action.
 #[derive(Clone, Copy, Debug)]
 pub struct OrgSide<'a> {
     pub budgets: &'a Policy,
     pub totals: &'a Totals,
     pub warn_pct: i64,
+    pub emergency_pct: i64,
+    pub action: EmergencyAction,
+}
+
+impl<'a> OrgSide<'a> {
+    /// The side of `org` with the totals of its entry.
+    pub fn of(org: &'a Organization, totals: &'a Totals) -> OrgSide<'a> {
+        OrgSide {
+            budgets: &org.budgets,
+            totals,
+            warn_pct: org.warning_pct,
+            emergency_pct: org.emergency_pct,
+            action: org.action,
+        }
+    }
 }
 
 /// Decides a request of a subject that may belong to an organisation: all-or-nothing across the
@@ -223,6 +239,8 @@ mod unit {
                 budgets: &org,
                 totals: t,
                 warn_pct: 80,
+                emergency_pct: 90,
+                action: EmergencyAction::Degrade,
             })
         };
         // 500 fit (9,500 + 500 = 10,000) and warn (the organisation is at 100 %).
@@ -299,6 +317,8 @@ mod unit {
             budgets: &org,
             totals: &spent,
             warn_pct: 80,
+            emergency_pct: 90,
+            action: EmergencyAction::Degrade,
         });
         let (v, scope) = decide_with_org(&p, &s, side, ask(1), Now::utc(NOON), 80);
         assert_eq!(scope, Scope::Organization);
@@ -345,7 +365,7 @@ mod unit {
                     }
                     continue;
                 }
-                let side = Some(OrgSide { budgets: &org, totals: &o, warn_pct: 80 });
+                let side = Some(OrgSide { budgets: &org, totals: &o, warn_pct: 80, emergency_pct: 90, action: EmergencyAction::Degrade });
                 if let (Verdict::Allow { .. }, _) = decide_with_org(&p, &subjects[who], side, ask(estimate), Now::utc(NOON), 80) {
                     subjects[who].totals.held_cost += estimate;
                     o.held_cost += estimate;

@@ -1,0 +1,64 @@
+//! `control_plane.alerts`: one row per money threshold reached, with its notification.
+
+use super::{write, Arg};
+use crate::error::CpResult;
+use pgrx::pg_sys;
+
+/// One alert row.
+pub struct AlertRow<'a> {
+    pub tenant: &'a str,
+    /// `subject` or `organization`.
+    pub scope: &'static str,
+    pub subject: &'a str,
+    pub org_id: Option<&'a str>,
+    pub limit_name: &'static str,
+    pub level: &'static str,
+    pub window_start_unix_us: i64,
+    pub budget_micros: i64,
+    pub used_micros: i64,
+}
+
+/// Inserts an alert unless its (tenant, budget, level, window) already has one, and notifies
+/// `control_plane_alerts` with the row as JSON when it was inserted (both take effect at commit).
+/// Runs as the bootstrap superuser, like the flushers: application roles need no grant on
+/// `alerts`, and cannot write one themselves. True when a row was inserted.
+pub fn insert_alert(a: &AlertRow) -> CpResult<bool> {
+    let (mut user, mut sec) = (pg_sys::Oid::INVALID, 0i32);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    // (An error leaves the user to the (sub)transaction's abort, which restores it.)
+    let rows = write(
+        c"WITH a AS (
+              INSERT INTO control_plane.alerts
+                     (tenant_id, scope, subject_id, org_id, limit_name, level, window_start,
+                      budget_micros, used_micros)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+              ON CONFLICT DO NOTHING
+              RETURNING *)
+          SELECT pg_catalog.pg_notify('control_plane_alerts', pg_catalog.json_build_object(
+                     'id', id, 'tenant_id', tenant_id, 'scope', scope, 'subject_id', subject_id,
+                     'org_id', org_id, 'limit_name', limit_name, 'level', level,
+                     'window_start', window_start, 'budget_micros', budget_micros,
+                     'used_micros', used_micros, 'created_at', created_at)::text)
+            FROM a",
+        &[
+            Arg::Text(Some(a.tenant)),
+            Arg::Text(Some(a.scope)),
+            Arg::Text(Some(a.subject)),
+            Arg::Text(a.org_id),
+            Arg::Text(Some(a.limit_name)),
+            Arg::Text(Some(a.level)),
+            Arg::TimestampUnixUs(a.window_start_unix_us),
+            Arg::Int(a.budget_micros),
+            Arg::Int(a.used_micros),
+        ],
+        |_| (),
+    );
+    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+    Ok(!rows?.is_empty())
+}

@@ -1,0 +1,156 @@
+//! Money alerts over real connections: a `LISTEN control_plane_alerts` connection hears exactly
+//! one warning, one emergency and one limit alert as spend crosses them, also when many
+//! connections spend at once; an alert of a transaction that rolls back is never heard, and is
+//! raised again by the next crossing.
+
+use control_plane_integration::*;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::Client;
+use std::time::Duration;
+
+/// A connection listening on `control_plane_alerts`.
+fn listener() -> Client {
+    let mut l = connect();
+    l.batch_execute("LISTEN control_plane_alerts").expect("LISTEN");
+    l
+}
+
+/// The levels of the notifications `l` has received (until none came for two seconds) whose
+/// payload names `who` (a subject or an organisation) in `scope`, in the order they came.
+fn heard(l: &mut Client, scope: &str, who: &str) -> Vec<String> {
+    let mut levels = Vec::new();
+    let mut notifications = l.notifications();
+    let mut it = notifications.timeout_iter(Duration::from_secs(2));
+    let key = match scope {
+        "subject" => "subject_id",
+        _ => "org_id",
+    };
+    while let Some(n) = it.next().expect("notifications") {
+        assert_eq!(n.channel(), "control_plane_alerts");
+        let p = n.payload();
+        if !p.contains(&format!("\"{key}\" : \"{who}\"")) || !p.contains(&format!("\"scope\" : \"{scope}\"")) {
+            continue;
+        }
+        for level in ["warning", "emergency", "limit"] {
+            if p.contains(&format!("\"level\" : \"{level}\"")) {
+                levels.push(level.to_string());
+            }
+        }
+    }
+    levels
+}
+
+/// The levels of the alert rows of a subject or an organisation, oldest first.
+fn rows(c: &mut Client, scope: &str, who: &str) -> Vec<String> {
+    c.query(
+        "SELECT level FROM control_plane.alerts
+          WHERE scope = $1 AND CASE WHEN $1 = 'subject' THEN subject_id ELSE org_id END = $2 ORDER BY id",
+        &[&scope, &who],
+    )
+    .expect("alerts")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn a_listener_hears_each_threshold_of_an_organisation_once_while_sixteen_connections_spend() {
+    // 1 micro-unit per input token; an organisation with 10 cents a day (100,000) and eight
+    // subjects without budgets of their own. Sixteen connections admit and record 1,000 at a time
+    // until refused: 80,000 is the warning, 90,000 the emergency (no fallback model: admitted with
+    // a warning), 100,000 the limit.
+    let id = run_id();
+    let (org, model) = (format!("{id}_al_org"), format!("{id}-al1"));
+    let subjects: Vec<String> = (0..8).map(|i| format!("{id}_al_org_{i}")).collect();
+    let mut admin = connect();
+    shared_price(&mut admin, &model, 1_000_000, 0);
+    for s in &subjects {
+        enroll(&mut admin, s, "unlimited", "{}");
+    }
+    join_org(&mut admin, &org, Some(10), &subjects);
+    let mut l = listener();
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let (s, model) = (subjects[w % 8].clone(), model.clone());
+            std::thread::spawn(move || spend_until_refused(&s, 1_000, &model, 1_000).0)
+        })
+        .collect();
+    let admitted: i64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(admitted, 100);
+    assert_eq!(
+        heard(&mut l, "organization", &org),
+        ["warning", "emergency", "limit"],
+        "exactly one of each, in order"
+    );
+    assert_eq!(
+        rows(&mut admin, "organization", &org),
+        ["warning", "emergency", "limit"]
+    );
+    for s in &subjects {
+        assert!(
+            rows(&mut admin, "subject", s).is_empty(),
+            "no subject budget, no subject alert"
+        );
+    }
+    let used: Vec<i64> = admin
+        .query(
+            "SELECT used_micros FROM control_plane.alerts WHERE org_id = $1 AND scope = 'organization' ORDER BY id",
+            &[&org],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Spent plus reserved only grows, 1,000 at a time (each record costs what it reserved): each
+    // alert was raised by the admission that reached its threshold exactly.
+    assert_eq!(used, [80_000, 90_000, 100_000]);
+}
+
+#[test]
+fn a_rolled_back_alert_is_never_heard_and_the_next_crossing_raises_it() {
+    // A subject's own budget of 1 cent (10,000); one reservation holds at most 1,000 of it.
+    let id = run_id();
+    let (s, model) = (format!("{id}_al_subject"), format!("{id}-al2"));
+    let mut c = connect();
+    shared_price(&mut c, &model, 1_000_000, 0);
+    enroll(&mut c, &s, "unlimited", r#"{"daily_budget_cents": 1}"#);
+    let mut l = listener();
+
+    // A record that spends 8,500 on a reservation of 1,000 reaches the warning, then rolls back.
+    c.batch_execute("BEGIN").unwrap();
+    let a = admit_priced(&mut c, &s, 8_500, &model);
+    assert_eq!(a.remaining, Some(9_000), "the estimate is capped at 1,000");
+    let rid = a.reservation_id.unwrap();
+    assert_eq!(record_priced(&mut c, &s, 8_500, &model, Some(&rid)), Some(8_500));
+    assert_eq!(
+        rows(&mut c, "subject", &s),
+        ["warning"],
+        "written in the transaction that reached it"
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    assert!(
+        release(&mut c, &rid),
+        "the rolled-back record left the reservation open"
+    );
+    assert!(
+        heard(&mut l, "subject", &s).is_empty(),
+        "nothing is sent for a rollback"
+    );
+    assert!(rows(&mut c, "subject", &s).is_empty());
+
+    // The same spend committed: the warning, once.
+    let a = admit_priced(&mut c, &s, 8_500, &model);
+    record_priced(&mut c, &s, 8_500, &model, a.reservation_id.as_deref());
+    // 8,500 spent + 1,000 reserved = 9,500: the emergency zone (no fallback: a warning).
+    let a = admit_priced(&mut c, &s, 1_000, &model);
+    assert_eq!(a.reason.as_deref(), Some("emergency_threshold"));
+    record_priced(&mut c, &s, 500, &model, a.reservation_id.as_deref());
+    // 9,000 spent + 1,000 reserved = the limit.
+    let a = admit_priced(&mut c, &s, 1_000, &model);
+    assert!(a.allowed);
+    record_priced(&mut c, &s, 1_000, &model, a.reservation_id.as_deref());
+    let refused = admit_priced(&mut c, &s, 1, &model);
+    assert_eq!(refused.reason.as_deref(), Some("budget_exceeded"));
+    assert_eq!(heard(&mut l, "subject", &s), ["warning", "emergency", "limit"]);
+    assert_eq!(rows(&mut c, "subject", &s), ["warning", "emergency", "limit"]);
+}
