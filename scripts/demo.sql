@@ -207,8 +207,32 @@ SELECT o->>'org_id' AS org_id, o->'money'->'day'->>'budget' AS budget, o->'money
 UPDATE control_plane.organizations SET emergency_stop = true WHERE org_id = 'acme_corp';
 SELECT allowed, reason FROM control_plane.cp_admit('alice', 1, model => 'free-model');
 UPDATE control_plane.organizations SET emergency_stop = false WHERE org_id = 'acme_corp';
+\echo
+\echo '== 16. Thresholds, alerts and degrade: a cheaper model past the emergency threshold, one alert per level =='
+\echo '   organisation acme_labs has 1 cent a day, warns at 80 % and degrades at 90 % (the defaults);'
+\echo '   its members'' plan falls back to gpt-4o-mini-lite, at half the price. This session listens for alerts:'
+INSERT INTO control_plane.model_prices
+    (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+VALUES ('*', 'gpt-4o-mini-lite', 75000, 300000, '-infinity');
+INSERT INTO control_plane.profiles (name, default_model, fallback_model)
+VALUES ('lab_member', 'gpt-4o-mini', 'gpt-4o-mini-lite');
+INSERT INTO control_plane.organizations (org_id, daily_budget_cents) VALUES ('acme_labs', 1);
+INSERT INTO control_plane.subjects (subject_id, profile, org_id) VALUES ('carol', 'lab_member', 'acme_labs');
+LISTEN control_plane_alerts;
+\echo '   900 micro-units each: the 9th reaches 8,100 (warn); from the 10th, 900 more would reach 90 %, so each'
+\echo '   request is degraded to the fallback (450); the 14th fits neither. The notifications follow the result:'
+SELECT n AS request, a.decision, a.reason, a.model, a.remaining
+  FROM generate_series(1, 14) n
+ CROSS JOIN LATERAL control_plane.cp_admit('carol', 4000 + 0 * n, max_output_tokens => 500) a;
+\echo '   control_plane.alerts keeps one row per budget, level and window (a second crossing writes nothing):'
+SELECT scope, org_id, subject_id, limit_name, level, used_micros FROM control_plane.alerts ORDER BY id;
+UNLISTEN control_plane_alerts;
+\echo '   the status shows where each budget stands:'
+SELECT o->'money'->'day'->>'level' AS level, o->'money'->'day'->>'percent' AS percent,
+       o->>'emergency_action' AS emergency_action
+  FROM (SELECT control_plane.cp_quota_status('carol')->'organization' AS o) s;
 
 \echo
-\echo '== 16. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
+\echo '== 17. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
 SELECT name, value FROM control_plane.stats;
 SELECT * FROM control_plane.tenant_stats ORDER BY database, tenant;
