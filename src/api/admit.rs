@@ -10,7 +10,7 @@ use crate::emergency;
 use crate::error::CpResult;
 use crate::gucs;
 use crate::money;
-use crate::org::{self, OrgSide, Organization, Scope};
+use crate::org::{self, OrgSide, Organization};
 use crate::policy_cache;
 use crate::quota::Ask;
 use crate::shmem::{self, Grant, Hold, Owner, Seen, Stat};
@@ -289,46 +289,8 @@ pub fn admit(
                 (d, grant)
             },
             |a, s, o| {
-                // The alerts this admission owes, marked under the locks: the levels where the
-                // budgets stand, and the level of a refusal or of the emergency zone it entered.
-                let d = &a.verdict;
-                let reached = |scope: Scope| {
-                    alerts::refusal(&d.verdict)
-                        .filter(|_| d.scope == scope)
-                        .or(d.emergency.of(scope).map(|l| (l, money::Level::Emergency)))
-                };
-                let mut owed = Vec::new();
-                if pol.policy.has_budget() {
-                    owed.push(Owed {
-                        scope: Scope::Subject,
-                        key,
-                        alerts: crate::alerts::due(
-                            &pol.policy,
-                            &s.totals,
-                            thresholds,
-                            reached(Scope::Subject),
-                            &mut s.alert_marks,
-                        ),
-                    });
-                }
-                if let (Some(o), Some(org)) = (o, org.as_ref().filter(|g| g.org.has_budget())) {
-                    let t = money::Thresholds {
-                        warning_pct: org.org.warning_pct,
-                        emergency_pct: org.org.emergency_pct,
-                    };
-                    owed.push(Owed {
-                        scope: Scope::Organization,
-                        key: org.key,
-                        alerts: crate::alerts::due(
-                            &org.org.budgets,
-                            &o.totals,
-                            t,
-                            reached(Scope::Organization),
-                            &mut o.alert_marks,
-                        ),
-                    });
-                }
-                owed
+                let org = o.zip(org.as_ref()).map(|(slot, g)| (g.key, &g.org, slot));
+                alerts::owed_by_admission(&a.verdict, (key, &pol.policy, thresholds, s), org)
             },
         );
         let (a, owed) = match seen {
@@ -377,10 +339,10 @@ pub fn admit(
                     }
                     _ => (reservation_uuid(NO_SLOT, now), false),
                 };
-                sh.bump_outcome(tenant_slot, Stat::Allowed);
                 if alerts::any(&owed) {
                     raise_admitted(sh, &origin, &owed, published.then_some(id))?;
                 }
+                sh.bump_outcome(tenant_slot, Stat::Allowed);
                 let (decision, reason) = match (d.degraded, d.emergency.any(), warn) {
                     (true, _, _) => ("degrade", Some("emergency_threshold")),
                     (false, true, _) => ("warn", Some("emergency_threshold")),

@@ -4,9 +4,12 @@
 
 use crate::alerts::Alert;
 use crate::catalog::{self, AlertRow};
+use crate::emergency::Decided;
 use crate::error::{CpError, CpResult};
+use crate::index::Slot;
 use crate::key::Key;
-use crate::org::{self, Scope};
+use crate::money::{Level, Thresholds};
+use crate::org::{self, Organization, Scope};
 use crate::policy::Limit;
 use crate::quota::window_of;
 use crate::shmem::Shared;
@@ -86,9 +89,8 @@ pub fn any(owed: &[Owed]) -> bool {
 }
 
 /// The limit a refusal names and the level it refused at, for `alerts::due`.
-pub fn refusal(v: &crate::admission::Verdict) -> Option<(Limit, crate::money::Level)> {
+fn refusal(v: &crate::admission::Verdict) -> Option<(Limit, Level)> {
     use crate::admission::{DenyKind, Verdict};
-    use crate::money::Level;
     match *v {
         Verdict::Deny {
             kind: DenyKind::Budget,
@@ -109,7 +111,7 @@ pub struct Budgets<'a> {
     pub scope: Scope,
     pub key: Key,
     pub budgets: &'a crate::policy::Policy,
-    pub thresholds: crate::money::Thresholds,
+    pub thresholds: Thresholds,
 }
 
 /// The alerts a record owes when it costs `over` more than what it settles (its reservation's
@@ -131,4 +133,52 @@ pub fn owed_by_overspend(sh: &Shared, db: u32, now: i64, over: i64, entries: &[B
                 .unwrap_or_default(),
         })
         .collect()
+}
+
+/// The alerts an admission owes, marked under the locks of its entries (the subject's, with its
+/// policy and thresholds; its organisation's): where each budget stands after it, and the level
+/// of a refusal or of the emergency zone it entered.
+pub fn owed_by_admission(
+    d: &Decided,
+    subject: (Key, &crate::policy::Policy, Thresholds, &mut Slot),
+    org: Option<(Key, &Organization, &mut Slot)>,
+) -> Vec<Owed> {
+    let reached = |scope: Scope| {
+        refusal(&d.verdict)
+            .filter(|_| d.scope == scope)
+            .or(d.emergency.of(scope).map(|l| (l, Level::Emergency)))
+    };
+    let mut owed = Vec::new();
+    let (key, policy, thresholds, s) = subject;
+    if policy.has_budget() {
+        owed.push(Owed {
+            scope: Scope::Subject,
+            key,
+            alerts: crate::alerts::due(
+                policy,
+                &s.totals,
+                thresholds,
+                reached(Scope::Subject),
+                &mut s.alert_marks,
+            ),
+        });
+    }
+    if let Some((key, o, slot)) = org.filter(|(_, o, _)| o.has_budget()) {
+        let t = Thresholds {
+            warning_pct: o.warning_pct,
+            emergency_pct: o.emergency_pct,
+        };
+        owed.push(Owed {
+            scope: Scope::Organization,
+            key,
+            alerts: crate::alerts::due(
+                &o.budgets,
+                &slot.totals,
+                t,
+                reached(Scope::Organization),
+                &mut slot.alert_marks,
+            ),
+        });
+    }
+    owed
 }

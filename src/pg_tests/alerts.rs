@@ -38,6 +38,16 @@ mod tests {
         ));
     }
 
+    /// `subject` with 1 cent a day (10,000 micro-units), and 15 admissions of 500 tokens of
+    /// `model` (1 micro-unit each) open: 7,500 reserved, just below the warning threshold.
+    fn three_quarters_reserved(subject: &str, model: &str) {
+        price("*", model, 1_000_000, 0, "'-infinity'");
+        set_overrides(subject, r#"{"daily_budget_cents": 1}"#);
+        for i in 0..15 {
+            assert_eq!(admit(subject, 500, model)["decision"], "allow", "admission {i}");
+        }
+    }
+
     #[pg_test]
     fn each_level_of_a_subject_budget_is_alerted_once_per_window() {
         // 1 micro-unit per input token; 1 cent a day (10,000), so one admission reserves at most
@@ -231,11 +241,7 @@ mod tests {
 
     #[pg_test]
     fn an_admission_that_owes_an_alert_in_a_read_only_transaction_fails_and_holds_nothing() {
-        price("*", "pgt-al5", 1_000_000, 0, "'-infinity'");
-        set_overrides("pgt_al_ro", r#"{"daily_budget_cents": 1}"#);
-        for _ in 0..15 {
-            admit("pgt_al_ro", 500, "pgt-al5");
-        }
+        three_quarters_reserved("pgt_al_ro", "pgt-al5");
         assert_eq!(sqlstate("SELECT 1"), "ok");
         run("SET LOCAL transaction_read_only = on");
         let reserved = || json("SELECT control_plane.cp_quota_status('pgt_al_ro')->'money'->'day'->'reserved_micros'");
@@ -254,11 +260,7 @@ mod tests {
     fn an_aborted_alert_is_raised_again() {
         // A subtransaction that reached the warning rolls back: its alert row is gone, and the next
         // admission past the threshold writes it again.
-        price("*", "pgt-al4", 1_000_000, 0, "'-infinity'");
-        set_overrides("pgt_al_e", r#"{"daily_budget_cents": 1}"#);
-        for _ in 0..15 {
-            admit("pgt_al_e", 500, "pgt-al4");
-        }
+        three_quarters_reserved("pgt_al_e", "pgt-al4");
         run("DO $$ BEGIN
                  PERFORM control_plane.cp_admit('pgt_al_e', 500, 'pgt-al4', max_output_tokens => 0);
                  RAISE EXCEPTION 'roll back';
