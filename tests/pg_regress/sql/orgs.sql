@@ -19,7 +19,7 @@ INSERT INTO control_plane.subjects (subject_id, profile, org_id)
 VALUES ('olga', 'unlimited', 'o-acme'), ('oscar', 'unlimited', 'o-acme');
 SELECT tenant_id, org_id, daily_budget_cents, monthly_budget_cents, warning_pct, emergency_pct,
        emergency_action, emergency_stop, active
-  FROM control_plane.organizations ORDER BY org_id;
+  FROM control_plane.organizations WHERE org_id LIKE 'o-%' ORDER BY org_id;
 
 -- each admission reserves at most 10 % of the smallest budget that applies: 1,000
 SELECT allowed, decision, limit_name, remaining, model
