@@ -207,11 +207,14 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_PREPARE => {
-            let busy = STATE.with_borrow(|st| !st.pending.is_empty());
+            // (A prepared alert row would make every later admission that owes the same alert
+            // wait on its unique index until COMMIT PREPARED.)
+            let busy = STATE.with_borrow(|st| !st.pending.is_empty() || !st.marks.is_empty());
             if busy {
                 crate::error::raise(crate::error::CpError::NotSupported {
-                    message: "cannot PREPARE a transaction that recorded control_plane usage".into(),
-                    hint: Some("Record usage outside two-phase transactions.".into()),
+                    message: "cannot PREPARE a transaction that recorded control_plane usage or wrote a money alert"
+                        .into(),
+                    hint: Some("Call cp_admit and cp_record_usage outside two-phase transactions.".into()),
                 });
             }
         }

@@ -154,3 +154,26 @@ fn a_rolled_back_alert_is_never_heard_and_the_next_crossing_raises_it() {
     assert_eq!(heard(&mut l, "subject", &s), ["warning", "emergency", "limit"]);
     assert_eq!(rows(&mut c, "subject", &s), ["warning", "emergency", "limit"]);
 }
+
+#[test]
+fn a_transaction_that_wrote_an_alert_cannot_be_prepared() {
+    // A prepared alert row would make every admission owing the same alert wait on its unique
+    // index until COMMIT PREPARED: PREPARE TRANSACTION is refused, and the alert is raised again.
+    let id = run_id();
+    let (s, model) = (format!("{id}_al_2pc"), format!("{id}-al3"));
+    let mut c = connect();
+    shared_price(&mut c, &model, 1_000_000, 0);
+    enroll(&mut c, &s, "unlimited", r#"{"daily_budget_cents": 1}"#);
+    c.batch_execute("BEGIN").unwrap();
+    for _ in 0..8 {
+        assert!(admit_priced(&mut c, &s, 1_000, &model).allowed);
+    }
+    assert_eq!(rows(&mut c, "subject", &s), ["warning"]);
+    let e = c.batch_execute(&format!("PREPARE TRANSACTION '{s}'")).unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    c.batch_execute("ROLLBACK").ok();
+    assert!(rows(&mut c, "subject", &s).is_empty());
+    // (The eight admissions still hold their 8,000: admissions are not transactional.)
+    assert!(admit_priced(&mut c, &s, 1_000, &model).allowed);
+    assert_eq!(rows(&mut c, "subject", &s), ["warning", "emergency"]);
+}
