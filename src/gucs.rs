@@ -32,6 +32,14 @@ pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
 /// a budget there is degraded to the profile's `fallback_model` when it has one, else warned.
 pub static EMERGENCY_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(90);
 
+/// The thresholds of a subject's own money budgets: `warn_threshold` and `emergency_threshold`.
+pub fn subject_thresholds() -> crate::money::Thresholds {
+    crate::money::Thresholds {
+        warning_pct: WARN_THRESHOLD.get() as i64,
+        emergency_pct: EMERGENCY_THRESHOLD.get() as i64,
+    }
+}
+
 /// What `cp_admit` does when a new subject's lock partition is full and no entry can be evicted
 /// without losing anything (every entry holds open reservations or rate state that has not
 /// refilled yet).

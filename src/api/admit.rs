@@ -238,10 +238,7 @@ pub fn admit(
     // The ends of the tenant's day and month, for when a quota refuses.
     let at = sh.now_in(zone, now);
     let expires_at = now.saturating_add(gucs::RESERVATION_TIMEOUT.get() as i64 * US_PER_SEC);
-    let thresholds = money::Thresholds {
-        warning_pct: gucs::WARN_THRESHOLD.get() as i64,
-        emergency_pct: gucs::EMERGENCY_THRESHOLD.get() as i64,
-    };
+    let thresholds = gucs::subject_thresholds();
     // A plan with nothing to hold (no concurrency limit, no request quota, no token estimate
     // against a token quota, no cost estimate against a budget) claims no reservation slot.
     let hold_for = |ask: Ask| {

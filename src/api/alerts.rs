@@ -164,10 +164,7 @@ pub fn owed_by_admission(
         });
     }
     if let Some((key, o, slot)) = org.filter(|(_, o, _)| o.has_budget()) {
-        let t = Thresholds {
-            warning_pct: o.warning_pct,
-            emergency_pct: o.emergency_pct,
-        };
+        let t = o.thresholds();
         owed.push(Owed {
             scope: Scope::Organization,
             key,

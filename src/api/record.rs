@@ -207,20 +207,14 @@ fn overspend_alerts(
         scope: Scope::Subject,
         key: *key,
         budgets: &pol.policy,
-        thresholds: crate::money::Thresholds {
-            warning_pct: gucs::WARN_THRESHOLD.get() as i64,
-            emergency_pct: gucs::EMERGENCY_THRESHOLD.get() as i64,
-        },
+        thresholds: gucs::subject_thresholds(),
     }];
     if let Some(o) = &org {
         entries.push(alerts::Budgets {
             scope: Scope::Organization,
             key: o.key,
             budgets: &o.org.budgets,
-            thresholds: crate::money::Thresholds {
-                warning_pct: o.org.warning_pct,
-                emergency_pct: o.org.emergency_pct,
-            },
+            thresholds: o.org.thresholds(),
         });
     }
     let owed = alerts::owed_by_overspend(sh, db, now, over, &entries);

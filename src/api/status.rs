@@ -97,7 +97,7 @@ pub fn status_json(
             "daily_budget_cents": lim(Limit::DailyBudgetCents),
             "monthly_budget_cents": lim(Limit::MonthlyBudgetCents),
         },
-        "money": money_json(policy, t, subject_thresholds()),
+        "money": money_json(policy, t, crate::gucs::subject_thresholds()),
         "models": {"allowed": policy.allowed_models, "blocked": policy.blocked_models,
                    "default": policy.default_model, "fallback": policy.fallback_model},
         "grants": [],
@@ -118,24 +118,9 @@ fn org_json(o: &policy_cache::Org, t: &Totals) -> Value {
             "daily_budget_cents": r.budgets.limit(Limit::DailyBudgetCents),
             "monthly_budget_cents": r.budgets.limit(Limit::MonthlyBudgetCents),
         },
-        "money": money_json(
-            &r.budgets,
-            t,
-            Thresholds {
-                warning_pct: r.warning_pct,
-                emergency_pct: r.emergency_pct,
-            },
-        ),
+        "money": money_json(&r.budgets, t, r.thresholds()),
         "held": {"requests": t.held_requests, "cost_micros": t.held_cost},
     })
-}
-
-/// The thresholds of a subject's own budgets (its settings).
-fn subject_thresholds() -> Thresholds {
-    Thresholds {
-        warning_pct: crate::gucs::WARN_THRESHOLD.get() as i64,
-        emergency_pct: crate::gucs::EMERGENCY_THRESHOLD.get() as i64,
-    }
 }
 
 /// Spend per window against the budget: in micro-units, and as display strings. `spent` is

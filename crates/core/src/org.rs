@@ -78,6 +78,14 @@ impl Organization {
     pub fn smallest_budget_micros(&self) -> Option<i64> {
         self.budgets.smallest_budget_micros()
     }
+
+    /// The thresholds of its budgets.
+    pub fn thresholds(&self) -> crate::money::Thresholds {
+        crate::money::Thresholds {
+            warning_pct: self.warning_pct,
+            emergency_pct: self.emergency_pct,
+        }
+    }
 }
 
 /// The smallest budget of a subject and its organisation, in micro-units (what caps one
