@@ -33,6 +33,11 @@ fn _ledger_compacting() -> bool {
     COMPACTING.get()
 }
 
+/// True while this backend compacts the ledger: its rollups skip sealing.
+pub fn compacting() -> bool {
+    COMPACTING.get()
+}
+
 /// Marks this backend as compacting until dropped (also when an error unwinds through it).
 struct Compacting;
 
@@ -58,13 +63,27 @@ pub fn run() -> CpResult<Value> {
     if !catalog::try_compaction_lock()? {
         return Ok(json!({"skipped": "another cp_cleanup is compacting"}));
     }
+    if !crate::sealing::try_share_lock() {
+        return Ok(json!({"skipped": "a cp_cleanup is sealing the ledger"}));
+    }
+    // Only days that end inside the seal or before it: the buckets hold their rows already, and
+    // a rollup (dated inside its day) is in no bucket. Rows before the mark were compacted by an
+    // earlier run (rows inserted there since, dated in the past, stay as they are).
+    let (seal, compacted_before) = catalog::ledger_state()?;
+    let cutoff = seal.map_or(cutoff, |s| cutoff.min(s.until));
+    let start = compacted_before.unwrap_or(i64::MIN);
     let _compacting = Compacting::start();
     let (mut rows, mut rollups, mut done) = (0i64, 0i64, false);
     while !done && rows < MAX_ROWS_PER_RUN {
-        let (considered, removed, written) = catalog::compact_batch(cutoff, BATCH_ROWS)?;
+        let (considered, removed, written) = catalog::compact_batch(start, cutoff, BATCH_ROWS)?;
         rows += removed;
         rollups += written;
         done = considered < BATCH_ROWS;
+    }
+    if done {
+        // Every day of every time zone that ends by `cutoff` is compacted: it starts after
+        // `cutoff - 2 days`.
+        catalog::set_compacted_before(cutoff.saturating_sub(2 * crate::calendar::US_PER_DAY))?;
     }
     Ok(json!({
         "before": crate::calendar::iso_utc(cutoff),

@@ -23,6 +23,17 @@ pub static RESERVATION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 /// than this up into one row per subject and day; 0 (the default) keeps every row.
 pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `control_plane.ledger_seal_delay` (seconds, postmaster): how long after its quarter-hour
+/// ends `cp_cleanup` seals a bucket of the ledger. A third of it is how old a new ledger row may
+/// be dated and still take the fast path of sealing; the same value in every backend, hence
+/// fixed at server start.
+pub static LEDGER_SEAL_DELAY: GucSetting<i32> = GucSetting::<i32>::new(crate::seal::DEFAULT_DELAY_S as i32);
+
+/// The seal delay in µs.
+pub fn seal_delay_us() -> i64 {
+    LEDGER_SEAL_DELAY.get().max(1) as i64 * crate::calendar::US_PER_SEC
+}
+
 /// `control_plane.warn_threshold` (percent, user): an admission that leaves a quota at or above
 /// this share used is returned with decision `warn` (still allowed).
 pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
@@ -125,6 +136,16 @@ fn define_startup_gucs() {
         50_000_000,
         GucContext::Postmaster,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.ledger_seal_delay",
+        c"How long after its quarter-hour ends cp_cleanup seals a bucket of the ledger (server start).",
+        c"Rebuilds of totals read sealed buckets instead of ledger rows. A new ledger row dated more than a third of this before its insertion takes the slow path: its transaction holds the seal lock and adds the row to its bucket at commit.",
+        &LEDGER_SEAL_DELAY,
+        1,
+        86_400,
+        GucContext::Postmaster,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"control_plane.max_reservations",

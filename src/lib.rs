@@ -17,7 +17,7 @@ compile_error!("control_plane must be built with panic = \"unwind\"");
 /// The pure decision modules live in `crates/core`; re-exported so that they read as part of
 /// this crate.
 pub use control_plane_core::{
-    admission, alerts, calendar, emergency, index, key, ledger, money, org, policy, quota, rate, zone,
+    admission, alerts, calendar, emergency, index, key, ledger, money, org, policy, quota, rate, seal, zone,
 };
 
 mod api;
@@ -28,6 +28,7 @@ mod error;
 mod flusher;
 mod gucs;
 mod policy_cache;
+mod sealing;
 mod shmem;
 mod upgrade;
 mod xact;

@@ -108,6 +108,12 @@ struct State {
     policy_changed: Vec<(pg_sys::SubTransactionId, Change)>,
     /// Alert marks set on entries (key, database, bits), by subtransaction.
     marks: Vec<(pg_sys::SubTransactionId, Key, u32, u8)>,
+    /// This transaction inserted ledger rows on the fast path of sealing: their oldest time is
+    /// published in shared memory until it ends.
+    rows_published: bool,
+    /// Ids of the ledger rows it inserted on the slow path (dated in the past), added to their
+    /// buckets just before it commits if they are inside the seal.
+    dated_rows: Vec<i64>,
 }
 
 thread_local! {
@@ -152,6 +158,39 @@ pub fn uncommitted_rows(key: &Key, db: u32) -> Vec<(i64, [i64; 4])> {
         }
         rows
     })
+}
+
+/// This transaction inserted a ledger row: published in shared memory (fast path), or dated in
+/// the past with id `dated` (slow path; see `crate::sealing`).
+pub fn ledger_row(published: bool, dated: Option<i64>) {
+    STATE.with_borrow_mut(|st| {
+        ensure_registered(st);
+        st.rows_published |= published;
+        st.dated_rows.extend(dated);
+    });
+}
+
+/// True when this transaction inserted ledger rows.
+pub fn inserted_ledger_rows() -> bool {
+    STATE.with_borrow(|st| st.rows_published || !st.dated_rows.is_empty())
+}
+
+/// The ids of the rows dated in the past that this transaction inserted (in no bucket yet).
+pub fn dated_rows() -> Vec<i64> {
+    STATE.with_borrow(|st| st.dated_rows.clone())
+}
+
+/// The end of the transaction for sealing: its rows are committed and visible, or gone.
+fn end_ledger_rows() {
+    let published = STATE.with_borrow_mut(|st| {
+        st.dated_rows.clear();
+        std::mem::take(&mut st.rows_published)
+    });
+    if published {
+        if let Ok(sh) = shmem::shared() {
+            sh.clear_open_rows();
+        }
+    }
 }
 
 /// Alert marks this transaction set on an entry, for the alerts it is writing: cleared if it
@@ -206,20 +245,34 @@ fn undo(p: &Pending) {
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
+        XACT_EVENT_PRE_COMMIT => {
+            // May raise: the transaction then aborts, rows and buckets together.
+            let dated = STATE.with_borrow_mut(|st| std::mem::take(&mut st.dated_rows));
+            if !dated.is_empty() {
+                if let Err(e) = crate::sealing::bucket_dated_rows(&dated) {
+                    crate::error::raise(e);
+                }
+            }
+        }
         XACT_EVENT_PRE_PREPARE => {
             // (A prepared alert row would make every later admission that owes the same alert
-            // wait on its unique index until COMMIT PREPARED.)
-            let busy = STATE.with_borrow(|st| !st.pending.is_empty() || !st.marks.is_empty());
+            // wait on its unique index until COMMIT PREPARED; a prepared ledger row could be
+            // committed after a sealing passed its time.)
+            let busy = STATE.with_borrow(|st| {
+                !st.pending.is_empty() || !st.marks.is_empty() || st.rows_published || !st.dated_rows.is_empty()
+            });
             if busy {
                 crate::error::raise(crate::error::CpError::NotSupported {
-                    message: "cannot PREPARE a transaction that recorded control_plane usage or wrote a money alert"
-                        .into(),
+                    message:
+                        "cannot PREPARE a transaction that inserted control_plane ledger rows or wrote a money alert"
+                            .into(),
                     hint: Some("Call cp_admit and cp_record_usage outside two-phase transactions.".into()),
                 });
             }
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            // Must not raise: the transaction is already committed.
+            // Must not raise: the transaction is already committed (and visible).
+            end_ledger_rows();
             let (work, changed) = STATE.with_borrow_mut(|st| {
                 st.marks.clear();
                 (std::mem::take(&mut st.pending), std::mem::take(&mut st.policy_changed))
@@ -273,6 +326,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            end_ledger_rows();
             let (work, changed, marks) = STATE.with_borrow_mut(|st| {
                 (
                     std::mem::take(&mut st.pending),

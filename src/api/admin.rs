@@ -15,8 +15,10 @@ use serde_json::json;
 
 /// Expires reservations past their time (charged as at their timeout; the flushers write them at
 /// once) and, past `control_plane.ledger_retention`, rolls old ledger rows up into one row per
-/// subject and day (`crate::compaction`). Safe to run concurrently with itself and with traffic
-/// (each reservation expires exactly once; one compaction at a time; nothing blocks admission);
+/// subject and day (`crate::compaction`), and seals the ledger into quarter-hour buckets that
+/// rebuilds read (`crate::sealing`). Safe to run concurrently with itself and with traffic
+/// (each reservation expires exactly once; one compaction and one sealing at a time; nothing
+/// blocks admission);
 /// meant for pg_cron. Returns what it did.
 #[pg_extern(volatile, parallel_unsafe)]
 fn cp_cleanup() -> Result<JsonB, ErrorReport> {
@@ -25,7 +27,11 @@ fn cp_cleanup() -> Result<JsonB, ErrorReport> {
     let (expired, _) = sh.expire_reservations(now_unix_us(), None, None, false);
     sh.want_slots(); // the flushers write what expired now
     let ledger = crate::compaction::run()?;
-    Ok(JsonB(json!({"reservations_expired": expired, "ledger": ledger})))
+    // Last: it holds the seal lock until this transaction ends.
+    let seal = crate::sealing::run()?;
+    Ok(JsonB(
+        json!({"reservations_expired": expired, "ledger": ledger, "seal": seal}),
+    ))
 }
 
 /// Shared-memory use and decision counters since server start (read by the `stats` view).
@@ -142,85 +148,4 @@ fn _check_overrides(overrides: Option<JsonB>) -> Result<bool, ErrorReport> {
         )
     })?;
     Ok(true)
-}
-
-/// `pg_finfo` record of `_usage_events_row_check` (version-1 calling convention).
-#[no_mangle]
-pub extern "C" fn pg_finfo__usage_events_row_check() -> &'static pg_sys::Pg_finfo_record {
-    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
-
-thread_local! {
-    /// Attribute numbers of the columns the rule reads, by relation (looked up once).
-    static ROW_COLUMNS: std::cell::Cell<Option<(pg_sys::Oid, [i32; 6])>> = const { std::cell::Cell::new(None) };
-}
-
-/// BEFORE INSERT row trigger of `usage_events` (`usage_events_row_valid`): the kind is known and
-/// the amounts have the signs it allows (`ledger::row_valid`), else 23514. A trigger rather than
-/// a CHECK constraint because PostgreSQL parses a CHECK expression again for every execution of
-/// an INSERT (stringToNode under ExecRelCheck), which cost more than the rule itself.
-///
-/// # Safety
-/// Called by PostgreSQL's trigger manager only.
-#[no_mangle]
-#[pg_guard]
-pub unsafe extern "C-unwind" fn _usage_events_row_check(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    unsafe {
-        if !pgrx::trigger_support::called_as_trigger(fcinfo) {
-            crate::error::raise(CpError::state(
-                "_usage_events_row_check is a trigger function",
-                None,
-                None,
-            ));
-        }
-        let td = (*fcinfo).context as *mut pg_sys::TriggerData;
-        let (tuple, rel) = ((*td).tg_trigtuple, (*td).tg_relation);
-        let desc = (*rel).rd_att;
-        let relid = (*rel).rd_id;
-        let cols = match ROW_COLUMNS.get() {
-            Some((id, cols)) if id == relid => cols,
-            _ => {
-                let mut cols = [0i32; 6];
-                let names = [
-                    c"kind",
-                    c"requests",
-                    c"input_tokens",
-                    c"output_tokens",
-                    c"cost_micros",
-                    c"duration_ms",
-                ];
-                for (c, n) in cols.iter_mut().zip(names) {
-                    *c = pg_sys::SPI_fnumber(desc, n.as_ptr());
-                }
-                ROW_COLUMNS.set(Some((relid, cols)));
-                cols
-            }
-        };
-        // A column missing from the table (altered by hand) reads as NULL: the row is refused.
-        let get = |i: usize| {
-            if cols[i] <= 0 {
-                return None;
-            }
-            let mut isnull = false;
-            let d = pg_sys::heap_getattr(tuple, cols[i], desc, &mut isnull);
-            (!isnull).then_some(d)
-        };
-        let int = |i: usize| get(i).map(|d| d.value() as i64);
-        let kind = get(0).and_then(|d| <&str>::from_datum(d, false));
-        let valid = match (kind, int(1), int(2), int(3)) {
-            (Some(k), Some(r), Some(i), Some(o)) => crate::ledger::row_valid(k, r, i, o, int(4), int(5)),
-            _ => false,
-        };
-        if !valid {
-            crate::error::raise(CpError::CheckViolation {
-                message: "new row for relation \"usage_events\" violates usage_events_row_valid".into(),
-                detail: format!(
-                    "kind = {:?}, requests = {:?}, input_tokens = {:?}, output_tokens = {:?}, cost_micros = {:?}, duration_ms = {:?}",
-                    kind, int(1), int(2), int(3), int(4), int(5)
-                ),
-            });
-        }
-        pg_sys::Datum::from(tuple)
-    }
 }

@@ -86,7 +86,8 @@ fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
 /// `now`, from the ledger.
 fn ledger_totals(sh: &Shared, tenant: &str, whose: Whose, zone: u16, now: i64) -> CpResult<Totals> {
     let (d, m) = (sh.span_at(zone, Window::Day, now), sh.span_at(zone, Window::Month, now));
-    catalog::ledger_totals(tenant, whose, (d.start, d.end), (m.start, m.end))
+    let own = crate::xact::dated_rows();
+    catalog::ledger_totals(tenant, whose, (d.start, d.end), (m.start, m.end), &own)
 }
 
 /// What a rebuild installs: the ledger's totals without the rows this transaction recorded for

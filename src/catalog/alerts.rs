@@ -1,8 +1,7 @@
 //! `control_plane.alerts`: one row per money threshold reached, with its notification.
 
-use super::{write, Arg};
+use super::{as_superuser, write, Arg};
 use crate::error::CpResult;
-use pgrx::pg_sys;
 
 /// One alert row.
 pub struct AlertRow<'a> {
@@ -23,17 +22,9 @@ pub struct AlertRow<'a> {
 /// Runs as the bootstrap superuser, like the flushers: application roles need no grant on
 /// `alerts`, and cannot write one themselves. True when a row was inserted.
 pub fn insert_alert(a: &AlertRow) -> CpResult<bool> {
-    let (mut user, mut sec) = (pg_sys::Oid::INVALID, 0i32);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    // (An error leaves the user to the (sub)transaction's abort, which restores it.)
-    let rows = write(
-        c"WITH a AS (
+    let rows = as_superuser(|| {
+        write(
+            c"WITH a AS (
               INSERT INTO control_plane.alerts
                      (tenant_id, scope, subject_id, org_id, limit_name, level, window_start,
                       budget_micros, used_micros)
@@ -46,19 +37,19 @@ pub fn insert_alert(a: &AlertRow) -> CpResult<bool> {
                      'window_start', window_start, 'budget_micros', budget_micros,
                      'used_micros', used_micros, 'created_at', created_at)::text)
             FROM a",
-        &[
-            Arg::Text(Some(a.tenant)),
-            Arg::Text(Some(a.scope)),
-            Arg::Text(Some(a.subject)),
-            Arg::Text(a.org_id),
-            Arg::Text(Some(a.limit_name)),
-            Arg::Text(Some(a.level)),
-            Arg::TimestampUnixUs(a.window_start_unix_us),
-            Arg::Int(a.budget_micros),
-            Arg::Int(a.used_micros),
-        ],
-        |_| (),
-    );
-    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
-    Ok(!rows?.is_empty())
+            &[
+                Arg::Text(Some(a.tenant)),
+                Arg::Text(Some(a.scope)),
+                Arg::Text(Some(a.subject)),
+                Arg::Text(a.org_id),
+                Arg::Text(Some(a.limit_name)),
+                Arg::Text(Some(a.level)),
+                Arg::TimestampUnixUs(a.window_start_unix_us),
+                Arg::Int(a.budget_micros),
+                Arg::Int(a.used_micros),
+            ],
+            |_| (),
+        )
+    })?;
+    Ok(!rows.is_empty())
 }

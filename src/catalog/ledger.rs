@@ -1,11 +1,12 @@
 //! The usage ledger: the totals a rebuild reads, and every row the extension appends (recorded
 //! usage, expired charges, their reversals, compaction's rollups).
 
-use super::{query_latest, timestamptz, write, Arg};
+use super::{as_superuser, query_latest, sql_text, timestamptz, write, Arg};
 use crate::error::{CpError, CpResult};
 use crate::quota::Totals;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::ffi::CStr;
 
 /// Whose usage a ledger sum is for.
 #[derive(Clone, Copy, Debug)]
@@ -15,68 +16,106 @@ pub enum Whose<'a> {
     Org(&'a str),
 }
 
-/// The sums of the totals, for the rows of one subject or one organisation ($2) in a tenant ($1)
-/// in a month ($5 to $6) and its day ($3 to $4). Spend saturates like the shared-memory totals do
-/// (a row may cost up to 2 * 10^18).
+/// The sums of the totals of one subject or one organisation ($2, rows by `$col`, buckets by
+/// `$scope`) in a tenant ($1), in a month ($5 to $6) and its day ($3 to $4). Inside the seal
+/// (`[b0, b1)`, see `seal::split`; none unless $7) it reads the buckets, plus this transaction's
+/// own rows there that are not in a bucket until it commits (ids $8); outside it, the rows. One
+/// statement, so one snapshot for the seal, the buckets and the rows. Spend saturates like the
+/// shared-memory totals do (a row may cost up to 2 * 10^18).
 macro_rules! totals_sql {
-    ($who:literal) => {
+    ($col:literal, $scope:literal) => {
         concat!(
-            "SELECT coalesce(sum(requests) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
-                    coalesce(sum(input_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
-                    coalesce(sum(output_tokens) FILTER (WHERE created_at >= $3 AND created_at < $4), 0)::bigint,
+            "WITH s AS (
+                 SELECT greatest($5, least(f, $6)) AS b0,
+                        greatest($5, least(f, $6), least(u, $6)) AS b1
+                   FROM (SELECT CASE WHEN $7 THEN sealed_from END AS f, CASE WHEN $7 THEN sealed_until END AS u
+                           FROM control_plane.ledger_state) x
+             ), bounds AS (
+                 SELECT coalesce((SELECT b0 FROM s), $6) AS b0, coalesce((SELECT b1 FROM s), $6) AS b1
+             ), r AS (
+                 SELECT requests, input_tokens, output_tokens, cost_micros::numeric AS cost, created_at AS t
+                   FROM control_plane.usage_events
+                  WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND ",
+            $col,
+            " OPERATOR(pg_catalog.=) $2
+                    AND created_at >= $5 AND created_at < (SELECT b0 FROM bounds)
+                 UNION ALL
+                 SELECT requests, input_tokens, output_tokens, cost_micros, created_at
+                   FROM control_plane.usage_events
+                  WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND ",
+            $col,
+            " OPERATOR(pg_catalog.=) $2
+                    AND created_at >= (SELECT b1 FROM bounds) AND created_at < $6
+                 UNION ALL
+                 SELECT requests, input_tokens, output_tokens, cost_micros, created_at
+                   FROM control_plane.usage_events
+                  WHERE id OPERATOR(pg_catalog.=) ANY ($8) AND tenant_id OPERATOR(pg_catalog.=) $1
+                    AND ",
+            $col,
+            " OPERATOR(pg_catalog.=) $2
+                    AND created_at >= (SELECT b0 FROM bounds) AND created_at < (SELECT b1 FROM bounds)
+                 UNION ALL
+                 SELECT requests, input_tokens, output_tokens, cost_micros, bucket_start
+                   FROM control_plane.usage_buckets
+                  WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND scope OPERATOR(pg_catalog.=) '",
+            $scope,
+            "'
+                    AND who OPERATOR(pg_catalog.=) $2
+                    AND bucket_start >= (SELECT b0 FROM bounds) AND bucket_start < (SELECT b1 FROM bounds)
+             )
+             SELECT coalesce(sum(requests) FILTER (WHERE t >= $3 AND t < $4), 0)::bigint,
+                    coalesce(sum(input_tokens) FILTER (WHERE t >= $3 AND t < $4), 0)::bigint,
+                    coalesce(sum(output_tokens) FILTER (WHERE t >= $3 AND t < $4), 0)::bigint,
                     coalesce(sum(requests), 0)::bigint,
                     coalesce(sum(input_tokens), 0)::bigint,
                     coalesce(sum(output_tokens), 0)::bigint,
-                    least(coalesce(sum(cost_micros) FILTER (WHERE created_at >= $3 AND created_at < $4), 0),
-                          9223372036854775807)::bigint,
-                    least(coalesce(sum(cost_micros), 0), 9223372036854775807)::bigint
-               FROM control_plane.usage_events
-              WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND ",
-            $who,
-            " OPERATOR(pg_catalog.=) $2 AND created_at >= $5 AND created_at < $6"
+                    least(coalesce(sum(cost) FILTER (WHERE t >= $3 AND t < $4), 0), 9223372036854775807)::bigint,
+                    least(coalesce(sum(cost), 0), 9223372036854775807)::bigint
+               FROM r\0"
         )
     };
 }
 
-const SUBJECT_TOTALS: &std::ffi::CStr =
-    match std::ffi::CStr::from_bytes_with_nul(concat!(totals_sql!("subject_id"), "\0").as_bytes()) {
-        Ok(c) => c,
-        Err(_) => panic!("SQL text with a NUL"),
-    };
-const ORG_TOTALS: &std::ffi::CStr =
-    match std::ffi::CStr::from_bytes_with_nul(concat!(totals_sql!("org_id"), "\0").as_bytes()) {
-        Ok(c) => c,
-        Err(_) => panic!("SQL text with a NUL"),
-    };
+const SUBJECT_TOTALS: &CStr = sql_text(totals_sql!("subject_id", "subject"));
+const ORG_TOTALS: &CStr = sql_text(totals_sql!("org_id", "organization"));
 
-/// Committed usage of a subject or an organisation in one day and its month, read from the ledger.
-pub fn ledger_totals(tenant: &str, whose: Whose, day: (i64, i64), month: (i64, i64)) -> CpResult<Totals> {
+/// Committed usage of a subject or an organisation in one day and its month, read from the ledger
+/// (its buckets inside the seal, when every edge of the windows is on a quarter-hour). `own` are
+/// the ids of rows this transaction inserted dated in the past (`crate::sealing`): they are in no
+/// bucket before it commits. Runs as the bootstrap superuser (application roles have no grant on
+/// the buckets).
+pub fn ledger_totals(tenant: &str, whose: Whose, day: (i64, i64), month: (i64, i64), own: &[i64]) -> CpResult<Totals> {
     let (sql, name) = match whose {
         Whose::Subject(s) => (SUBJECT_TOTALS, s),
         Whose::Org(o) => (ORG_TOTALS, o),
     };
-    let rows = query_latest(
-        sql,
-        &[
-            Arg::Text(Some(tenant)),
-            Arg::Text(Some(name)),
-            Arg::TimestampUnixUs(day.0),
-            Arg::TimestampUnixUs(day.1),
-            Arg::TimestampUnixUs(month.0),
-            Arg::TimestampUnixUs(month.1),
-        ],
-        |r| Totals {
-            day_requests: r.i64(1),
-            day_input: r.i64(2),
-            day_output: r.i64(3),
-            month_requests: r.i64(4),
-            month_input: r.i64(5),
-            month_output: r.i64(6),
-            day_cost: r.i64(7),
-            month_cost: r.i64(8),
-            ..Totals::default()
-        },
-    )?;
+    let buckets = crate::seal::buckets_usable(month, day);
+    let rows = as_superuser(|| {
+        query_latest(
+            sql,
+            &[
+                Arg::Text(Some(tenant)),
+                Arg::Text(Some(name)),
+                Arg::TimestampUnixUs(day.0),
+                Arg::TimestampUnixUs(day.1),
+                Arg::TimestampUnixUs(month.0),
+                Arg::TimestampUnixUs(month.1),
+                Arg::Raw(pg_sys::BOOLOID, Some(pg_sys::Datum::from(buckets))),
+                Arg::Raw(pg_sys::INT8ARRAYOID, own.to_vec().into_datum()),
+            ],
+            |r| Totals {
+                day_requests: r.i64(1),
+                day_input: r.i64(2),
+                day_output: r.i64(3),
+                month_requests: r.i64(4),
+                month_input: r.i64(5),
+                month_output: r.i64(6),
+                day_cost: r.i64(7),
+                month_cost: r.i64(8),
+                ..Totals::default()
+            },
+        )
+    })?;
     rows.into_iter()
         .next()
         .ok_or_else(|| CpError::Internal("ledger aggregate returned no row".into()))
@@ -276,13 +315,13 @@ pub fn insert_charges(rows: &ChargeRows) -> CpResult<usize> {
 
 // ---------------------------------------------------------------------------------- compaction
 
-/// Compacts the oldest rows before `cutoff` (µs) that are not rollups, `max_rows` of them at
-/// most: each (tenant, subject, org, day of the tenant's time zone) they fall in becomes one
+/// Compacts the oldest rows from `start` to before `cutoff` (µs) that are not rollups, `max_rows`
+/// of them at most: each (tenant, subject, org, day of the tenant's time zone) they fall in becomes one
 /// `rollup` row with the sums of all its rows (earlier rollups included), at the latest one's
 /// time, so in the same day and month. Only days that end by `cutoff` are compacted. Returns
 /// (rows considered, rows removed, rollups written); fewer rows considered than `max_rows` means
 /// none is left.
-pub fn compact_batch(cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
+pub fn compact_batch(start: i64, cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
     let rows = write(
         c"WITH todo AS (
               SELECT e.tenant_id, e.subject_id, e.org_id, z.zone,
@@ -291,7 +330,7 @@ pub fn compact_batch(cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
                CROSS JOIN LATERAL (
                      SELECT coalesce((SELECT t.time_zone FROM control_plane.tenants t
                                        WHERE t.tenant_id OPERATOR(pg_catalog.=) e.tenant_id), 'UTC') AS zone) z
-               WHERE e.kind OPERATOR(pg_catalog.<>) 'rollup' AND e.created_at < $1
+               WHERE e.kind OPERATOR(pg_catalog.<>) 'rollup' AND e.created_at >= $3 AND e.created_at < $1
                  AND e.created_at < control_plane._local_day_start(z.zone, $1)
                ORDER BY e.created_at
                LIMIT $2
@@ -322,7 +361,11 @@ pub fn compact_batch(cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
           )
           SELECT (SELECT pg_catalog.count(*) FROM todo), (SELECT pg_catalog.count(*) FROM doomed),
                  (SELECT pg_catalog.count(*) FROM rolled)",
-        &[Arg::TimestampUnixUs(cutoff), Arg::Int(max_rows)],
+        &[
+            Arg::TimestampUnixUs(cutoff),
+            Arg::Int(max_rows),
+            Arg::TimestampUnixUs(start),
+        ],
         |r| (r.i64(1), r.i64(2), r.i64(3)),
     )?;
     Ok(rows.into_iter().next().unwrap_or((0, 0, 0)))

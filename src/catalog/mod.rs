@@ -13,16 +13,43 @@ use std::ffi::CStr;
 mod alerts;
 mod ledger;
 mod policy;
+mod seal;
 
 pub use alerts::*;
 pub use ledger::*;
 pub use policy::*;
+pub use seal::*;
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (the PostgreSQL epoch).
 pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 pub fn now_unix_us() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }.saturating_add(PG_EPOCH_OFFSET_US)
+}
+
+/// SQL text built with `concat!` (ending in a NUL) as the C string SPI takes.
+const fn sql_text(s: &'static str) -> &'static CStr {
+    match CStr::from_bytes_with_nul(s.as_bytes()) {
+        Ok(c) => c,
+        Err(_) => panic!("SQL text without its one final NUL"),
+    }
+}
+
+/// Runs `f` as the bootstrap superuser (`SECURITY_LOCAL_USERID_CHANGE`, like the flushers), for
+/// the extension's own bookkeeping tables that application roles have no grant on. (An error
+/// leaves the user to the (sub)transaction's abort, which restores it.)
+pub fn as_superuser<R>(f: impl FnOnce() -> CpResult<R>) -> CpResult<R> {
+    let (mut user, mut sec) = (pg_sys::Oid::INVALID, 0i32);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let r = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+    r
 }
 
 /// An instant (µs since the Unix epoch) as a `timestamptz`; None outside its range.

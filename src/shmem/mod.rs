@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! Header | versions | Slot x (NPARTS * slots_per_part) | Resv x max_reservations | free list
-//!        | TenantSlot x (MAX_TENANTS + 1) | ZoneNames
+//!        | TenantSlot x (MAX_TENANTS + 1) | ZoneNames | open row x MaxBackends
 //! ```
 //!
 //! - `index`: running totals, rate states and policy stamps per (database, tenant, subject);
 //! - `reservations`: what admitted requests hold until they are settled, released or expire;
 //! - `tenants`: per-tenant counters for monitoring;
 //! - `zones`: the tenants' time zones by number, and each process's clocks for them;
+//! - `open_rows`: per backend, the oldest ledger row its open transaction inserted (sealing);
 //! - here: the region, its hooks, the decision counters and the version counters that tell
 //!   backends which cached policies are stale.
 //!
@@ -18,6 +19,7 @@
 
 mod flushers;
 mod index;
+mod open_rows;
 mod reservations;
 mod tenants;
 mod zones;
@@ -35,7 +37,7 @@ use pgrx::prelude::*;
 use reservations::Resv;
 use std::ffi::CStr;
 use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 pub const NPARTS: usize = 64;
 /// Version counters of subject rows and of profile rows, hashed (powers of two).
@@ -139,6 +141,8 @@ struct Layout {
     free_off: usize,
     tenants_off: usize,
     zones_off: usize,
+    open_off: usize,
+    nopen: usize,
     total: usize,
 }
 
@@ -158,7 +162,10 @@ impl Layout {
         let free_off = align64(res_off + nres * std::mem::size_of::<Resv>());
         let tenants_off = align64(free_off + nres * std::mem::size_of::<AtomicU32>());
         let zones_off = align64(tenants_off + tenants::region_bytes());
-        let total = zones_off + zones::region_bytes();
+        let open_off = align64(zones_off + zones::region_bytes());
+        // (Known when shared memory is requested, from PostgreSQL 15 on.)
+        let nopen = unsafe { pg_sys::MaxBackends }.max(1) as usize;
+        let total = open_off + open_rows::region_bytes(nopen);
         Layout {
             slots_per_part,
             part_cap,
@@ -169,6 +176,8 @@ impl Layout {
             free_off,
             tenants_off,
             zones_off,
+            open_off,
+            nopen,
             total,
         }
     }
@@ -182,6 +191,8 @@ pub struct Shared {
     free_next: *const AtomicU32,
     tenants: *mut tenants::TenantSlot,
     zones: *mut zones::ZoneNames,
+    open_rows: *const AtomicI64,
+    nopen: usize,
     locks: *mut pg_sys::LWLockPadded,
     slots_per_part: usize,
     part_cap: usize,
@@ -232,6 +243,8 @@ unsafe extern "C-unwind" fn startup_hook() {
             free_next: base.add(l.free_off) as *const AtomicU32,
             tenants: base.add(l.tenants_off) as *mut tenants::TenantSlot,
             zones: base.add(l.zones_off) as *mut zones::ZoneNames,
+            open_rows: base.add(l.open_off) as *const AtomicI64,
+            nopen: l.nopen,
             locks: pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()),
             slots_per_part: l.slots_per_part,
             part_cap: l.part_cap,

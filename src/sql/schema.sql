@@ -301,8 +301,8 @@ CREATE INDEX usage_events_subject_time ON control_plane.usage_events (tenant_id,
 -- Where an organisation's entry is rebuilt from.
 CREATE INDEX usage_events_org_time ON control_plane.usage_events (tenant_id, org_id, created_at)
     WHERE org_id IS NOT NULL;
--- Where cp_cleanup finds the rows to roll up past ledger_retention, oldest first.
-CREATE INDEX usage_events_uncompacted ON control_plane.usage_events (created_at) WHERE kind <> 'rollup';
+-- Where cp_cleanup finds the rows to seal, and those to roll up past ledger_retention, oldest first.
+CREATE INDEX usage_events_time ON control_plane.usage_events (created_at);
 -- Where a late cp_record_usage finds the charge of its expired reservation.
 CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
     WHERE kind = 'expired';
@@ -339,6 +339,44 @@ CREATE TRIGGER usage_events_append_only BEFORE UPDATE OR DELETE ON control_plane
     FOR EACH ROW EXECUTE FUNCTION control_plane._usage_events_append_only();
 CREATE TRIGGER usage_events_no_truncate BEFORE TRUNCATE ON control_plane.usage_events
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane._usage_events_append_only();
+
+-- ------------------------------------------------------------------------------- usage_buckets
+
+-- The ledger summed by quarter-hour (UTC), per subject and per organisation, inside the seal of
+-- control_plane.ledger_state: a rebuild of a subject's or an organisation's totals reads these
+-- instead of the rows they sum. Written by cp_cleanup (sealing) and by the commit of a
+-- transaction that inserted rows dated inside the seal; derived from the ledger, so not dumped
+-- (a restored database seals again). Application roles need no grant.
+CREATE TABLE control_plane.usage_buckets (
+    tenant_id     text        NOT NULL,
+    scope         text        NOT NULL CHECK (scope IN ('subject', 'organization')),
+    -- The subject_id, or the org_id, of the rows summed.
+    who           text        NOT NULL,
+    bucket_start  timestamptz NOT NULL,
+    requests      bigint      NOT NULL,
+    input_tokens  bigint      NOT NULL,
+    output_tokens bigint      NOT NULL,
+    -- numeric: a sum of rows of up to 2 * 10^18 micro-units each.
+    cost_micros   numeric     NOT NULL,
+    PRIMARY KEY (tenant_id, scope, who, bucket_start)
+);
+COMMENT ON TABLE control_plane.usage_buckets IS
+    'The ledger summed by quarter-hour inside the seal: what a rebuild of the totals reads instead of the rows.';
+-- Where cp_cleanup drops the buckets older than any window.
+CREATE INDEX usage_buckets_time ON control_plane.usage_buckets (bucket_start);
+
+-- One row: buckets hold every committed ledger row dated in [sealed_from, sealed_until) (NULL:
+-- nothing sealed yet); cp_cleanup compacts no row dated before compacted_before again.
+CREATE TABLE control_plane.ledger_state (
+    only_row         boolean     PRIMARY KEY DEFAULT true CHECK (only_row),
+    sealed_from      timestamptz,
+    sealed_until     timestamptz,
+    compacted_before timestamptz,
+    CHECK (sealed_from <= sealed_until)
+);
+COMMENT ON TABLE control_plane.ledger_state IS
+    'How far cp_cleanup has sealed the ledger into usage_buckets, and compacted it.';
+INSERT INTO control_plane.ledger_state DEFAULT VALUES;
 
 -- -------------------------------------------------------------------------------------- alerts
 

@@ -17,6 +17,7 @@ pub mod org;
 pub mod policy;
 pub mod quota;
 pub mod rate;
+pub mod seal;
 pub mod zone;
 
 /// The longest subject, tenant, model, feature or idempotency key accepted, in bytes.
