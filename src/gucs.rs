@@ -29,6 +29,15 @@ pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// fixed at server start.
 pub static LEDGER_SEAL_DELAY: GucSetting<i32> = GucSetting::<i32>::new(crate::seal::DEFAULT_DELAY_S as i32);
 
+/// `control_plane.ledger_bucket_seconds` (postmaster): the width of the ledger's sealed
+/// buckets, a divisor of a quarter-hour (rounded down to one).
+pub static LEDGER_BUCKET_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(900);
+
+/// The bucket width in µs.
+pub fn bucket_us() -> i64 {
+    crate::seal::width_us(LEDGER_BUCKET_SECONDS.get() as i64)
+}
+
 /// The seal delay in µs.
 pub fn seal_delay_us() -> i64 {
     LEDGER_SEAL_DELAY.get().max(1) as i64 * crate::calendar::US_PER_SEC
@@ -136,6 +145,16 @@ fn define_startup_gucs() {
         50_000_000,
         GucContext::Postmaster,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"control_plane.ledger_bucket_seconds",
+        c"Width of the sealed buckets of the ledger: a divisor of 900 s, rounded down to one (server start).",
+        c"Narrower buckets are sealed sooner after their end (with control_plane.ledger_seal_delay), so a rebuild reads fewer of today's rows, at the cost of more bucket rows.",
+        &LEDGER_BUCKET_SECONDS,
+        1,
+        900,
+        GucContext::Postmaster,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"control_plane.ledger_seal_delay",

@@ -60,7 +60,8 @@ pub fn run() -> CpResult<Value> {
     let now = now_unix_us();
     let oldest_open = sh.oldest_open_row();
     let (current, _) = catalog::ledger_state()?;
-    let plan = seal::plan(now, gucs::seal_delay_us(), current, oldest_open);
+    let width = gucs::bucket_us();
+    let plan = seal::plan(now, gucs::seal_delay_us(), width, current, oldest_open);
     let iso = crate::calendar::iso_utc;
     if current
         == Some(Seal {
@@ -70,14 +71,14 @@ pub fn run() -> CpResult<Value> {
     {
         return Ok(json!({"from": iso(plan.from), "until": iso(plan.until), "rows_sealed": 0}));
     }
-    let done = catalog::seal(&plan)?;
+    let done = catalog::seal(&plan, width)?;
     Ok(json!({
         "from": iso(plan.from),
         "until": iso(plan.until),
         "rows_sealed": done.rows,
         "buckets_written": done.buckets_written,
         "buckets_dropped": done.buckets_dropped,
-        "caught_up": plan.until >= seal::bucket_floor(now - gucs::seal_delay_us()),
+        "caught_up": plan.until >= seal::bucket_floor(now - gucs::seal_delay_us(), width),
     }))
 }
 
@@ -89,7 +90,7 @@ pub fn bucket_dated_rows(dated: &[i64]) -> CpResult<()> {
     // the abort, which clears the stack.)
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     let r = match catalog::ledger_state() {
-        Ok((Some(s), _)) if s.from < s.until => catalog::bucket_rows(dated, s).map(|_| ()),
+        Ok((Some(s), _)) if s.from < s.until => catalog::bucket_rows(dated, s, gucs::bucket_us()).map(|_| ()),
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     };

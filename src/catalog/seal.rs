@@ -9,15 +9,15 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
-/// Sums rows of `control_plane.usage_events` selected by `$where` into their quarter-hour
-/// buckets, one per subject and one per organisation, added to what the buckets hold. The
+/// Sums rows of `control_plane.usage_events` selected by `$where` into their buckets ($4 µs wide), one per subject and one per organisation, added to what the buckets hold. The
 /// statement's first column counts the rows, its second the buckets written.
 macro_rules! buckets_sql {
     ($where:literal, $more:literal, $counts:literal) => {
         concat!(
             "WITH rows AS (
                  SELECT tenant_id, subject_id, org_id, requests, input_tokens, output_tokens, cost_micros,
-                        pg_catalog.date_bin('15 minutes', created_at, '2000-01-01 00:00:00+00') AS b
+                        pg_catalog.date_bin($4 OPERATOR(pg_catalog.*) interval '1 microsecond', created_at,
+                                            '2000-01-01 00:00:00+00') AS b
                    FROM control_plane.usage_events
                   WHERE ",
             $where,
@@ -76,7 +76,7 @@ pub struct Sealed {
 
 /// Carries out a sealing: drops the buckets before `plan.from`, sums the rows of
 /// `[plan.start, plan.until)` into buckets and stores the new seal, in one statement.
-pub fn seal(plan: &Plan) -> CpResult<Sealed> {
+pub fn seal(plan: &Plan, width_us: i64) -> CpResult<Sealed> {
     const SQL: &CStr = sql_text(buckets_sql!(
         "created_at >= $2 AND created_at < $3",
         ", dropped AS (
@@ -95,6 +95,7 @@ pub fn seal(plan: &Plan) -> CpResult<Sealed> {
                 Arg::TimestampUnixUs(plan.from),
                 Arg::TimestampUnixUs(plan.start),
                 Arg::TimestampUnixUs(plan.until),
+                Arg::Int(width_us),
             ],
             |r| Sealed {
                 rows: r.i64(1),
@@ -113,7 +114,7 @@ pub fn seal(plan: &Plan) -> CpResult<Sealed> {
 /// Adds the rows of this transaction with ids `ids` that are dated inside `seal` (and were
 /// inserted: a row skipped by ON CONFLICT or rolled back with its subtransaction is not there)
 /// to their buckets. Returns the rows added.
-pub fn bucket_rows(ids: &[i64], seal: Seal) -> CpResult<i64> {
+pub fn bucket_rows(ids: &[i64], seal: Seal, width_us: i64) -> CpResult<i64> {
     const SQL: &CStr = sql_text(buckets_sql!(
         "id = ANY($1) AND created_at >= $2 AND created_at < $3",
         "",
@@ -126,6 +127,7 @@ pub fn bucket_rows(ids: &[i64], seal: Seal) -> CpResult<i64> {
                 Arg::Raw(pg_sys::INT8ARRAYOID, ids.to_vec().into_datum()),
                 Arg::TimestampUnixUs(seal.from),
                 Arg::TimestampUnixUs(seal.until),
+                Arg::Int(width_us),
             ],
             |r| r.i64(1),
         )
