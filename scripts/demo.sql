@@ -233,6 +233,26 @@ SELECT o->'money'->'day'->>'level' AS level, o->'money'->'day'->>'percent' AS pe
   FROM (SELECT control_plane.cp_quota_status('carol')->'organization' AS o) s;
 
 \echo
-\echo '== 17. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
+\echo '== 17. Sealing: cp_cleanup sums closed quarter-hours of the ledger into buckets, which rebuilds read =='
+\echo '   (user_sealed, not enrolled: 20,000 calls over the last ten days, written straight into the ledger)'
+RESET control_plane.tenant;
+INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, created_at)
+SELECT 'default', 'user_sealed', 10, 1, now() - interval '10 days' + g * interval '43 seconds'
+  FROM generate_series(1, 20000) g;
+\echo '   36 runs (pg_cron would run them a minute apart) seal the last 35 days, a day per run:'
+SELECT count(*) AS runs, bool_or((c->'seal'->>'caught_up')::boolean) AS caught_up,
+       sum((c->'seal'->>'rows_sealed')::bigint) AS rows_sealed
+  FROM (SELECT control_plane.cp_cleanup() AS c FROM generate_series(1, 36)) x;
+SELECT count(*) AS buckets, sum(requests) AS requests_in_buckets,
+       (SELECT count(*) FROM control_plane.usage_events, control_plane.ledger_state
+         WHERE subject_id = 'user_sealed' AND created_at >= sealed_until) AS rows_after_the_seal
+  FROM control_plane.usage_buckets WHERE who = 'user_sealed';
+\echo '   its totals, read from those buckets and the rows after them, count every row:'
+SELECT (control_plane.cp_quota_status('user_sealed')->'quotas'->'input_tokens_per_month'->>'used')::bigint AS used_this_month,
+       (SELECT sum(input_tokens) FROM control_plane.usage_events
+         WHERE subject_id = 'user_sealed' AND created_at >= date_trunc('month', now(), 'UTC')) AS ledger_this_month;
+
+\echo
+\echo '== 18. Shared-memory use and decision counters (control_plane.stats), and per tenant (tenant_stats) =='
 SELECT name, value FROM control_plane.stats;
 SELECT * FROM control_plane.tenant_stats ORDER BY database, tenant;
