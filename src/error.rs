@@ -31,6 +31,8 @@ pub enum CpError {
     LimitExceeded(String),
     /// 25006: the call must write (an alert it owes) in a read-only transaction.
     ReadOnly { message: String, detail: String },
+    /// 42501: the caller lacks a privilege the call needs.
+    Privilege { message: String, hint: String },
     /// XX000: an invariant broke; never expected.
     Internal(String),
 }
@@ -69,6 +71,7 @@ impl CpError {
             CpError::CheckViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             CpError::LimitExceeded(_) => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             CpError::ReadOnly { .. } => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            CpError::Privilege { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             CpError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -93,6 +96,7 @@ impl From<CpError> for ErrorReport {
             CpError::Retry { message } => (message, None, Some("Retry the call.".into())),
             CpError::CheckViolation { message, detail } => (message, Some(detail), None),
             CpError::LimitExceeded(m) => (m, None, None),
+            CpError::Privilege { message, hint } => (message, None, Some(hint)),
             CpError::ReadOnly { message, detail } => (
                 message,
                 Some(detail),

@@ -83,8 +83,10 @@ const ORG_TOTALS: &CStr = sql_text(totals_sql!("org_id", "organization"));
 /// (its buckets inside the seal, when every edge of the windows is on a quarter-hour). `own` are
 /// the ids of rows this transaction inserted dated in the past (`crate::sealing`): they are in no
 /// bucket before it commits. Runs as the bootstrap superuser (application roles have no grant on
-/// the buckets).
+/// the buckets), once the caller is found to have the privilege the README asks for: `SELECT` on
+/// the ledger.
 pub fn ledger_totals(tenant: &str, whose: Whose, day: (i64, i64), month: (i64, i64), own: &[i64]) -> CpResult<Totals> {
+    require_ledger_select()?;
     let (sql, name) = match whose {
         Whose::Subject(s) => (SUBJECT_TOTALS, s),
         Whose::Org(o) => (ORG_TOTALS, o),
@@ -311,6 +313,24 @@ pub fn insert_charges(rows: &ChargeRows) -> CpResult<usize> {
         |r| r.i64(1),
     )?;
     Ok(ids.len())
+}
+
+/// 42501 unless the current user may `SELECT` from `control_plane.usage_events`.
+fn require_ledger_select() -> CpResult<()> {
+    let ok = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"control_plane".as_ptr(), true);
+        let rel = pg_sys::get_relname_relid(c"usage_events".as_ptr(), nsp);
+        rel != pg_sys::InvalidOid
+            && pg_sys::pg_class_aclcheck(rel, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(CpError::Privilege {
+        message: "permission denied for table usage_events".into(),
+        hint: "Reading a subject's totals from the ledger needs SELECT on control_plane.usage_events (see Privileges in the control_plane README).".into(),
+    })
 }
 
 // ---------------------------------------------------------------------------------- compaction
