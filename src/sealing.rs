@@ -1,4 +1,4 @@
-//! Sealing the ledger into quarter-hour buckets, so that a rebuild of a subject's or an
+//! Sealing the ledger into buckets (a quarter-hour by default), so that a rebuild of a subject's or an
 //! organisation's totals reads a bounded number of rows whatever the size of its month (the
 //! rules are in `control_plane_core::seal`; the SQL in `catalog::seal`):
 //!
@@ -63,22 +63,24 @@ pub fn run() -> CpResult<Value> {
     let width = gucs::bucket_us();
     let plan = seal::plan(now, gucs::seal_delay_us(), width, current, oldest_open);
     let iso = crate::calendar::iso_utc;
-    if current
+    let caught_up = plan.until >= seal::bucket_floor(now - gucs::seal_delay_us(), width);
+    let unchanged = current
         == Some(Seal {
             from: plan.from,
             until: plan.until,
-        })
-    {
-        return Ok(json!({"from": iso(plan.from), "until": iso(plan.until), "rows_sealed": 0}));
-    }
-    let done = catalog::seal(&plan, width)?;
+        });
+    let done = if unchanged {
+        catalog::Sealed::default()
+    } else {
+        catalog::seal(&plan, width)?
+    };
     Ok(json!({
         "from": iso(plan.from),
         "until": iso(plan.until),
         "rows_sealed": done.rows,
         "buckets_written": done.buckets_written,
         "buckets_dropped": done.buckets_dropped,
-        "caught_up": plan.until >= seal::bucket_floor(now - gucs::seal_delay_us(), width),
+        "caught_up": caught_up,
     }))
 }
 

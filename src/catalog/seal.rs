@@ -68,6 +68,7 @@ pub fn ledger_state() -> CpResult<(Option<Seal>, Option<i64>)> {
 }
 
 /// What one sealing did.
+#[derive(Default)]
 pub struct Sealed {
     pub rows: i64,
     pub buckets_written: i64,
@@ -104,11 +105,7 @@ pub fn seal(plan: &Plan, width_us: i64) -> CpResult<Sealed> {
             },
         )
     })?;
-    Ok(rows.into_iter().next().unwrap_or(Sealed {
-        rows: 0,
-        buckets_written: 0,
-        buckets_dropped: 0,
-    }))
+    Ok(rows.into_iter().next().unwrap_or_default())
 }
 
 /// Adds the rows of this transaction with ids `ids` that are dated inside `seal` (and were
