@@ -60,7 +60,7 @@ pub fn run() -> CpResult<Value> {
     let Some(cutoff) = ledger::retention_cutoff(now_unix_us(), retention) else {
         return Ok(json!({"retention": "off"}));
     };
-    if !catalog::try_compaction_lock()? {
+    if !crate::xact::advisory_xact_lock(crate::xact::COMPACTION_LOCK, pgrx::pg_sys::ExclusiveLock, false) {
         return Ok(json!({"skipped": "another cp_cleanup is compacting"}));
     }
     if !crate::sealing::try_share_lock() {

@@ -22,19 +22,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
-/// The seal lock: transaction-level advisory lock (1668243311, 3) of the database, as
-/// `pg_advisory_xact_lock` would take it (visible in `pg_locks`).
+/// The seal lock: advisory lock (1668243311, 3) of the database, held until the transaction ends.
 fn seal_lock(mode: u32, wait: bool) -> bool {
-    let tag = pg_sys::LOCKTAG {
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: 1_668_243_311,
-        locktag_field3: 3,
-        locktag_field4: 2,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
-    let r = unsafe { pg_sys::LockAcquire(&tag, mode as i32, false, !wait) };
-    r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    crate::xact::advisory_xact_lock(crate::xact::SEAL_LOCK, mode, wait)
 }
 
 /// Takes the seal lock shared without waiting (compaction); false when a sealing holds it.

@@ -160,6 +160,28 @@ pub fn uncommitted_rows(key: &Key, db: u32) -> Vec<(i64, [i64; 4])> {
     })
 }
 
+/// The second key of the transaction-level advisory locks of `cp_cleanup` (the first is
+/// 1668243311): one compaction at a time.
+pub const COMPACTION_LOCK: u32 = 2;
+/// ... and the seal of the ledger (`crate::sealing`).
+pub const SEAL_LOCK: u32 = 3;
+
+/// Takes the advisory lock (1668243311, `key`) of this database in `mode` until the transaction
+/// ends, as `pg_advisory_xact_lock` would (shown in `pg_locks`). Without `wait`, false when another
+/// transaction holds a conflicting one.
+pub fn advisory_xact_lock(key: u32, mode: u32, wait: bool) -> bool {
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: 1_668_243_311,
+        locktag_field3: key,
+        locktag_field4: 2,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    let r = unsafe { pg_sys::LockAcquire(&tag, mode as i32, false, !wait) };
+    r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
 /// This transaction inserted a ledger row: published in shared memory (fast path), or dated in
 /// the past with id `dated` (slow path; see `crate::sealing`).
 pub fn ledger_row(published: bool, dated: Option<i64>) {

@@ -390,14 +390,3 @@ pub fn compact_batch(start: i64, cutoff: i64, max_rows: i64) -> CpResult<(i64, i
     )?;
     Ok(rows.into_iter().next().unwrap_or((0, 0, 0)))
 }
-
-/// Takes the transaction-level lock that one compaction holds at a time; false when another
-/// transaction holds it.
-pub fn try_compaction_lock() -> CpResult<bool> {
-    let rows = write(
-        c"SELECT pg_catalog.pg_try_advisory_xact_lock(1668243311, 2)",
-        &[],
-        |r| r.bool(1),
-    )?;
-    Ok(rows.into_iter().next().flatten().unwrap_or(false))
-}
