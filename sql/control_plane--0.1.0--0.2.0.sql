@@ -441,7 +441,7 @@ INSERT INTO control_plane.ledger_state DEFAULT VALUES;
 -- A money budget of a subject or an organisation reaching its warning or emergency threshold or
 -- its limit: at most one row per budget, level and window, written by cp_admit or
 -- cp_record_usage in the transaction that reached it, with NOTIFY control_plane_alerts (the row
--- as JSON). Written by the extension as the bootstrap superuser; application roles need no grant.
+-- as JSON). Written by the extension as its owner; application roles need no grant.
 CREATE TABLE control_plane.alerts (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id     text        NOT NULL,
@@ -468,3 +468,16 @@ CREATE UNIQUE INDEX alerts_org_once ON control_plane.alerts (tenant_id, org_id, 
     WHERE scope = 'organization';
 CREATE INDEX alerts_time ON control_plane.alerts (tenant_id, created_at);
 SELECT pg_catalog.pg_extension_config_dump('control_plane.alerts', '');
+
+-- -------------------------------------------------------------------------------------- security
+
+-- The trigger functions run as the extension's owner: the helpers they call are not executable
+-- by PUBLIC (no role can flush every backend's policy cache at will), nor is cp_cleanup (the
+-- extension's owner and whoever it grants EXECUTE to; see the README).
+ALTER FUNCTION control_plane._subjects_changed() SECURITY DEFINER;
+ALTER FUNCTION control_plane._profiles_changed() SECURITY DEFINER;
+ALTER FUNCTION control_plane._policy_changed_trigger() SECURITY DEFINER;
+REVOKE ALL ON FUNCTION control_plane._policy_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._subject_changed(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._profile_changed(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane.cp_cleanup() FROM PUBLIC;

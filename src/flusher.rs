@@ -75,6 +75,16 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
     let db = arg.value() as u32;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    // Not the database's default search path (its owner may set one): every statement is pinned
+    // to this one anyway (`catalog::pinned`), and runs as the extension's owner.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     let Ok(sh) = shmem::shared() else { return };
     unsafe { pg_sys::on_shmem_exit(Some(on_exit), pg_sys::Datum::from(db)) };
     if !sh.flusher_running(db, unsafe { pg_sys::MyLatch }) {
@@ -164,7 +174,8 @@ fn write(sh: &Shared, charges: &[Charge]) -> crate::error::CpResult<()> {
         rows.charge_costs
             .push(cs.iter().any(|c| c.cost != 0).then(|| charges_json(cs, |c| c.cost)));
     }
-    catalog::insert_charges(&rows)?;
+    // As the extension's owner, not as the bootstrap superuser this worker connected as.
+    catalog::as_owner(|| catalog::insert_charges(&rows))?;
     Ok(())
 }
 

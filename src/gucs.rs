@@ -15,7 +15,7 @@ pub static MAX_SUBJECTS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 /// the server. 644 bytes each.
 pub static MAX_RESERVATIONS: GucSetting<i32> = GucSetting::<i32>::new(32_768);
 
-/// `control_plane.reservation_timeout` (seconds, user): how long an admission holds its request
+/// `control_plane.reservation_timeout` (seconds, superuser): how long an admission holds its request
 /// and tokens before it expires and is charged.
 pub static RESERVATION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 
@@ -43,11 +43,11 @@ pub fn seal_delay_us() -> i64 {
     LEDGER_SEAL_DELAY.get().max(1) as i64 * crate::calendar::US_PER_SEC
 }
 
-/// `control_plane.warn_threshold` (percent, user): an admission that leaves a quota at or above
+/// `control_plane.warn_threshold` (percent, superuser): an admission that leaves a quota at or above
 /// this share used is returned with decision `warn` (still allowed).
 pub static WARN_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(80);
 
-/// `control_plane.emergency_threshold` (percent, user): the emergency threshold of a subject's
+/// `control_plane.emergency_threshold` (percent, superuser): the emergency threshold of a subject's
 /// own money budgets (an organisation has its own `emergency_pct`). An admission that would take
 /// a budget there is degraded to the profile's `fallback_model` when it has one, else warned.
 pub static EMERGENCY_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(90);
@@ -104,7 +104,7 @@ pub enum UnpricedModels {
 /// `control_plane.unpriced_models` (reload).
 pub static UNPRICED_MODELS: GucSetting<UnpricedModels> = GucSetting::<UnpricedModels>::new(UnpricedModels::Deny);
 
-/// `control_plane.default_max_output_tokens` (user): the output a cost reservation expects when
+/// `control_plane.default_max_output_tokens` (superuser): the output a cost reservation expects when
 /// `cp_admit`'s `max_output_tokens` is NULL.
 pub static DEFAULT_MAX_OUTPUT_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(1_024);
 
@@ -210,7 +210,7 @@ fn define_session_gucs() {
         &DEFAULT_MAX_OUTPUT_TOKENS,
         0,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -230,7 +230,7 @@ fn define_session_gucs() {
         &RESERVATION_TIMEOUT,
         1,
         7 * 86_400,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
@@ -250,7 +250,7 @@ fn define_session_gucs() {
         &WARN_THRESHOLD,
         1,
         100,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -260,7 +260,7 @@ fn define_session_gucs() {
         &EMERGENCY_THRESHOLD,
         1,
         100,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

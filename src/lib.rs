@@ -36,6 +36,8 @@ mod xact;
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
 
+// First: refuse a schema named control_plane that another role owns.
+extension_sql_file!("sql/bootstrap.sql", name = "bootstrap", bootstrap);
 // Tables, presets, triggers and the stats view; they reference the functions above.
 extension_sql_file!("sql/schema.sql", name = "schema", finalize);
 

@@ -22,7 +22,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
-/// The seal lock: advisory lock (1668243311, 3) of the database, held until the transaction ends.
+/// The seal lock of the database (`xact::advisory_xact_lock`), held until the transaction ends.
 fn seal_lock(mode: u32, wait: bool) -> bool {
     crate::xact::advisory_xact_lock(crate::xact::SEAL_LOCK, mode, wait)
 }
@@ -48,7 +48,7 @@ pub fn run() -> CpResult<Value> {
     // The clock, then the published rows, then (below) the snapshot: a row that is not in the
     // snapshot either was published when read, or is dated after `now - delay / 3`.
     let now = now_unix_us();
-    let oldest_open = sh.oldest_open_row();
+    let oldest_open = sh.oldest_open_row(unsafe { pg_sys::MyDatabaseId }.to_u32());
     let (current, _) = catalog::ledger_state()?;
     let width = gucs::bucket_us();
     let plan = seal::plan(now, gucs::seal_delay_us(), width, current, oldest_open);
@@ -179,14 +179,18 @@ pub unsafe extern "C-unwind" fn _usage_events_row_check(fcinfo: pg_sys::Function
 
 /// The path of a new ledger row dated `at` with id `id` (see the module's text).
 fn seal_path(at: Option<i64>, id: Option<i64>) {
+    // The transaction's end clears what it publishes: registered before anything here can fail
+    // (a wait for the seal lock below may be cancelled).
+    crate::xact::ledger_row(true, None);
     // Published first, then the clock read: the order that `run` relies on.
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let published = match (at, shmem::shared()) {
-        (Some(t), Ok(sh)) => sh.publish_open_row(t),
+        (Some(t), Ok(sh)) => sh.publish_open_row(t, db),
         _ => false,
     };
     let fast = published && at.is_some_and(|t| seal::fast_path(t, now_unix_us(), gucs::seal_delay_us()));
     if !fast {
         seal_lock(pg_sys::ShareLock, true);
+        crate::xact::ledger_row(false, id);
     }
-    crate::xact::ledger_row(published, if fast { None } else { id });
 }

@@ -38,10 +38,15 @@ pub fn check_schema() -> CpResult<()> {
     if SCHEMA_CHECKED.get() {
         return Ok(());
     }
-    let installed =
-        Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'control_plane'")
-            .map_err(|e| CpError::Internal(format!("reading the extension's version: {e}")))?
-            .unwrap_or_default();
+    let installed = crate::catalog::query_latest(
+        c"SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'control_plane'",
+        &[],
+        |r| r.text(1),
+    )?
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or_default();
     if installed != LIBRARY_VERSION {
         return Err(outdated(format!(
             "control_plane's SQL objects are at version {installed} and its library at {LIBRARY_VERSION}"

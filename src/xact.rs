@@ -160,21 +160,23 @@ pub fn uncommitted_rows(key: &Key, db: u32) -> Vec<(i64, [i64; 4])> {
     })
 }
 
-/// The second key of the transaction-level advisory locks of `cp_cleanup` (the first is
-/// 1668243311): one compaction at a time.
+/// The key of `cp_cleanup`'s transaction-level locks: one compaction at a time.
 pub const COMPACTION_LOCK: u32 = 2;
 /// ... and the seal of the ledger (`crate::sealing`).
 pub const SEAL_LOCK: u32 = 3;
+/// The fourth field of the extension's advisory lock tags: `pg_advisory_lock` and its kin only
+/// ever set 1 or 2 there, so no SQL can take (or wait on) these locks.
+pub const LOCK_SPACE: u16 = 0x4353;
 
-/// Takes the advisory lock (1668243311, `key`) of this database in `mode` until the transaction
-/// ends, as `pg_advisory_xact_lock` would (shown in `pg_locks`). Without `wait`, false when another
-/// transaction holds a conflicting one.
+/// Takes the lock `key` of this database in `mode` until the transaction ends (shown in
+/// `pg_locks` as an advisory lock with objid `key` and objsubid 17235, which no SQL function can
+/// take). Without `wait`, false when another transaction holds a conflicting one.
 pub fn advisory_xact_lock(key: u32, mode: u32, wait: bool) -> bool {
     let tag = pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: 1_668_243_311,
         locktag_field3: key,
-        locktag_field4: 2,
+        locktag_field4: LOCK_SPACE,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };

@@ -1,6 +1,6 @@
 //! `control_plane.alerts`: one row per money threshold reached, with its notification.
 
-use super::{as_superuser, write, Arg};
+use super::{as_owner, write, Arg};
 use crate::error::CpResult;
 
 /// One alert row.
@@ -19,10 +19,10 @@ pub struct AlertRow<'a> {
 
 /// Inserts an alert unless its (tenant, budget, level, window) already has one, and notifies
 /// `control_plane_alerts` with the row as JSON when it was inserted (both take effect at commit).
-/// Runs as the bootstrap superuser, like the flushers: application roles need no grant on
+/// Runs as the extension's owner, like the flushers' writes: application roles need no grant on
 /// `alerts`, and cannot write one themselves. True when a row was inserted.
 pub fn insert_alert(a: &AlertRow) -> CpResult<bool> {
-    let rows = as_superuser(|| {
+    let rows = as_owner(|| {
         write(
             c"WITH a AS (
               INSERT INTO control_plane.alerts
@@ -35,7 +35,7 @@ pub fn insert_alert(a: &AlertRow) -> CpResult<bool> {
                      'id', id, 'tenant_id', tenant_id, 'scope', scope, 'subject_id', subject_id,
                      'org_id', org_id, 'limit_name', limit_name, 'level', level,
                      'window_start', window_start, 'budget_micros', budget_micros,
-                     'used_micros', used_micros, 'created_at', created_at)::text)
+                     'used_micros', used_micros, 'created_at', created_at)::pg_catalog.text)
             FROM a",
             &[
                 Arg::Text(Some(a.tenant)),

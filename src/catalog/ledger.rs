@@ -1,7 +1,7 @@
 //! The usage ledger: the totals a rebuild reads, and every row the extension appends (recorded
 //! usage, expired charges, their reversals, compaction's rollups).
 
-use super::{as_superuser, query_latest, sql_text, timestamptz, write, Arg};
+use super::{as_owner, query_latest, sql_text, timestamptz, write, Arg};
 use crate::error::{CpError, CpResult};
 use crate::quota::Totals;
 use pgrx::pg_sys;
@@ -38,14 +38,14 @@ macro_rules! totals_sql {
                   WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND ",
             $col,
             " OPERATOR(pg_catalog.=) $2
-                    AND created_at >= $5 AND created_at < (SELECT b0 FROM bounds)
+                    AND created_at OPERATOR(pg_catalog.>=) $5 AND created_at OPERATOR(pg_catalog.<) (SELECT b0 FROM bounds)
                  UNION ALL
                  SELECT requests, input_tokens, output_tokens, cost_micros, created_at
                    FROM control_plane.usage_events
                   WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND ",
             $col,
             " OPERATOR(pg_catalog.=) $2
-                    AND created_at >= (SELECT b1 FROM bounds) AND created_at < $6
+                    AND created_at OPERATOR(pg_catalog.>=) (SELECT b1 FROM bounds) AND created_at OPERATOR(pg_catalog.<) $6
                  UNION ALL
                  SELECT requests, input_tokens, output_tokens, cost_micros, created_at
                    FROM control_plane.usage_events
@@ -53,7 +53,8 @@ macro_rules! totals_sql {
                     AND ",
             $col,
             " OPERATOR(pg_catalog.=) $2
-                    AND created_at >= (SELECT b0 FROM bounds) AND created_at < (SELECT b1 FROM bounds)
+                    AND created_at OPERATOR(pg_catalog.>=) (SELECT b0 FROM bounds)
+                    AND created_at OPERATOR(pg_catalog.<) (SELECT b1 FROM bounds)
                  UNION ALL
                  SELECT requests, input_tokens, output_tokens, cost_micros, bucket_start
                    FROM control_plane.usage_buckets
@@ -61,17 +62,19 @@ macro_rules! totals_sql {
             $scope,
             "'
                     AND who OPERATOR(pg_catalog.=) $2
-                    AND bucket_start >= (SELECT b0 FROM bounds) AND bucket_start < (SELECT b1 FROM bounds)
+                    AND bucket_start OPERATOR(pg_catalog.>=) (SELECT b0 FROM bounds)
+                    AND bucket_start OPERATOR(pg_catalog.<) (SELECT b1 FROM bounds)
              )
-             SELECT coalesce(sum(requests) FILTER (WHERE t >= $3 AND t < $4), 0)::bigint,
-                    coalesce(sum(input_tokens) FILTER (WHERE t >= $3 AND t < $4), 0)::bigint,
-                    coalesce(sum(output_tokens) FILTER (WHERE t >= $3 AND t < $4), 0)::bigint,
-                    coalesce(sum(requests), 0)::bigint,
-                    coalesce(sum(input_tokens), 0)::bigint,
-                    coalesce(sum(output_tokens), 0)::bigint,
-                    least(coalesce(sum(cost) FILTER (WHERE t >= $3 AND t < $4), 0), 9223372036854775807)::bigint,
-                    least(coalesce(sum(cost), 0), 9223372036854775807)::bigint
-               FROM r\0"
+             SELECT least(coalesce(pg_catalog.sum(requests) FILTER (WHERE d), 0), 9223372036854775807)::bigint,
+                    least(coalesce(pg_catalog.sum(input_tokens) FILTER (WHERE d), 0), 9223372036854775807)::bigint,
+                    least(coalesce(pg_catalog.sum(output_tokens) FILTER (WHERE d), 0), 9223372036854775807)::bigint,
+                    least(coalesce(pg_catalog.sum(requests), 0), 9223372036854775807)::bigint,
+                    least(coalesce(pg_catalog.sum(input_tokens), 0), 9223372036854775807)::bigint,
+                    least(coalesce(pg_catalog.sum(output_tokens), 0), 9223372036854775807)::bigint,
+                    least(coalesce(pg_catalog.sum(cost) FILTER (WHERE d), 0), 9223372036854775807)::bigint,
+                    least(coalesce(pg_catalog.sum(cost), 0), 9223372036854775807)::bigint
+               FROM (SELECT requests::numeric, input_tokens::numeric, output_tokens::numeric, cost,
+                            t OPERATOR(pg_catalog.>=) $3 AND t OPERATOR(pg_catalog.<) $4 AS d FROM r) r\0"
         )
     };
 }
@@ -82,7 +85,7 @@ const ORG_TOTALS: &CStr = sql_text(totals_sql!("org_id", "organization"));
 /// Committed usage of a subject or an organisation in one day and its month, read from the ledger
 /// (its buckets inside the seal, when every edge of the windows is on a quarter-hour). `own` are
 /// the ids of rows this transaction inserted dated in the past (`crate::sealing`): they are in no
-/// bucket before it commits. Runs as the bootstrap superuser (application roles have no grant on
+/// bucket before it commits. Runs as the extension's owner (application roles have no grant on
 /// the buckets), once the caller is found to have the privilege the README asks for: `SELECT` on
 /// the ledger.
 pub fn ledger_totals(tenant: &str, whose: Whose, day: (i64, i64), month: (i64, i64), own: &[i64]) -> CpResult<Totals> {
@@ -92,7 +95,7 @@ pub fn ledger_totals(tenant: &str, whose: Whose, day: (i64, i64), month: (i64, i
         Whose::Org(o) => (ORG_TOTALS, o),
     };
     let buckets = crate::seal::buckets_usable(month, day);
-    let rows = as_superuser(|| {
+    let rows = as_owner(|| {
         query_latest(
             sql,
             &[
@@ -193,13 +196,14 @@ pub fn expired_charge(
 ) -> CpResult<Option<ExpiredCharge>> {
     let key = id.to_string();
     let rows = query_latest(
-        c"SELECT (extract(epoch FROM created_at) * 1000000)::bigint,
-                 (metadata->'expired_reservations'->>$3)::bigint,
-                 coalesce((metadata->'expired_costs'->>$3)::bigint, 0), org_id
+        c"SELECT created_at,
+                 ((metadata OPERATOR(pg_catalog.->) 'expired_reservations') OPERATOR(pg_catalog.->>) $3)::bigint,
+                 coalesce(((metadata OPERATOR(pg_catalog.->) 'expired_costs') OPERATOR(pg_catalog.->>) $3)::bigint, 0),
+                 org_id
             FROM control_plane.usage_events
            WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
-             AND kind OPERATOR(pg_catalog.=) 'expired' AND created_at >= $4
-             AND metadata->'expired_reservations' ? $3
+             AND kind OPERATOR(pg_catalog.=) 'expired' AND created_at OPERATOR(pg_catalog.>=) $4
+             AND (metadata OPERATOR(pg_catalog.->) 'expired_reservations') OPERATOR(pg_catalog.?) $3
            LIMIT 1",
         &[
             Arg::Text(Some(tenant)),
@@ -208,7 +212,7 @@ pub fn expired_charge(
             Arg::TimestampUnixUs(admitted_at - 1_000_000),
         ],
         |r| ExpiredCharge {
-            at: r.i64(1),
+            at: r.unix_us(1).unwrap_or_default(),
             tokens: r.i64(2),
             cost: r.i64(3),
             org_id: r.text(4),
@@ -235,8 +239,9 @@ pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, charge: &Exp
         c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, reservation_id, created_at,
                cost_micros, org_id)
-          VALUES ($1, $2, 'expired_reversed', -1, -$3, 0, $4, $5, -NULLIF($6, 0), $7)
-          ON CONFLICT (reservation_id) WHERE kind = 'expired_reversed' DO NOTHING
+          VALUES ($1, $2, 'expired_reversed', -1, OPERATOR(pg_catalog.-) $3, 0, $4, $5,
+                  CASE WHEN $6 OPERATOR(pg_catalog.=) 0 THEN NULL ELSE OPERATOR(pg_catalog.-) $6 END, $7)
+          ON CONFLICT (reservation_id) WHERE kind OPERATOR(pg_catalog.=) 'expired_reversed' DO NOTHING
           RETURNING id",
         &[
             Arg::Text(Some(tenant)),
@@ -288,15 +293,16 @@ pub fn insert_charges(rows: &ChargeRows) -> CpResult<usize> {
         c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, cost_micros, metadata, created_at,
                org_id)
-          SELECT t, s, 'expired', r, n, 0, NULLIF(m, 0),
-                 CASE WHEN k IS NULL THEN pg_catalog.jsonb_build_object('expired_reservations', c::jsonb)
-                      ELSE pg_catalog.jsonb_build_object('expired_reservations', c::jsonb, 'expired_costs', k::jsonb)
+          SELECT t, s, 'expired', r, n, 0, CASE WHEN m OPERATOR(pg_catalog.=) 0 THEN NULL ELSE m END,
+                 CASE WHEN k IS NULL THEN pg_catalog.jsonb_build_object('expired_reservations', c::pg_catalog.jsonb)
+                      ELSE pg_catalog.jsonb_build_object('expired_reservations', c::pg_catalog.jsonb,
+                                                         'expired_costs', k::pg_catalog.jsonb)
                  END, a, o
-            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]),
+            FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]),
                             pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[]),
-                            pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::text[]),
-                            pg_catalog.unnest($7::bigint[]), pg_catalog.unnest($8::text[]),
-                            pg_catalog.unnest($9::text[]))
+                            pg_catalog.unnest($5::pg_catalog.timestamptz[]), pg_catalog.unnest($6::pg_catalog.text[]),
+                            pg_catalog.unnest($7::bigint[]), pg_catalog.unnest($8::pg_catalog.text[]),
+                            pg_catalog.unnest($9::pg_catalog.text[]))
                  AS u(t, s, r, n, a, c, m, k, o)
           RETURNING id",
         &[
@@ -340,18 +346,21 @@ fn require_ledger_select() -> CpResult<()> {
 /// `rollup` row with the sums of all its rows (earlier rollups included), at the latest one's
 /// time, so in the same day and month. Only days that end by `cutoff` are compacted. Returns
 /// (rows considered, rows removed, rollups written); fewer rows considered than `max_rows` means
-/// none is left.
+/// none is left. Runs as the extension's owner: whoever may run `cp_cleanup` needs no grant on
+/// the ledger.
 pub fn compact_batch(start: i64, cutoff: i64, max_rows: i64) -> CpResult<(i64, i64, i64)> {
-    let rows = write(
-        c"WITH todo AS (
+    let rows = as_owner(|| {
+        write(
+            c"WITH todo AS (
               SELECT e.tenant_id, e.subject_id, e.org_id, z.zone,
                      control_plane._local_day_start(z.zone, e.created_at) AS day
                 FROM control_plane.usage_events e
                CROSS JOIN LATERAL (
                      SELECT coalesce((SELECT t.time_zone FROM control_plane.tenants t
                                        WHERE t.tenant_id OPERATOR(pg_catalog.=) e.tenant_id), 'UTC') AS zone) z
-               WHERE e.kind OPERATOR(pg_catalog.<>) 'rollup' AND e.created_at >= $3 AND e.created_at < $1
-                 AND e.created_at < control_plane._local_day_start(z.zone, $1)
+               WHERE e.kind OPERATOR(pg_catalog.<>) 'rollup' AND e.created_at OPERATOR(pg_catalog.>=) $3
+                 AND e.created_at OPERATOR(pg_catalog.<) $1
+                 AND e.created_at OPERATOR(pg_catalog.<) control_plane._local_day_start(z.zone, $1)
                ORDER BY e.created_at
                LIMIT $2
           ), groups AS (
@@ -362,8 +371,8 @@ pub fn compact_batch(start: i64, cutoff: i64, max_rows: i64) -> CpResult<(i64, i
                USING groups g
                WHERE e.tenant_id OPERATOR(pg_catalog.=) g.tenant_id
                  AND e.subject_id OPERATOR(pg_catalog.=) g.subject_id
-                 AND e.org_id IS NOT DISTINCT FROM g.org_id
-                 AND e.created_at >= g.day AND e.created_at < g.day_end
+                 AND (e.org_id OPERATOR(pg_catalog.=) g.org_id OR (e.org_id IS NULL AND g.org_id IS NULL))
+                 AND e.created_at OPERATOR(pg_catalog.>=) g.day AND e.created_at OPERATOR(pg_catalog.<) g.day_end
               RETURNING e.tenant_id, e.subject_id, e.org_id, g.day, e.kind, e.requests, e.input_tokens,
                         e.output_tokens, e.cost_micros, e.metadata, e.created_at
           ), rolled AS (
@@ -381,12 +390,13 @@ pub fn compact_batch(start: i64, cutoff: i64, max_rows: i64) -> CpResult<(i64, i
           )
           SELECT (SELECT pg_catalog.count(*) FROM todo), (SELECT pg_catalog.count(*) FROM doomed),
                  (SELECT pg_catalog.count(*) FROM rolled)",
-        &[
-            Arg::TimestampUnixUs(cutoff),
-            Arg::Int(max_rows),
-            Arg::TimestampUnixUs(start),
-        ],
-        |r| (r.i64(1), r.i64(2), r.i64(3)),
-    )?;
+            &[
+                Arg::TimestampUnixUs(cutoff),
+                Arg::Int(max_rows),
+                Arg::TimestampUnixUs(start),
+            ],
+            |r| (r.i64(1), r.i64(2), r.i64(3)),
+        )
+    })?;
     Ok(rows.into_iter().next().unwrap_or((0, 0, 0)))
 }

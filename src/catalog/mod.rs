@@ -11,11 +11,15 @@ use pgrx::prelude::*;
 use std::ffi::CStr;
 
 mod alerts;
+mod guard;
 mod ledger;
 mod policy;
 mod seal;
 
 pub use alerts::*;
+#[cfg(any(test, feature = "pg_test"))]
+pub use guard::unqualified_names;
+pub use guard::{as_owner, pinned};
 pub use ledger::*;
 pub use policy::*;
 pub use seal::*;
@@ -33,23 +37,6 @@ const fn sql_text(s: &'static str) -> &'static CStr {
         Ok(c) => c,
         Err(_) => panic!("SQL text without its one final NUL"),
     }
-}
-
-/// Runs `f` as the bootstrap superuser (`SECURITY_LOCAL_USERID_CHANGE`, like the flushers), for
-/// the extension's own bookkeeping tables that application roles have no grant on. (An error
-/// leaves the user to the (sub)transaction's abort, which restores it.)
-pub fn as_superuser<R>(f: impl FnOnce() -> CpResult<R>) -> CpResult<R> {
-    let (mut user, mut sec) = (pg_sys::Oid::INVALID, 0i32);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    let r = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
-    r
 }
 
 /// An instant (µs since the Unix epoch) as a `timestamptz`; None outside its range.
@@ -142,7 +129,8 @@ enum Mode {
 }
 
 /// Runs a prepared statement and maps each returned row with `f`. Must be called inside
-/// `Spi::connect`.
+/// `Spi::connect`, with the search path `pinned`; a text is checked (`guard::check_qualified`)
+/// before its first preparation in the backend.
 unsafe fn run_plan<R>(sql: &'static CStr, args: &[Arg], mode: Mode, mut f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
     unsafe {
         let mut types: Vec<pg_sys::Oid> = args.iter().map(Arg::type_oid).collect();
@@ -157,6 +145,7 @@ unsafe fn run_plan<R>(sql: &'static CStr, args: &[Arg], mode: Mode, mut f: impl 
         let plan = match PLANS.with_borrow(|p| p.get(&cache_key).copied()) {
             Some(plan) => plan,
             None => {
+                guard::check_qualified(sql)?;
                 let plan = pg_sys::SPI_prepare(sql.as_ptr(), args.len() as i32, types.as_mut_ptr());
                 if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
                     return Err(CpError::Internal(format!("SPI_prepare failed for {sql:?}")));
@@ -206,13 +195,14 @@ unsafe fn run_plan<R>(sql: &'static CStr, args: &[Arg], mode: Mode, mut f: impl 
     }
 }
 
-/// Runs a read-only query against a fresh snapshot and maps each row with `f`.
+/// Runs a read-only query against a fresh snapshot and maps each row with `f` (prepared and run
+/// with the search path `pinned`).
 pub fn query_latest<R>(sql: &'static CStr, args: &[Arg], f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
-    Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::ReadLatest, f) })
+    pinned(|| Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::ReadLatest, f) }))
 }
 
 /// Runs a prepared write (INSERT ... RETURNING, or a SELECT whose CTEs write) in the caller's
 /// transaction, at its snapshot.
 fn write<R>(sql: &'static CStr, args: &[Arg], f: impl FnMut(&Row) -> R) -> CpResult<Vec<R>> {
-    Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::Write, f) })
+    pinned(|| Spi::connect(|_client| unsafe { run_plan(sql, args, Mode::Write, f) }))
 }

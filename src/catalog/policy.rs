@@ -2,8 +2,7 @@
 //! enrolment of a new subject).
 
 use super::{query_latest, Arg};
-use crate::error::{CpError, CpResult};
-use pgrx::prelude::*;
+use crate::error::CpResult;
 /// A subject's row joined with its profile (the tenant's own profile of that name, else the
 /// shared preset).
 pub struct SubjectRow {
@@ -17,12 +16,15 @@ pub struct SubjectRow {
 
 pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>> {
     let rows = query_latest(
-        c"SELECT s.profile, s.active, nullif(s.overrides, '{}')::text, s.org_id, p.id::bigint
+        c"SELECT s.profile, s.active,
+                 CASE WHEN s.overrides OPERATOR(pg_catalog.=) '{}'::pg_catalog.jsonb THEN NULL
+                      ELSE s.overrides::pg_catalog.text END,
+                 s.org_id, p.id::bigint
             FROM control_plane.subjects s
             LEFT JOIN LATERAL (
                  SELECT p.id FROM control_plane.profiles p
                   WHERE p.name OPERATOR(pg_catalog.=) s.profile
-                    AND p.tenant_id IN (s.tenant_id, '*')
+                    AND (p.tenant_id OPERATOR(pg_catalog.=) s.tenant_id OR p.tenant_id OPERATOR(pg_catalog.=) '*')
                   ORDER BY p.tenant_id OPERATOR(pg_catalog.=) '*'
                   LIMIT 1) p ON true
            WHERE s.tenant_id OPERATOR(pg_catalog.=) $1 AND s.subject_id OPERATOR(pg_catalog.=) $2",
@@ -68,7 +70,8 @@ pub fn model_prices(tenant: &str, model: &str) -> CpResult<Vec<crate::money::Pri
 /// One profile row as JSON, by id.
 pub fn load_profile(id: i32) -> CpResult<Option<String>> {
     let rows = query_latest(
-        c"SELECT to_jsonb(p)::text FROM control_plane.profiles p WHERE p.id OPERATOR(pg_catalog.=) $1",
+        c"SELECT pg_catalog.to_jsonb(p)::pg_catalog.text FROM control_plane.profiles p
+           WHERE p.id OPERATOR(pg_catalog.=) $1",
         &[Arg::Int(id as i64)],
         |r| r.text(1),
     )?;
@@ -78,8 +81,8 @@ pub fn load_profile(id: i32) -> CpResult<Option<String>> {
 /// The profile a tenant's new subjects get, as JSON: the tenant's own default, else the shared one.
 pub fn default_profile(tenant: &str) -> CpResult<Option<(String, String)>> {
     let rows = query_latest(
-        c"SELECT p.name, to_jsonb(p)::text FROM control_plane.profiles p
-           WHERE p.is_default AND p.tenant_id IN ($1, '*')
+        c"SELECT p.name, pg_catalog.to_jsonb(p)::pg_catalog.text FROM control_plane.profiles p
+           WHERE p.is_default AND (p.tenant_id OPERATOR(pg_catalog.=) $1 OR p.tenant_id OPERATOR(pg_catalog.=) '*')
            ORDER BY p.tenant_id OPERATOR(pg_catalog.=) '*' LIMIT 1",
         &[Arg::Text(Some(tenant))],
         |r| (r.text(1).unwrap_or_default(), r.text(2).unwrap_or_default()),
@@ -93,16 +96,16 @@ pub fn enroll(tenant: &str, subject: &str) -> CpResult<bool> {
     let Some((profile, _)) = default_profile(tenant)? else {
         return Ok(false);
     };
-    Spi::connect_mut(|c| {
-        c.update(
-            "INSERT INTO control_plane.subjects (tenant_id, subject_id, profile) VALUES ($1, $2, $3)
-             ON CONFLICT (tenant_id, subject_id) DO NOTHING",
-            None,
-            &[tenant.into(), subject.into(), profile.as_str().into()],
-        )
-        .map(|_| ())
-    })
-    .map_err(|e| CpError::Internal(format!("enrolling subject: {e}")))?;
+    super::write(
+        c"INSERT INTO control_plane.subjects (tenant_id, subject_id, profile) VALUES ($1, $2, $3)
+          ON CONFLICT (tenant_id, subject_id) DO NOTHING RETURNING 1",
+        &[
+            Arg::Text(Some(tenant)),
+            Arg::Text(Some(subject)),
+            Arg::Text(Some(&profile)),
+        ],
+        |_| (),
+    )?;
     Ok(true)
 }
 

@@ -1,8 +1,8 @@
 //! `control_plane.usage_buckets` and `control_plane.ledger_state`: the seal of the ledger (see
-//! `crate::sealing` and `control_plane_core::seal`). Every statement here runs as the bootstrap
-//! superuser: application roles have no grant on these tables.
+//! `crate::sealing` and `control_plane_core::seal`). Every statement here runs as the extension's
+//! owner (`as_owner`): application roles have no grant on these tables.
 
-use super::{as_superuser, query_latest, sql_text, write, Arg};
+use super::{as_owner, query_latest, sql_text, write, Arg};
 use crate::error::CpResult;
 use crate::seal::{Plan, Seal};
 use pgrx::pg_sys;
@@ -33,11 +33,17 @@ macro_rules! buckets_sql {
              ), written AS (
                  INSERT INTO control_plane.usage_buckets AS k
                         (tenant_id, scope, who, bucket_start, requests, input_tokens, output_tokens, cost_micros)
-                 SELECT tenant_id, scope, who, b, r, i, o, c FROM sums
+                 SELECT tenant_id, scope, who, b, greatest(least(r, 9223372036854775807), -9223372036854775808),
+                        greatest(least(i, 9223372036854775807), -9223372036854775808),
+                        greatest(least(o, 9223372036854775807), -9223372036854775808), c
+                   FROM sums
                  ON CONFLICT (tenant_id, scope, who, bucket_start) DO UPDATE
-                    SET requests = k.requests OPERATOR(pg_catalog.+) excluded.requests,
-                        input_tokens = k.input_tokens OPERATOR(pg_catalog.+) excluded.input_tokens,
-                        output_tokens = k.output_tokens OPERATOR(pg_catalog.+) excluded.output_tokens,
+                    SET requests = greatest(least(k.requests::numeric OPERATOR(pg_catalog.+) excluded.requests,
+                                                  9223372036854775807), -9223372036854775808)::bigint,
+                        input_tokens = greatest(least(k.input_tokens::numeric OPERATOR(pg_catalog.+) excluded.input_tokens,
+                                                      9223372036854775807), -9223372036854775808)::bigint,
+                        output_tokens = greatest(least(k.output_tokens::numeric OPERATOR(pg_catalog.+) excluded.output_tokens,
+                                                       9223372036854775807), -9223372036854775808)::bigint,
                         cost_micros = k.cost_micros OPERATOR(pg_catalog.+) excluded.cost_micros
                  RETURNING 1
              )",
@@ -51,7 +57,7 @@ macro_rules! buckets_sql {
 
 /// The seal and the compaction mark, committed (latest snapshot): (seal, compacted_before).
 pub fn ledger_state() -> CpResult<(Option<Seal>, Option<i64>)> {
-    let rows = as_superuser(|| {
+    let rows = as_owner(|| {
         query_latest(
             c"SELECT sealed_from, sealed_until, compacted_before FROM control_plane.ledger_state",
             &[],
@@ -79,9 +85,9 @@ pub struct Sealed {
 /// `[plan.start, plan.until)` into buckets and stores the new seal, in one statement.
 pub fn seal(plan: &Plan, width_us: i64) -> CpResult<Sealed> {
     const SQL: &CStr = sql_text(buckets_sql!(
-        "created_at >= $2 AND created_at < $3",
+        "created_at OPERATOR(pg_catalog.>=) $2 AND created_at OPERATOR(pg_catalog.<) $3",
         ", dropped AS (
-             DELETE FROM control_plane.usage_buckets WHERE bucket_start < $1 RETURNING 1
+             DELETE FROM control_plane.usage_buckets WHERE bucket_start OPERATOR(pg_catalog.<) $1 RETURNING 1
          ), state AS (
              INSERT INTO control_plane.ledger_state AS s (only_row, sealed_from, sealed_until) VALUES (true, $1, $3)
              ON CONFLICT (only_row) DO UPDATE SET sealed_from = excluded.sealed_from, sealed_until = excluded.sealed_until
@@ -89,7 +95,7 @@ pub fn seal(plan: &Plan, width_us: i64) -> CpResult<Sealed> {
          )",
         ", (SELECT pg_catalog.count(*) FROM dropped), (SELECT pg_catalog.count(*) FROM state)"
     ));
-    let rows = as_superuser(|| {
+    let rows = as_owner(|| {
         write(
             SQL,
             &[
@@ -113,11 +119,12 @@ pub fn seal(plan: &Plan, width_us: i64) -> CpResult<Sealed> {
 /// to their buckets. Returns the rows added.
 pub fn bucket_rows(ids: &[i64], seal: Seal, width_us: i64) -> CpResult<i64> {
     const SQL: &CStr = sql_text(buckets_sql!(
-        "id = ANY($1) AND created_at >= $2 AND created_at < $3",
+        "id OPERATOR(pg_catalog.=) ANY ($1) AND created_at OPERATOR(pg_catalog.>=) $2
+         AND created_at OPERATOR(pg_catalog.<) $3",
         "",
         ""
     ));
-    let rows = as_superuser(|| {
+    let rows = as_owner(|| {
         write(
             SQL,
             &[
@@ -134,10 +141,10 @@ pub fn bucket_rows(ids: &[i64], seal: Seal, width_us: i64) -> CpResult<i64> {
 
 /// Stores where compaction starts next time.
 pub fn set_compacted_before(t: i64) -> CpResult<()> {
-    as_superuser(|| {
+    as_owner(|| {
         write(
             c"WITH u AS (UPDATE control_plane.ledger_state SET compacted_before = $1
-                           WHERE compacted_before IS NULL OR compacted_before < $1 RETURNING 1)
+                           WHERE compacted_before IS NULL OR compacted_before OPERATOR(pg_catalog.<) $1 RETURNING 1)
               SELECT pg_catalog.count(*) FROM u",
             &[Arg::TimestampUnixUs(t)],
             |_| (),

@@ -9,6 +9,7 @@ mod budgets;
 mod idempotency;
 mod money;
 mod orgs;
+mod security;
 mod zones;
 
 #[pg_schema]

@@ -1,6 +1,7 @@
 //! The oldest ledger row each backend's open transaction inserted on the fast path of sealing
-//! (`crate::sealing`): a sealing never goes past it, so it never passes a row that is not
-//! committed yet. One value per backend, written by that backend only, read by `cp_cleanup`.
+//! (`crate::sealing`): a sealing of its database never goes past it, so it never passes a row
+//! that is not committed yet. Two values per backend (the row's time, its database), written by
+//! that backend only, read by `cp_cleanup`.
 
 use super::Shared;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,24 +18,32 @@ fn backend_index() -> Option<usize> {
     usize::try_from(i).ok()
 }
 
-/// Bytes of the region: one value per backend.
+/// Bytes of the region: two values per backend.
 pub fn region_bytes(backends: usize) -> usize {
-    backends * std::mem::size_of::<AtomicI64>()
+    backends * 2 * std::mem::size_of::<AtomicI64>()
 }
 
 impl Shared {
-    fn open_row_slot(&self) -> Option<&AtomicI64> {
-        let i = backend_index().filter(|i| *i < self.nopen)?;
-        Some(unsafe { &*self.open_rows.add(i) })
+    /// Backend `i`'s (time, database).
+    fn open_row(&self, i: usize) -> (&AtomicI64, &AtomicI64) {
+        unsafe { (&*self.open_rows.add(2 * i), &*self.open_rows.add(2 * i + 1)) }
     }
 
-    /// Publishes that this backend's transaction inserted a row dated `t` (µs since the epoch),
-    /// before the row can be committed. False when this backend has no slot (the caller then
-    /// takes the slow path).
-    pub fn publish_open_row(&self, t: i64) -> bool {
-        let Some(slot) = self.open_row_slot() else {
+    fn open_row_slot(&self) -> Option<&AtomicI64> {
+        let i = backend_index().filter(|i| *i < self.nopen)?;
+        Some(self.open_row(i).0)
+    }
+
+    /// Publishes that this backend's transaction inserted a row dated `t` (µs since the epoch)
+    /// in database `db`, before the row can be committed. False when this backend has no slot
+    /// (the caller then takes the slow path).
+    pub fn publish_open_row(&self, t: i64, db: u32) -> bool {
+        let Some(i) = backend_index().filter(|i| *i < self.nopen) else {
             return false;
         };
+        let (slot, database) = self.open_row(i);
+        // The database first: a reader that sees the time sees its database.
+        database.store(i64::from(db), Ordering::SeqCst);
         let t = if t == NONE { NONE - 1 } else { t };
         let cur = slot.load(Ordering::Relaxed);
         if cur == NONE || t < cur {
@@ -52,12 +61,15 @@ impl Shared {
         }
     }
 
-    /// The oldest row published by any backend (of any database), if any.
-    pub fn oldest_open_row(&self) -> Option<i64> {
+    /// The oldest row published by any backend in database `db`, if any.
+    pub fn oldest_open_row(&self, db: u32) -> Option<i64> {
         std::sync::atomic::fence(Ordering::SeqCst);
         (0..self.nopen)
-            .map(|i| unsafe { &*self.open_rows.add(i) }.load(Ordering::SeqCst))
-            .filter(|t| *t != NONE)
+            .filter_map(|i| {
+                let (slot, database) = self.open_row(i);
+                let t = slot.load(Ordering::SeqCst);
+                (t != NONE && database.load(Ordering::SeqCst) == i64::from(db)).then_some(t)
+            })
             .min()
     }
 }

@@ -156,11 +156,14 @@ CREATE TRIGGER profiles_in_use BEFORE DELETE OR UPDATE OF name, tenant_id ON con
     FOR EACH ROW EXECUTE FUNCTION control_plane._profiles_in_use();
 
 -- A committed change to profiles or subjects is obeyed by the next cp_admit in every backend.
+-- The trigger functions run as the extension's owner (SECURITY DEFINER, pinned search_path):
+-- the helpers they call (_policy_changed, _subject_changed, _profile_changed) are not executable
+-- by PUBLIC, so that no role can flush every backend's policy cache at will.
 -- Each change names what it touched, so that only that is read again: one subject, one profile
 -- (whose id, tenant and name stay), or everything (profiles added, removed or renamed, tables
 -- truncated: these can change which profile a subject resolves to).
 CREATE FUNCTION control_plane._subjects_changed() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         PERFORM control_plane._subject_changed(OLD.tenant_id, OLD.subject_id);
@@ -174,7 +177,7 @@ CREATE TRIGGER subjects_policy_changed AFTER INSERT OR UPDATE OR DELETE ON contr
     FOR EACH ROW EXECUTE FUNCTION control_plane._subjects_changed();
 
 CREATE FUNCTION control_plane._profiles_changed() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'UPDATE' AND OLD.id = NEW.id AND OLD.tenant_id = NEW.tenant_id AND OLD.name = NEW.name THEN
         PERFORM control_plane._profile_changed(NEW.id);
@@ -187,7 +190,7 @@ CREATE TRIGGER profiles_policy_changed AFTER INSERT OR UPDATE OR DELETE ON contr
     FOR EACH ROW EXECUTE FUNCTION control_plane._profiles_changed();
 
 CREATE FUNCTION control_plane._policy_changed_trigger() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM control_plane._policy_changed();
     RETURN NULL;
@@ -383,7 +386,7 @@ INSERT INTO control_plane.ledger_state DEFAULT VALUES;
 -- A money budget of a subject or an organisation reaching its warning or emergency threshold or
 -- its limit: at most one row per budget, level and window, written by cp_admit or
 -- cp_record_usage in the transaction that reached it, with NOTIFY control_plane_alerts (the row
--- as JSON). Written by the extension as the bootstrap superuser; application roles need no grant.
+-- as JSON). Written by the extension as its owner; application roles need no grant.
 CREATE TABLE control_plane.alerts (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id     text        NOT NULL,
@@ -489,6 +492,13 @@ SELECT pg_catalog.pg_extension_config_dump('control_plane.usage_events', '');
 SELECT pg_catalog.pg_extension_config_dump('control_plane.alerts', '');
 
 GRANT USAGE ON SCHEMA control_plane TO PUBLIC;
+-- Internal helpers of the triggers: no role calls them directly.
+REVOKE ALL ON FUNCTION control_plane._policy_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._subject_changed(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._profile_changed(integer) FROM PUBLIC;
+-- Maintenance: the extension's owner (pg_cron jobs scheduled by a superuser run as it), and
+-- whoever it grants EXECUTE to (README, "Scheduling cleanup with pg_cron").
+REVOKE ALL ON FUNCTION control_plane.cp_cleanup() FROM PUBLIC;
 GRANT SELECT ON control_plane.stats TO PUBLIC;
 REVOKE ALL ON FUNCTION control_plane.cp_tenant_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION control_plane.cp_tenant_stats() TO pg_monitor;

@@ -18,6 +18,21 @@ pub fn connect_to(var: &str) -> Client {
     Client::connect(&env(var), NoTls).unwrap_or_else(|e| panic!("connect to {var}: {e}"))
 }
 
+/// The test cluster's connection string (`CP_DSN`) with another user or database.
+pub fn dsn_with(key: &str, value: &str) -> String {
+    env("CP_DSN")
+        .split_whitespace()
+        .map(|kv| {
+            if kv.starts_with(&format!("{key}=")) {
+                format!("{key}={value}")
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Connects, retrying while the server restarts.
 pub fn connect_retrying() -> Client {
     let start = Instant::now();

@@ -4,21 +4,6 @@
 use control_plane_integration::*;
 use postgres::{Client, NoTls};
 
-/// The test cluster's connection string with another user or database.
-fn dsn_with(key: &str, value: &str) -> String {
-    env("CP_DSN")
-        .split_whitespace()
-        .map(|kv| {
-            if kv.starts_with(&format!("{key}=")) {
-                format!("{key}={value}")
-            } else {
-                kv.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn sqlstate(c: &mut Client, sql: &str) -> String {
     match c.batch_execute(sql) {
         Ok(()) => "ok".into(),

@@ -1,0 +1,488 @@
+//! Every path of the extension that runs SQL, under a hostile `search_path`.
+//!
+//! An application role that owns a database (and so may set its default `search_path`) fills a
+//! schema of its own and `pg_temp` with shadows of the operators, functions, aggregates and types
+//! the extension's queries use; each shadow counts its calls in a sequence (not transactional, so
+//! a call counts even when its transaction fails) and tries to make the role a superuser. Then
+//! the role, a superuser session and the flusher (which connects under the database's default
+//! `search_path`) drive every path: enrolment, policy reads, rebuilds from the ledger, recording,
+//! idempotent retries, releases, status, cost reservations, money alerts, expiry charges written
+//! by the flusher, late records that reverse them, sealing, rows bucketed at commit, compaction
+//! and admin changes through the triggers. No shadow may ever be called, the role must stay an
+//! ordinary one, and what a hostile session reads must not change what the next admission
+//! enforces.
+
+use control_plane_integration::*;
+use postgres::{Client, NoTls};
+use std::time::{Duration, Instant};
+
+/// Operators of these types are shadowed (every one pg_catalog has for them).
+const TYPES: &str =
+    "'text', 'int8', 'int4', 'numeric', 'timestamptz', 'jsonb', 'bool', 'uuid', 'interval', 'oid', 'name'";
+
+/// Shadows in schema `evil` (owned by the attacker) and in the attacker's `pg_temp`.
+const SHADOWS: &str = r#"
+CREATE SEQUENCE evil.calls;
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+GRANT USAGE, SELECT, UPDATE ON SEQUENCE evil.calls TO PUBLIC;
+CREATE FUNCTION evil.hit() RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+    PERFORM pg_catalog.nextval('evil.calls');
+    BEGIN
+        EXECUTE pg_catalog.format('ALTER ROLE %I SUPERUSER', '@ROLE@');
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+    RETURN true;
+END $f$;
+GRANT EXECUTE ON FUNCTION evil.hit() TO PUBLIC;
+-- Every pg_catalog operator on the types above, shadowed by one that calls evil.hit() first.
+DO $d$
+DECLARE o record; n int := 0;
+BEGIN
+    FOR o IN SELECT p.oprname, p.oprleft, p.oprright, p.oprresult, p.oprcode
+               FROM pg_catalog.pg_operator p
+              WHERE p.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+                AND (p.oprleft OPERATOR(pg_catalog.=) 0
+                     OR pg_catalog.format_type(p.oprleft, NULL) OPERATOR(pg_catalog.=) ANY (ARRAY[@TYPES@]::pg_catalog.text[]
+                        OPERATOR(pg_catalog.||) ARRAY['bigint', 'integer', 'boolean', 'timestamp with time zone']))
+                AND pg_catalog.format_type(p.oprright, NULL) OPERATOR(pg_catalog.=) ANY (ARRAY[@TYPES@]::pg_catalog.text[]
+                        OPERATOR(pg_catalog.||) ARRAY['bigint', 'integer', 'boolean', 'timestamp with time zone', 'text[]', 'bigint[]'])
+    LOOP
+        n := n OPERATOR(pg_catalog.+) 1;
+        IF o.oprleft OPERATOR(pg_catalog.=) 0 THEN
+            EXECUTE pg_catalog.format('CREATE FUNCTION evil.op%s(b %s) RETURNS %s LANGUAGE plpgsql AS '
+                '$b$ BEGIN PERFORM evil.hit(); RETURN %s(b); END $b$', n,
+                o.oprright::pg_catalog.regtype, o.oprresult::pg_catalog.regtype, o.oprcode::pg_catalog.regproc);
+            EXECUTE pg_catalog.format('CREATE OPERATOR evil.%s (RIGHTARG = %s, FUNCTION = evil.op%s)',
+                o.oprname, o.oprright::pg_catalog.regtype, n);
+        ELSE
+            EXECUTE pg_catalog.format('CREATE FUNCTION evil.op%s(a %s, b %s) RETURNS %s LANGUAGE plpgsql AS '
+                '$b$ BEGIN PERFORM evil.hit(); RETURN %s(a, b); END $b$', n,
+                o.oprleft::pg_catalog.regtype, o.oprright::pg_catalog.regtype, o.oprresult::pg_catalog.regtype,
+                o.oprcode::pg_catalog.regproc);
+            EXECUTE pg_catalog.format('CREATE OPERATOR evil.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = evil.op%s)',
+                o.oprname, o.oprleft::pg_catalog.regtype, o.oprright::pg_catalog.regtype, n);
+        END IF;
+    END LOOP;
+END $d$;
+-- Aggregates and functions the extension's texts call.
+CREATE FUNCTION evil.sum_step(s numeric, v numeric) RETURNS numeric LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.numeric_add(pg_catalog.coalesce(s, 0), v); END $b$;
+CREATE FUNCTION evil.sum_step8(s numeric, v bigint) RETURNS numeric LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.numeric_add(pg_catalog.coalesce(s, 0), v::numeric); END $b$;
+CREATE AGGREGATE evil.sum(bigint) (SFUNC = evil.sum_step8, STYPE = numeric);
+CREATE AGGREGATE evil.sum(numeric) (SFUNC = evil.sum_step, STYPE = numeric);
+CREATE FUNCTION evil.count_step(s bigint) RETURNS bigint LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.int8pl(s, 1); END $b$;
+CREATE AGGREGATE evil.count(*) (SFUNC = evil.count_step, STYPE = bigint, INITCOND = '0');
+CREATE FUNCTION evil.max_step(s timestamptz, v timestamptz) RETURNS timestamptz LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.timestamptz_larger(s, v); END $b$;
+CREATE AGGREGATE evil.max(timestamptz) (SFUNC = evil.max_step, STYPE = timestamptz);
+CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.now(); END $b$;
+CREATE FUNCTION evil.to_jsonb(v anyelement) RETURNS jsonb LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.to_jsonb(v); END $b$;
+CREATE FUNCTION evil.unnest(v anyarray) RETURNS SETOF anyelement LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN QUERY SELECT pg_catalog.unnest(v); END $b$;
+CREATE FUNCTION evil.date_bin(i interval, t timestamptz, o timestamptz) RETURNS timestamptz LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.date_bin(i, t, o); END $b$;
+CREATE FUNCTION evil.pg_notify(c text, p text) RETURNS void LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); PERFORM pg_catalog.pg_notify(c, p); END $b$;
+CREATE FUNCTION evil.jsonb_typeof(v jsonb) RETURNS text LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.jsonb_typeof(v); END $b$;
+CREATE FUNCTION evil.current_setting(v text) RETURNS text LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.current_setting(v); END $b$;
+-- Types: a domain of the same name checks every value cast to it.
+CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.hit());
+CREATE DOMAIN evil.jsonb AS pg_catalog.jsonb CHECK (evil.hit());
+CREATE DOMAIN evil.timestamptz AS pg_catalog.timestamptz CHECK (evil.hit());
+CREATE DOMAIN evil.uuid AS pg_catalog.uuid CHECK (evil.hit());
+"#;
+
+/// The same in the session's own `pg_temp` (searched first for types unless the path names it
+/// later, and for functions when the path names it).
+const TEMP_SHADOWS: &str = r#"
+CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (evil.hit());
+CREATE DOMAIN pg_temp.jsonb AS pg_catalog.jsonb CHECK (evil.hit());
+CREATE DOMAIN pg_temp.timestamptz AS pg_catalog.timestamptz CHECK (evil.hit());
+CREATE DOMAIN pg_temp.uuid AS pg_catalog.uuid CHECK (evil.hit());
+CREATE FUNCTION pg_temp.now() RETURNS timestamptz LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.now(); END $b$;
+CREATE FUNCTION pg_temp.to_jsonb(v anyelement) RETURNS jsonb LANGUAGE plpgsql AS
+    $b$ BEGIN PERFORM evil.hit(); RETURN pg_catalog.to_jsonb(v); END $b$;
+"#;
+
+/// The path of every hostile session.
+const HOSTILE_PATH: &str = "SET search_path = pg_temp, evil, pg_catalog, public";
+
+fn dsn(user: &str, db: &str) -> String {
+    dsn_with("user", user)
+        .split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("dbname=") {
+                format!("dbname={db}")
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn calls(c: &mut Client) -> i64 {
+    let r = c
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM evil.calls",
+            &[],
+        )
+        .unwrap();
+    r.get(0)
+}
+
+/// A hostile session: the attacker's path, its `pg_temp` shadows.
+fn hostile(user: &str, db: &str) -> Client {
+    let mut c = Client::connect(&dsn(user, db), NoTls).unwrap();
+    c.batch_execute(TEMP_SHADOWS).unwrap();
+    c.batch_execute(HOSTILE_PATH).unwrap();
+    c
+}
+
+/// Runs a call of the extension in a hostile session; its statement has no operator, function
+/// or type name of its own, so only the extension can call a shadow.
+fn call(c: &mut Client, sql: &str) -> postgres::Row {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn hostile_admit(c: &mut Client, subject: &str, extra: &str) -> (bool, Option<String>, String) {
+    let r = call(
+        c,
+        &format!("SELECT allowed, reservation_id::pg_catalog.text, decision FROM control_plane.cp_admit('{subject}', 100{extra})"),
+    );
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[test]
+fn no_shadow_is_ever_called_by_any_path() {
+    let mut su = connect();
+    let id = run_id();
+    let (role, db) = (format!("{id}_mallory"), format!("{id}_hostile"));
+    su.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {role}")).unwrap();
+    // The extension as the superuser installs it, with the README's grants to the application.
+    let mut admin = Client::connect(&dsn("postgres", &db), NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE EXTENSION control_plane;
+             GRANT SELECT ON control_plane.profiles TO {role};
+             GRANT SELECT, INSERT ON control_plane.subjects TO {role};
+             GRANT SELECT, INSERT ON control_plane.usage_events TO {role};
+             ALTER ROLE {role} IN DATABASE {db} SET control_plane.reservation_timeout = 1;
+             ALTER ROLE postgres IN DATABASE {db} SET control_plane.ledger_retention = '9d';
+             INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million,
+                     output_micros_per_million, effective_from)
+                 VALUES ('*', 'm', 1000000, 1000000, '-infinity');
+             INSERT INTO control_plane.profiles (name, requests_per_day, daily_budget_cents, default_model)
+                 VALUES ('metered', 1000, 100, 'm');
+             INSERT INTO control_plane.profiles (name, requests_per_day, is_default) VALUES ('house', 100000, true);
+             INSERT INTO control_plane.subjects (subject_id, profile, overrides)
+                 VALUES ('capped', 'unlimited', '{{\"requests_per_day\": 2}}'),
+                        ('blocked', 'unlimited', '{{\"blocked_models\": [\"x\"]}}'),
+                        ('payer', 'metered', '{{}}');"
+        ))
+        .unwrap();
+    // The attacker's shadows, and the database's default path pointed at them (the database
+    // owner may): every later session, the flusher's included, starts with it.
+    let mut attacker = Client::connect(&dsn(&role, &db), NoTls).unwrap();
+    attacker
+        .batch_execute(&format!(
+            "CREATE SCHEMA evil; {}",
+            SHADOWS.replace("@ROLE@", &role).replace("@TYPES@", TYPES)
+        ))
+        .unwrap();
+    attacker
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET search_path = evil, pg_catalog, public"
+        ))
+        .unwrap();
+    // The shadows work: an unqualified `=`, `count`, `::text` and `now()` in a hostile session
+    // call them.
+    let mut m = hostile(&role, &db);
+    m.batch_execute("SELECT count(*) FROM pg_catalog.pg_class WHERE 'a'::text = 'a' AND now() IS NOT NULL")
+        .unwrap();
+    let control = calls(&mut m);
+    assert!(
+        control >= 4,
+        "the shadows were not called by a query that names them: {control}"
+    );
+    m.batch_execute("SELECT pg_catalog.setval('evil.calls', 1, false)")
+        .unwrap();
+    assert_eq!(calls(&mut m), 0);
+
+    // ---- the application role, in its hostile session
+    // Enrolment, the first rebuild, policy reads, a reservation and its record.
+    let (ok, rid, _) = hostile_admit(&mut m, "newcomer", "");
+    assert!(ok);
+    call(
+        &mut m,
+        &format!("SELECT event_id FROM control_plane.cp_record_usage('newcomer', 10, 5, reservation_id => '{}', metadata => '{{\"a\": 1}}')", rid.unwrap()),
+    );
+    // Idempotent retry, release, status.
+    for _ in 0..2 {
+        call(
+            &mut m,
+            "SELECT event_id FROM control_plane.cp_record_usage('newcomer', 1, 1, idempotency_key => 'k1')",
+        );
+    }
+    let (_, rid, _) = hostile_admit(&mut m, "newcomer", "");
+    call(&mut m, &format!("SELECT control_plane.cp_release('{}')", rid.unwrap()));
+    call(&mut m, "SELECT control_plane.cp_quota_status('newcomer')");
+    // A subject's overrides, read in this session, are what every session enforces.
+    assert!(hostile_admit(&mut m, "capped", "").0);
+    assert!(hostile_admit(&mut m, "capped", "").0);
+    assert!(
+        !hostile_admit(&mut m, "capped", "").0,
+        "requests_per_day = 2 admitted a third request"
+    );
+    assert!(
+        !hostile_admit(&mut m, "blocked", ", model => 'x'").0,
+        "a blocked model was admitted"
+    );
+    // Money: cost reservations to the budget, its alerts (warning, emergency, limit), records.
+    for _ in 0..30 {
+        let (ok, rid, _) = hostile_admit(&mut m, "payer", ", max_output_tokens => 50000");
+        let Some(rid) = rid.filter(|_| ok) else { break };
+        call(
+            &mut m,
+            &format!("SELECT cost_micros FROM control_plane.cp_record_usage('payer', 100, 50000, model => 'm', reservation_id => '{rid}')"),
+        );
+    }
+    // Admissions never recorded: the flusher charges them (under the database's hostile path),
+    // and a late record reverses one charge.
+    let (_, late, _) = hostile_admit(&mut m, "newcomer", "");
+    let late = late.unwrap();
+    hostile_admit(&mut m, "payer", ", max_output_tokens => 10");
+    let mut clean = Client::connect(&dsn("postgres", &db), NoTls).unwrap();
+    clean.batch_execute("SET search_path = pg_catalog").unwrap();
+    let start = Instant::now();
+    while clean
+        .query_one(
+            "SELECT count(*) FROM control_plane.usage_events WHERE kind = 'expired' AND metadata -> 'expired_reservations' ? $1",
+            &[&late],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "the flusher wrote no charge");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    call(
+        &mut m,
+        &format!("SELECT event_id FROM control_plane.cp_record_usage('newcomer', 3, 3, reservation_id => '{late}')"),
+    );
+    assert_eq!(
+        calls(&mut clean),
+        0,
+        "a shadow ran in the application's paths or the flusher's"
+    );
+
+    // ---- a superuser session under the hostile path: sealing, rows bucketed at commit,
+    // compaction, and admin changes through the triggers.
+    let mut s = hostile("postgres", &db);
+    // A row old enough to be compacted (ledger_retention is 9 days here), then sealing and
+    // compaction until caught up, then a row dated inside the seal (bucketed at its commit).
+    let insert_dated = |s: &mut Client, age: &str| {
+        s.batch_execute(&format!(
+            "INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, created_at)
+                 VALUES ('default', 'newcomer', 7, 0, pg_catalog.now() OPERATOR(pg_catalog.-) interval '{age}')"
+        ))
+        .unwrap()
+    };
+    insert_dated(&mut s, "20 days");
+    for _ in 0..40 {
+        call(&mut s, "SELECT control_plane.cp_cleanup()");
+    }
+    insert_dated(&mut s, "2 hours");
+    call(&mut s, "SELECT control_plane.cp_cleanup()");
+    s.batch_execute(
+        "UPDATE control_plane.profiles SET requests_per_day = 999 WHERE name OPERATOR(pg_catalog.=) 'metered';
+         UPDATE control_plane.subjects SET overrides = '{\"requests_per_day\": 3}' WHERE subject_id OPERATOR(pg_catalog.=) 'capped';
+         INSERT INTO control_plane.profiles (name) VALUES ('another');
+         DELETE FROM control_plane.profiles WHERE name OPERATOR(pg_catalog.=) 'another';",
+    )
+    .unwrap();
+    // The new override is obeyed, read under the hostile path.
+    assert!(hostile_admit(&mut m, "capped", "").0);
+    assert!(!hostile_admit(&mut m, "capped", "").0);
+    // A rebuild from the ledger and its buckets, for a subject shared memory does not hold.
+    call(&mut s, "SELECT control_plane.cp_quota_status('never_admitted')");
+
+    assert_eq!(calls(&mut clean), 0, "a shadow ran in a superuser's paths");
+    let superuser: bool = clean
+        .query_one("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = $1", &[&role])
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the application role became a superuser");
+    let rollups: i64 = clean
+        .query_one(
+            "SELECT count(*) FROM control_plane.usage_events WHERE kind = 'rollup'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(rollups >= 1, "compaction did not run");
+    let alerts: i64 = clean
+        .query_one(
+            "SELECT count(*) FROM control_plane.alerts WHERE subject_id = 'payer'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(alerts >= 1, "no money alert was written");
+
+    drop((m, s, clean, attacker, admin));
+    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    su.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}
+
+fn sqlstate(c: &mut Client, sql: &str) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => "ok".into(),
+        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| format!("{e}")),
+    }
+}
+
+/// A role that may create schemas in a database made `control_plane` first: the extension
+/// refuses to install into it.
+#[test]
+fn a_squatted_schema_is_refused() {
+    let mut su = connect();
+    let id = run_id();
+    let (role, db) = (format!("{id}_squatter"), format!("{id}_squatted"));
+    su.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {role}")).unwrap();
+    let mut squatter = Client::connect(&dsn(&role, &db), NoTls).unwrap();
+    squatter.batch_execute("CREATE SCHEMA control_plane").unwrap();
+    let mut admin = Client::connect(&dsn("postgres", &db), NoTls).unwrap();
+    let err = admin.batch_execute("CREATE EXTENSION control_plane").unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    // Dropped, the schema is the extension's own when it creates it.
+    squatter.batch_execute("DROP SCHEMA control_plane").unwrap();
+    admin.batch_execute("CREATE EXTENSION control_plane").unwrap();
+    let owner_is_installer: bool = admin
+        .query_one(
+            "SELECT nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+               FROM pg_namespace WHERE nspname = 'control_plane'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(owner_is_installer);
+    drop((squatter, admin));
+    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    su.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}
+
+/// What only the extension and its admins may touch: the trigger helpers, cp_cleanup, the
+/// enforcement settings, and the locks of cp_cleanup (which no SQL lock function can take).
+#[test]
+fn internals_are_out_of_an_application_roles_reach() {
+    let mut su = connect();
+    let role = format!("{}_app", run_id());
+    su.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN;
+         GRANT SELECT ON control_plane.profiles TO {role};
+         GRANT SELECT, INSERT ON control_plane.subjects TO {role};
+         GRANT SELECT, INSERT ON control_plane.usage_events TO {role};"
+    ))
+    .unwrap();
+    let mut app = Client::connect(&dsn_with("user", &role), NoTls).unwrap();
+    for sql in [
+        "SELECT control_plane._policy_changed()",
+        "SELECT control_plane._subject_changed('default', 'x')",
+        "SELECT control_plane._profile_changed(1)",
+        "SELECT control_plane.cp_cleanup()",
+        "SET control_plane.warn_threshold = 1",
+        "SET control_plane.emergency_threshold = 1",
+        "SET control_plane.default_max_output_tokens = 0",
+        "SET control_plane.reservation_timeout = 1",
+    ] {
+        assert_eq!(sqlstate(&mut app, sql), "42501", "{sql}");
+    }
+    // An admin's change still reaches every backend through the triggers (which run as the
+    // extension's owner).
+    let s = format!("{role}_s");
+    enroll(&mut su, &s, "unlimited", r#"{"requests_per_day": 1}"#);
+    assert!(admit(&mut app, &s, 0).allowed);
+    assert!(!admit(&mut app, &s, 0).allowed);
+    enroll(&mut su, &s, "unlimited", r#"{"requests_per_day": 2}"#);
+    assert!(admit(&mut app, &s, 0).allowed);
+    // The advisory locks SQL can take do not stop sealing or compaction.
+    app.batch_execute(
+        "SELECT pg_advisory_lock(1668243311, 2), pg_advisory_lock(1668243311, 3);
+         SELECT pg_advisory_lock(1668243311::bigint << 32 | 3)",
+    )
+    .unwrap();
+    su.batch_execute("SET control_plane.ledger_retention = '9d'").unwrap();
+    let r: String = su
+        .query_one("SELECT control_plane.cp_cleanup()::text", &[])
+        .unwrap()
+        .get(0);
+    su.batch_execute("RESET control_plane.ledger_retention").unwrap();
+    assert!(!r.contains("skipped") && !r.contains("\"retention\": \"off\""), "{r}");
+    app.batch_execute("SELECT pg_advisory_unlock_all()").unwrap();
+    drop(app);
+    su.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
+}
+
+/// Runs cp_cleanup in `c` until its seal is caught up (true) or `runs` runs did not get there.
+fn seal_catches_up(c: &mut Client, runs: usize) -> bool {
+    (0..runs).any(|_| {
+        let r: String = c
+            .query_one("SELECT control_plane.cp_cleanup() -> 'seal' ->> 'caught_up'", &[])
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default();
+        r == "true"
+    })
+}
+
+/// A ledger row dated in the past publishes its time before it waits for the seal lock: a
+/// statement cancelled in that wait must not leave it behind (sealing would stop there for
+/// good), and an open transaction of another database must not hold this one's sealing back.
+#[test]
+fn a_published_row_time_holds_back_only_its_own_open_transactions_database() {
+    let mut su = connect();
+    let db = format!("{}_seal", run_id());
+    su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+    let mut a = Client::connect(&dsn("postgres", &db), NoTls).unwrap();
+    a.batch_execute("CREATE EXTENSION control_plane").unwrap();
+    a.query_one("SELECT control_plane.cp_cleanup()", &[]).unwrap();
+    // Another database's open transaction with a row dated 30 days back.
+    let mut other = connect();
+    other
+        .batch_execute(
+            "BEGIN; INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, created_at)
+                    VALUES ('default', 'held', 1, 0, now() - interval '30 days')",
+        )
+        .unwrap();
+    // This database: a row dated 30 days back, cancelled while it waits for the seal lock that
+    // a sealing holds.
+    a.batch_execute("BEGIN; SELECT control_plane.cp_cleanup()").unwrap();
+    let mut b = Client::connect(&dsn("postgres", &db), NoTls).unwrap();
+    let err = b
+        .batch_execute(
+            "SET statement_timeout = 300;
+             INSERT INTO control_plane.usage_events (tenant_id, subject_id, input_tokens, output_tokens, created_at)
+                 VALUES ('default', 'late', 1, 0, now() - interval '30 days')",
+        )
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    a.batch_execute("COMMIT").unwrap();
+    // b stays connected and idle; other's transaction stays open.
+    assert!(seal_catches_up(&mut a, 45), "sealing stopped at a row time left behind");
+    other.batch_execute("ROLLBACK").unwrap();
+    drop((a, b, other));
+    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+}
