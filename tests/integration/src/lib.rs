@@ -33,6 +33,25 @@ pub fn dsn_with(key: &str, value: &str) -> String {
         .join(" ")
 }
 
+/// Gives `role` the grants that the README ("Privileges") documents for an application role, in
+/// the database of `c`.
+pub fn grant_app(c: &mut Client, role: &str) {
+    c.batch_execute(&format!(
+        "GRANT SELECT ON control_plane.profiles TO {role};
+         GRANT SELECT, INSERT ON control_plane.subjects TO {role};
+         GRANT SELECT, INSERT ON control_plane.usage_events TO {role};"
+    ))
+    .expect("grant_app");
+}
+
+/// The SQLSTATE a statement fails with, or "ok".
+pub fn sqlstate(c: &mut Client, sql: &str) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => "ok".into(),
+        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| format!("{e}")),
+    }
+}
+
 /// Connects, retrying while the server restarts.
 pub fn connect_retrying() -> Client {
     let start = Instant::now();

@@ -174,9 +174,6 @@ fn no_shadow_is_ever_called_by_any_path() {
     admin
         .batch_execute(&format!(
             "CREATE EXTENSION control_plane;
-             GRANT SELECT ON control_plane.profiles TO {role};
-             GRANT SELECT, INSERT ON control_plane.subjects TO {role};
-             GRANT SELECT, INSERT ON control_plane.usage_events TO {role};
              ALTER ROLE {role} IN DATABASE {db} SET control_plane.reservation_timeout = 1;
              ALTER ROLE postgres IN DATABASE {db} SET control_plane.ledger_retention = '9d';
              INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million,
@@ -191,6 +188,7 @@ fn no_shadow_is_ever_called_by_any_path() {
                         ('payer', 'metered', '{{}}');"
         ))
         .unwrap();
+    grant_app(&mut admin, &role);
     // The attacker's shadows, and the database's default path pointed at them (the database
     // owner may): every later session, the flusher's included, starts with it.
     let mut attacker = Client::connect(&dsn(&role, &db), NoTls).unwrap();
@@ -352,13 +350,6 @@ fn no_shadow_is_ever_called_by_any_path() {
     su.batch_execute(&format!("DROP ROLE {role}")).unwrap();
 }
 
-fn sqlstate(c: &mut Client, sql: &str) -> String {
-    match c.batch_execute(sql) {
-        Ok(()) => "ok".into(),
-        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| format!("{e}")),
-    }
-}
-
 /// A role that may create schemas in a database made `control_plane` first: the extension
 /// refuses to install into it.
 #[test]
@@ -396,13 +387,8 @@ fn a_squatted_schema_is_refused() {
 fn internals_are_out_of_an_application_roles_reach() {
     let mut su = connect();
     let role = format!("{}_app", run_id());
-    su.batch_execute(&format!(
-        "CREATE ROLE {role} LOGIN;
-         GRANT SELECT ON control_plane.profiles TO {role};
-         GRANT SELECT, INSERT ON control_plane.subjects TO {role};
-         GRANT SELECT, INSERT ON control_plane.usage_events TO {role};"
-    ))
-    .unwrap();
+    su.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
+    grant_app(&mut su, &role);
     let mut app = Client::connect(&dsn_with("user", &role), NoTls).unwrap();
     for sql in [
         "SELECT control_plane._policy_changed()",

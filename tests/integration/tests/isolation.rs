@@ -4,24 +4,12 @@
 use control_plane_integration::*;
 use postgres::{Client, NoTls};
 
-fn sqlstate(c: &mut Client, sql: &str) -> String {
-    match c.batch_execute(sql) {
-        Ok(()) => "ok".into(),
-        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| format!("{e}")),
-    }
-}
-
 #[test]
 fn a_role_with_only_the_documented_grants_can_use_every_function() {
     let mut su = connect();
     let role = format!("{}_app", run_id());
-    su.batch_execute(&format!(
-        "CREATE ROLE {role} LOGIN;
-         GRANT SELECT ON control_plane.profiles TO {role};
-         GRANT SELECT, INSERT ON control_plane.subjects TO {role};
-         GRANT SELECT, INSERT ON control_plane.usage_events TO {role};"
-    ))
-    .unwrap();
+    su.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
+    grant_app(&mut su, &role);
     let mut app = Client::connect(&dsn_with("user", &role), NoTls).unwrap();
     // Enrolment of an unknown subject (INSERT into subjects) and its first ledger rebuild (SELECT
     // on usage_events).
