@@ -139,6 +139,15 @@ unsafe fn c_text(s: *const std::ffi::c_char) -> String {
     }
 }
 
+/// Records `what` named by `list` unless the list names its schema too.
+unsafe fn flag_unqualified(names: &mut Names, what: &str, list: *mut pg_sys::List) {
+    unsafe {
+        if list_len(list) < 2 {
+            names.unqualified.push(format!("{what} {}", last_name(list)));
+        }
+    }
+}
+
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     use pg_sys::NodeTag as T;
@@ -148,31 +157,16 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> b
     unsafe {
         let names = &mut *(ctx as *mut Names);
         match (*node).type_ {
-            T::T_A_Expr => {
-                let e = node as *mut pg_sys::A_Expr;
-                if list_len((*e).name) < 2 {
-                    names.unqualified.push(format!("operator {}", last_name((*e).name)));
-                }
-            }
-            T::T_FuncCall => {
-                let f = node as *mut pg_sys::FuncCall;
-                if list_len((*f).funcname) < 2 {
-                    names.unqualified.push(format!("function {}", last_name((*f).funcname)));
-                }
-            }
-            T::T_TypeName => {
-                let t = node as *mut pg_sys::TypeName;
-                if list_len((*t).names) < 2 {
-                    names.unqualified.push(format!("type {}", last_name((*t).names)));
-                }
-            }
+            T::T_A_Expr => flag_unqualified(names, "operator", (*(node as *mut pg_sys::A_Expr)).name),
+            T::T_FuncCall => flag_unqualified(names, "function", (*(node as *mut pg_sys::FuncCall)).funcname),
+            T::T_TypeName => flag_unqualified(names, "type", (*(node as *mut pg_sys::TypeName)).names),
             T::T_SubLink => {
                 let s = node as *mut pg_sys::SubLink;
                 if (*s).operName.is_null() && (*s).subLinkType == pg_sys::SubLinkType::ANY_SUBLINK {
                     // x IN (SELECT ...): an `=` looked up by name.
                     names.unqualified.push("operator = (IN subquery)".into());
-                } else if !(*s).operName.is_null() && list_len((*s).operName) < 2 {
-                    names.unqualified.push(format!("operator {}", last_name((*s).operName)));
+                } else if !(*s).operName.is_null() {
+                    flag_unqualified(names, "operator", (*s).operName);
                 }
             }
             T::T_CaseExpr => {
@@ -183,8 +177,8 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> b
             }
             T::T_SortBy => {
                 let s = node as *mut pg_sys::SortBy;
-                if !(*s).useOp.is_null() && list_len((*s).useOp) < 2 {
-                    names.unqualified.push(format!("operator {}", last_name((*s).useOp)));
+                if !(*s).useOp.is_null() {
+                    flag_unqualified(names, "operator", (*s).useOp);
                 }
             }
             T::T_RangeVar => {
