@@ -481,3 +481,24 @@ REVOKE ALL ON FUNCTION control_plane._policy_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._subject_changed(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._profile_changed(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane.cp_cleanup() FROM PUBLIC;
+
+-- Applications write nothing directly any more (enrolment and recording write as the extension's
+-- owner). The INSERT grants that 0.1.0 documented for them are theirs to revoke: the upgrade
+-- cannot tell an application role from an admin or an import job, so it names them.
+DO $grants$
+DECLARE g record;
+BEGIN
+    FOR g IN SELECT c.relname, pg_catalog.string_agg(a.grantee::pg_catalog.regrole::pg_catalog.text, ', ') AS roles
+               FROM pg_catalog.pg_class c,
+                    LATERAL pg_catalog.aclexplode(c.relacl) a
+              WHERE c.relnamespace OPERATOR(pg_catalog.=) 'control_plane'::pg_catalog.regnamespace
+                AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY['subjects', 'usage_events']::pg_catalog.name[])
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'INSERT'
+                AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
+                AND a.grantee OPERATOR(pg_catalog.<>) 0
+              GROUP BY c.relname
+    LOOP
+        RAISE WARNING 'roles with INSERT on control_plane.%: %', g.relname, g.roles
+            USING HINT = 'Since 0.2.0 applications need no INSERT (cp_admit enrols and cp_record_usage records as the extension''s owner): revoke it from application roles; an import job needs only the column grant in the README (Privileges).';
+    END LOOP;
+END $grants$;

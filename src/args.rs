@@ -2,10 +2,8 @@
 
 use crate::error::{CpError, CpResult};
 
-/// Largest token count one call accepts (a trillion): beyond it the input is refused as absurd.
-pub const MAX_TOKENS: i64 = 1_000_000_000_000;
-/// Longest tenant, subject, model, feature or idempotency key, in bytes.
-pub use control_plane_core::MAX_NAME_BYTES;
+/// Longest tenant, subject, model, feature or idempotency key, in bytes; largest token count.
+pub use control_plane_core::{MAX_NAME_BYTES, MAX_TOKENS};
 
 pub fn check_name(what: &str, s: &str) -> CpResult<()> {
     if s.is_empty() {

@@ -82,7 +82,9 @@ pub fn bucket_dated_rows(dated: &[i64]) -> CpResult<()> {
     // the abort, which clears the stack.)
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     let r = match catalog::ledger_state() {
-        Ok((Some(s), _)) if s.from < s.until => catalog::bucket_rows(dated, s, gucs::bucket_us()).map(|_| ()),
+        Ok((Some(s), _)) if s.from < s.until => {
+            catalog::own_rows(dated).and_then(|own| catalog::bucket_rows(&own, s, gucs::bucket_us()).map(|_| ()))
+        }
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     };
@@ -97,9 +99,24 @@ pub extern "C" fn pg_finfo__usage_events_row_check() -> &'static pg_sys::Pg_finf
     &V1
 }
 
+/// The columns the row trigger reads, in the order of `ROW_COLUMNS`.
+const COLUMN_NAMES: [&std::ffi::CStr; 11] = [
+    c"kind",
+    c"requests",
+    c"input_tokens",
+    c"output_tokens",
+    c"cost_micros",
+    c"duration_ms",
+    c"created_at",
+    c"id",
+    c"tenant_id",
+    c"subject_id",
+    c"org_id",
+];
+
 thread_local! {
     /// Attribute numbers of the columns the rule reads, by relation (looked up once).
-    static ROW_COLUMNS: std::cell::Cell<Option<(pg_sys::Oid, [i32; 8])>> = const { std::cell::Cell::new(None) };
+    static ROW_COLUMNS: std::cell::Cell<Option<(pg_sys::Oid, [i32; 11])>> = const { std::cell::Cell::new(None) };
 }
 
 /// BEFORE INSERT row trigger of `usage_events` (`usage_events_row_valid`): the kind is known and
@@ -127,18 +144,8 @@ pub unsafe extern "C-unwind" fn _usage_events_row_check(fcinfo: pg_sys::Function
         let cols = match ROW_COLUMNS.get() {
             Some((id, cols)) if id == relid => cols,
             _ => {
-                let mut cols = [0i32; 8];
-                let names = [
-                    c"kind",
-                    c"requests",
-                    c"input_tokens",
-                    c"output_tokens",
-                    c"cost_micros",
-                    c"duration_ms",
-                    c"created_at",
-                    c"id",
-                ];
-                for (c, n) in cols.iter_mut().zip(names) {
+                let mut cols = [0i32; 11];
+                for (c, n) in cols.iter_mut().zip(COLUMN_NAMES) {
                     *c = pg_sys::SPI_fnumber(desc, n.as_ptr());
                 }
                 ROW_COLUMNS.set(Some((relid, cols)));
@@ -169,12 +176,47 @@ pub unsafe extern "C-unwind" fn _usage_events_row_check(fcinfo: pg_sys::Function
                 ),
             });
         }
+        let by_extension = catalog::by_extension();
+        if kind != Some("usage")
+            && !by_extension
+            && !pg_sys::has_privs_of_role(pg_sys::GetUserId(), (*(*rel).rd_rel).relowner)
+        {
+            crate::error::raise(CpError::Privilege {
+                message: format!(
+                    "only control_plane writes ledger rows of kind \"{}\"",
+                    kind.unwrap_or_default()
+                ),
+                hint: "Usage is recorded with control_plane.cp_record_usage; expired charges and their reversals are the extension's.".into(),
+            });
+        }
         if !crate::compaction::compacting() {
             let at = get(6).map(|d| (d.value() as i64).saturating_add(catalog::PG_EPOCH_OFFSET_US));
             seal_path(at, int(7));
         }
+        if !by_extension {
+            let text = |i: usize| get(i).and_then(|d| <&str>::from_datum(d, false));
+            direct_row(text(8), text(9), text(10));
+        }
         pg_sys::Datum::from(tuple)
     }
+}
+
+/// A row inserted directly (not by the extension: an import job, an admin): the totals in shared
+/// memory know nothing of it. Rebuilds of its subject's and organisation's entries wait for its
+/// transaction (the ledger lock, shared), and when it ends, committed or not, those entries are
+/// marked to read their totals again (`xact::direct_row`): a rebuild inside the transaction
+/// counts the row, and what it installed is read again once the row is committed or gone.
+fn direct_row(tenant: Option<&str>, subject: Option<&str>, org: Option<&str>) {
+    let (Some(tenant), Some(subject)) = (tenant, subject) else {
+        return;
+    };
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let key = crate::key::Key::of(db, tenant, subject);
+    let org = org.map(|o| crate::key::Key::org(db, tenant, o));
+    for k in std::iter::once(&key).chain(org.as_ref()) {
+        crate::api::ledger_lock(db, k, pg_sys::ShareLock, true);
+    }
+    crate::xact::direct_row(key, org, db);
 }
 
 /// The path of a new ledger row dated `at` with id `id` (see the module's text).

@@ -114,6 +114,9 @@ struct State {
     /// Ids of the ledger rows it inserted on the slow path (dated in the past), added to their
     /// buckets just before it commits if they are inside the seal.
     dated_rows: Vec<i64>,
+    /// Entries (key, database) of subjects and organisations whose ledger rows this transaction
+    /// inserted directly (not through the extension): marked stale when it ends.
+    direct: Vec<(Key, u32)>,
 }
 
 thread_local! {
@@ -194,9 +197,22 @@ pub fn ledger_row(published: bool, dated: Option<i64>) {
     });
 }
 
+/// This transaction inserted a ledger row directly for the subject `key` (and its organisation's
+/// entry `org`) of database `db`.
+pub fn direct_row(key: Key, org: Option<Key>, db: u32) {
+    STATE.with_borrow_mut(|st| {
+        ensure_registered(st);
+        for k in std::iter::once(key).chain(org) {
+            if !st.direct.contains(&(k, db)) {
+                st.direct.push((k, db));
+            }
+        }
+    });
+}
+
 /// True when this transaction inserted ledger rows.
 pub fn inserted_ledger_rows() -> bool {
-    STATE.with_borrow(|st| st.rows_published || !st.dated_rows.is_empty())
+    STATE.with_borrow(|st| st.rows_published || !st.dated_rows.is_empty() || !st.direct.is_empty())
 }
 
 /// The ids of the rows dated in the past that this transaction inserted (in no bucket yet).
@@ -204,12 +220,21 @@ pub fn dated_rows() -> Vec<i64> {
     STATE.with_borrow(|st| st.dated_rows.clone())
 }
 
-/// The end of the transaction for sealing: its rows are committed and visible, or gone.
+/// The end of the transaction for sealing: its rows are committed and visible, or gone. The
+/// entries of rows inserted directly read their totals again (the ledger locks taken for them
+/// are still held: no rebuild runs in between).
 fn end_ledger_rows() {
-    let published = STATE.with_borrow_mut(|st| {
+    let (published, direct) = STATE.with_borrow_mut(|st| {
         st.dated_rows.clear();
-        std::mem::take(&mut st.rows_published)
+        (std::mem::take(&mut st.rows_published), std::mem::take(&mut st.direct))
     });
+    if !direct.is_empty() {
+        if let Ok(sh) = shmem::shared() {
+            for (k, db) in &direct {
+                sh.mark_stale(k, *db);
+            }
+        }
+    }
     if published {
         if let Ok(sh) = shmem::shared() {
             sh.clear_open_rows();
@@ -283,7 +308,11 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             // wait on its unique index until COMMIT PREPARED; a prepared ledger row could be
             // committed after a sealing passed its time.)
             let busy = STATE.with_borrow(|st| {
-                !st.pending.is_empty() || !st.marks.is_empty() || st.rows_published || !st.dated_rows.is_empty()
+                !st.pending.is_empty()
+                    || !st.marks.is_empty()
+                    || st.rows_published
+                    || !st.dated_rows.is_empty()
+                    || !st.direct.is_empty()
             });
             if busy {
                 crate::error::raise(crate::error::CpError::NotSupported {

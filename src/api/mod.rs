@@ -64,7 +64,7 @@ fn tenant_of(sh: &Shared, db: u32, tenant: &str) -> (u64, usize) {
 
 /// Heavyweight lock that orders a ledger rebuild of a subject against transactions recording
 /// usage for it (see README, "How totals stay exact").
-fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
+pub(crate) fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
     let tag = pg_sys::LOCKTAG {
         locktag_field1: db,
         locktag_field2: key.bucket(shmem::LOCK_BUCKETS),
@@ -86,7 +86,7 @@ fn ledger_lock(db: u32, key: &Key, mode: u32, acquire: bool) {
 /// `now`, from the ledger.
 fn ledger_totals(sh: &Shared, tenant: &str, whose: Whose, zone: u16, now: i64) -> CpResult<Totals> {
     let (d, m) = (sh.span_at(zone, Window::Day, now), sh.span_at(zone, Window::Month, now));
-    let own = crate::xact::dated_rows();
+    let own = catalog::own_rows(&crate::xact::dated_rows())?;
     catalog::ledger_totals(tenant, whose, (d.start, d.end), (m.start, m.end), &own)
 }
 

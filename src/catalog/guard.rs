@@ -44,10 +44,28 @@ thread_local! {
     /// The extension's owner, by the extension's oid (a DROP and CREATE gives a new oid).
     static OWNER: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid)> =
         const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+    /// `forget_owner` is registered in this backend.
+    static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The role that owns the extension (`pg_extension.extowner`).
+/// Forgets the cached owner on any relcache invalidation: a `DROP EXTENSION` drops the
+/// extension's tables, which invalidates them in every backend.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget_owner(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    OWNER.set((pg_sys::InvalidOid, pg_sys::InvalidOid));
+}
+
+/// The role that owns the extension (`pg_extension.extowner`), cached per backend until a
+/// relcache invalidation (the lookup is a catalog scan; the recording path asks on every call).
 fn extension_owner() -> CpResult<pg_sys::Oid> {
+    let (cached_ext, cached_owner) = OWNER.get();
+    if cached_ext != pg_sys::InvalidOid {
+        return Ok(cached_owner);
+    }
+    if !CALLBACK.get() {
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_owner), pg_sys::Datum::from(0usize)) };
+        CALLBACK.set(true);
+    }
     let ext = unsafe { pg_sys::get_extension_oid(c"control_plane".as_ptr(), true) };
     if ext == pg_sys::InvalidOid {
         return Err(CpError::state(
@@ -55,10 +73,6 @@ fn extension_owner() -> CpResult<pg_sys::Oid> {
             None,
             Some("CREATE EXTENSION control_plane;"),
         ));
-    }
-    let (cached_ext, cached_owner) = OWNER.get();
-    if cached_ext == ext {
-        return Ok(cached_owner);
     }
     let owner = super::query_latest(
         c"SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.oid OPERATOR(pg_catalog.=) $1",
@@ -87,9 +101,39 @@ pub fn as_owner<R>(f: impl FnOnce() -> CpResult<R>) -> CpResult<R> {
             sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
         );
     }
-    let r = f();
+    let r = {
+        let _inside = OwnerDepth::enter();
+        f()
+    };
     unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
     r
+}
+
+thread_local! {
+    /// How many `as_owner` calls are running (nested) in this backend.
+    static OWNER_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of `as_owner`, left on return and on an error's unwinding alike.
+struct OwnerDepth;
+
+impl OwnerDepth {
+    fn enter() -> OwnerDepth {
+        OWNER_DEPTH.set(OWNER_DEPTH.get() + 1);
+        OwnerDepth
+    }
+}
+
+impl Drop for OwnerDepth {
+    fn drop(&mut self) {
+        OWNER_DEPTH.set(OWNER_DEPTH.get().saturating_sub(1));
+    }
+}
+
+/// True while the extension itself writes (inside `as_owner`): the ledger's row trigger tells
+/// the extension's rows from those a role inserted directly.
+pub fn by_extension() -> bool {
+    OWNER_DEPTH.get() > 0
 }
 
 /// What the walker over a raw parse tree collects.

@@ -144,29 +144,32 @@ pub struct UsageRow<'a> {
     pub cost_micros: Option<i64>,
 }
 
-/// Appends a row to the ledger (one prepared statement per backend) and returns its id.
+/// Appends a row to the ledger (one prepared statement per backend) and returns its id. Runs as
+/// the extension's owner: application roles have no INSERT on the ledger.
 pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
-    let ids = write(
-        c"INSERT INTO control_plane.usage_events
+    let ids = as_owner(|| {
+        write(
+            c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, org_id, model, feature, input_tokens, output_tokens,
                reservation_id, idempotency_key, metadata, created_at, cost_micros)
           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        &[
-            Arg::Text(Some(u.tenant)),
-            Arg::Text(Some(u.subject)),
-            Arg::Text(u.org_id),
-            Arg::Text(u.model),
-            Arg::Text(u.feature),
-            Arg::Int(u.input),
-            Arg::Int(u.output),
-            Arg::Uuid(u.reservation_id),
-            Arg::Text(u.idempotency_key),
-            Arg::Raw(pg_sys::JSONBOID, u.metadata),
-            Arg::TimestampUnixUs(u.at_unix_us),
-            Arg::OptInt(u.cost_micros),
-        ],
-        |r| r.i64(1),
-    )?;
+            &[
+                Arg::Text(Some(u.tenant)),
+                Arg::Text(Some(u.subject)),
+                Arg::Text(u.org_id),
+                Arg::Text(u.model),
+                Arg::Text(u.feature),
+                Arg::Int(u.input),
+                Arg::Int(u.output),
+                Arg::Uuid(u.reservation_id),
+                Arg::Text(u.idempotency_key),
+                Arg::Raw(pg_sys::JSONBOID, u.metadata),
+                Arg::TimestampUnixUs(u.at_unix_us),
+                Arg::OptInt(u.cost_micros),
+            ],
+            |r| r.i64(1),
+        )
+    })?;
     ids.into_iter()
         .next()
         .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
@@ -235,25 +238,27 @@ pub struct ExpiredCharge {
 /// organisation, so that it lands in the same windows of the same entries). False when it was
 /// reversed already (by another record).
 pub fn insert_reversal(tenant: &str, subject: &str, id: pgrx::Uuid, charge: &ExpiredCharge) -> CpResult<bool> {
-    let ids = write(
-        c"INSERT INTO control_plane.usage_events
+    let ids = as_owner(|| {
+        write(
+            c"INSERT INTO control_plane.usage_events
               (tenant_id, subject_id, kind, requests, input_tokens, output_tokens, reservation_id, created_at,
                cost_micros, org_id)
           VALUES ($1, $2, 'expired_reversed', -1, OPERATOR(pg_catalog.-) $3, 0, $4, $5,
                   CASE WHEN $6 OPERATOR(pg_catalog.=) 0 THEN NULL ELSE OPERATOR(pg_catalog.-) $6 END, $7)
           ON CONFLICT (reservation_id) WHERE kind OPERATOR(pg_catalog.=) 'expired_reversed' DO NOTHING
           RETURNING id",
-        &[
-            Arg::Text(Some(tenant)),
-            Arg::Text(Some(subject)),
-            Arg::Int(charge.tokens),
-            Arg::Uuid(Some(id)),
-            Arg::TimestampUnixUs(charge.at),
-            Arg::Int(charge.cost),
-            Arg::Text(charge.org_id.as_deref()),
-        ],
-        |r| r.i64(1),
-    )?;
+            &[
+                Arg::Text(Some(tenant)),
+                Arg::Text(Some(subject)),
+                Arg::Int(charge.tokens),
+                Arg::Uuid(Some(id)),
+                Arg::TimestampUnixUs(charge.at),
+                Arg::Int(charge.cost),
+                Arg::Text(charge.org_id.as_deref()),
+            ],
+            |r| r.i64(1),
+        )
+    })?;
     Ok(!ids.is_empty())
 }
 

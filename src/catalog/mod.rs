@@ -19,7 +19,7 @@ mod seal;
 pub use alerts::*;
 #[cfg(any(test, feature = "pg_test"))]
 pub use guard::unqualified_names;
-pub use guard::{as_owner, pinned};
+pub use guard::{as_owner, by_extension, pinned};
 pub use ledger::*;
 pub use policy::*;
 pub use seal::*;

@@ -91,21 +91,24 @@ pub fn default_profile(tenant: &str) -> CpResult<Option<(String, String)>> {
 }
 
 /// Enrolls an unknown subject in the tenant's default profile. Returns false when the tenant has
-/// no default profile.
+/// no default profile. Runs as the extension's owner: application roles have no INSERT on
+/// `subjects` (choosing a profile, overrides, an organisation or `active` is an admin's act).
 pub fn enroll(tenant: &str, subject: &str) -> CpResult<bool> {
     let Some((profile, _)) = default_profile(tenant)? else {
         return Ok(false);
     };
-    super::write(
-        c"INSERT INTO control_plane.subjects (tenant_id, subject_id, profile) VALUES ($1, $2, $3)
-          ON CONFLICT (tenant_id, subject_id) DO NOTHING RETURNING 1",
-        &[
-            Arg::Text(Some(tenant)),
-            Arg::Text(Some(subject)),
-            Arg::Text(Some(&profile)),
-        ],
-        |_| (),
-    )?;
+    super::as_owner(|| {
+        super::write(
+            c"INSERT INTO control_plane.subjects (tenant_id, subject_id, profile) VALUES ($1, $2, $3)
+              ON CONFLICT (tenant_id, subject_id) DO NOTHING RETURNING 1",
+            &[
+                Arg::Text(Some(tenant)),
+                Arg::Text(Some(subject)),
+                Arg::Text(Some(&profile)),
+            ],
+            |_| (),
+        )
+    })?;
     Ok(true)
 }
 

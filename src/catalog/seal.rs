@@ -139,6 +139,27 @@ pub fn bucket_rows(ids: &[i64], seal: Seal, width_us: i64) -> CpResult<i64> {
     Ok(rows.into_iter().next().unwrap_or(0))
 }
 
+/// Of the ledger ids `ids`, those of rows this transaction inserted and still holds: a row
+/// skipped by `ON CONFLICT DO NOTHING`, or rolled back with its savepoint, may have named the id
+/// of another transaction's row, which must not be counted again.
+pub fn own_rows(ids: &[i64]) -> CpResult<Vec<i64>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = as_owner(|| {
+        query_latest(
+            c"SELECT e.id, e.xmin FROM control_plane.usage_events e WHERE e.id OPERATOR(pg_catalog.=) ANY ($1)",
+            &[Arg::Raw(pg_sys::INT8ARRAYOID, ids.to_vec().into_datum())],
+            |r| (r.i64(1), r.i64_opt(2).map(|x| pg_sys::TransactionId::from(x as u32))),
+        )
+    })?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, xmin)| xmin.is_some_and(|x| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(x) }))
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// Stores where compaction starts next time.
 pub fn set_compacted_before(t: i64) -> CpResult<()> {
     as_owner(|| {

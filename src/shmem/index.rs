@@ -60,7 +60,7 @@ impl Shared {
         let mut ring = self.ring(part, &mut g);
         match ring.entry(key, db) {
             None => Seen::Missing,
-            Some(s) if zone.is_some_and(|z| z != s.zone) && s.unflushed == 0 => Seen::Moved,
+            Some(s) if zone.is_some_and(|z| s.moved(z)) => Seen::Moved,
             Some(s) => {
                 s.roll(now, self);
                 s.last_used = now;
@@ -130,7 +130,7 @@ impl Shared {
         };
         let (s, o) = unsafe { (&mut *s, &mut *o) };
         for e in [&*s, &*o] {
-            if e.zone != zone && e.unflushed == 0 {
+            if e.moved(zone) {
                 return Seen::Moved;
             }
         }
@@ -198,6 +198,16 @@ impl Shared {
                 s.apply(e, now, self);
             }
         });
+    }
+
+    /// Marks an entry's totals as possibly behind the ledger (`Slot::mark_stale`), if it is there.
+    /// Never errors: it runs inside commit and abort callbacks.
+    pub fn mark_stale(&self, key: &Key, db: u32) {
+        let part = Ring::part_of(key, NPARTS);
+        let mut g = self.lock(part, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        if let Some(s) = self.ring(part, &mut g).entry(key, db) {
+            s.mark_stale();
+        }
     }
 
     /// Sum of live entries (takes each partition lock in shared mode, one at a time).

@@ -104,6 +104,9 @@ for release in "${RELEASES[@]}"; do
     psql_u -q -c "CREATE DATABASE dup"
     psql_u -d dup -q -c "CREATE EXTENSION control_plane VERSION '$version'" \
         -c "SELECT control_plane.cp_record_usage('d_1', 1, 1, idempotency_key => 'k-twice') FROM generate_series(1, 2)" >/dev/null
+    # With the grants that release documented for an application role.
+    psql_u -d dup -q -c "DO \$\$ BEGIN CREATE ROLE up_app; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
+        -c "GRANT SELECT, INSERT ON control_plane.subjects, control_plane.usage_events TO up_app"
     # And one where a subject names an organisation by an empty name (free text then).
     psql_u -q -c "CREATE DATABASE badorg"
     psql_u -d badorg -q -c "CREATE EXTENSION control_plane VERSION '$version'" \
@@ -141,11 +144,16 @@ for release in "${RELEASES[@]}"; do
     psql_u -d dup -q -c "ALTER TABLE control_plane.usage_events DISABLE TRIGGER usage_events_append_only" \
         -c "UPDATE control_plane.usage_events SET idempotency_key = NULL
              WHERE id = (SELECT max(id) FROM control_plane.usage_events WHERE idempotency_key = 'k-twice')" \
-        -c "ALTER TABLE control_plane.usage_events ENABLE TRIGGER usage_events_append_only" \
-        -c "ALTER EXTENSION control_plane UPDATE"
+        -c "ALTER TABLE control_plane.usage_events ENABLE TRIGGER usage_events_append_only"
+    out="$(psql_u -d dup -c "ALTER EXTENSION control_plane UPDATE" 2>&1)"
     [ "$(psql_u -d dup -c "SELECT extversion FROM pg_extension WHERE extname = 'control_plane'")" = "$CURRENT" ] \
         || fail "$version: the update did not go through once the duplicate key was cleared"
     pass "$version: an update over an idempotency key recorded twice stops with 23505 and a hint, then goes through"
+    for t in subjects usage_events; do
+        grep -q "WARNING:  roles with INSERT on control_plane.$t: up_app" <<<"$out" \
+            || fail "$version: the update should name the roles with INSERT on $t; it printed: $out"
+    done
+    pass "$version: the update names the roles that hold the INSERT grants applications no longer need"
 
     # Every organisation the subjects named gets a row (per tenant), without budgets; a name no
     # row can hold stops the update until it is fixed.

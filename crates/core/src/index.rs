@@ -51,6 +51,13 @@ pub const POLICY_HAS_ORG: u8 = 8;
 /// Set while a backend re-reads the entry's totals for its tenant's new time zone; an expiry
 /// clears it (its charge would be missing from what was read).
 pub const REZONING: u8 = 4;
+/// The ledger holds rows the totals may lack (committed, or rolled back, by a transaction that
+/// wrote the ledger directly): the next caller that knows the zone reads the totals again, as on
+/// a change of time zone. Marking clears `REZONING`, so that a re-read begun before the mark
+/// installs nothing.
+pub const STALE: u8 = 16;
+/// The bits that are the entry's own, not its policy's.
+const ENTRY_BITS: u8 = REZONING | STALE;
 
 /// The calendar of the entries: the day and month (as stored in an entry, counted from the epoch
 /// in the entry's time zone) that contain an instant.
@@ -249,7 +256,7 @@ impl Slot {
             if p.stamp >= self.policy_stamp {
                 self.policy_stamp = p.stamp;
                 self.profile_id = p.profile_id;
-                self.policy_flags = p.flags | (self.policy_flags & REZONING);
+                self.policy_flags = p.flags | (self.policy_flags & ENTRY_BITS);
             }
         }
         let (verdict, grant) = check(&State {
@@ -288,14 +295,25 @@ impl Slot {
         PolicyStamp {
             stamp: self.policy_stamp,
             profile_id: self.profile_id,
-            flags: self.policy_flags & !REZONING,
+            flags: self.policy_flags & !ENTRY_BITS,
         }
     }
 
-    /// First half of moving the entry to its tenant's new time zone: marks it when it counts in
-    /// another zone and can move now (no expired charge is still unwritten).
+    /// The entry must read its totals again before a caller that counts in `zone` uses it: it
+    /// counts in another zone, or is marked `STALE`, and no expired charge is still unwritten.
+    pub fn moved(&self, zone: u16) -> bool {
+        (self.zone != zone || self.policy_flags & STALE != 0) && self.unflushed == 0
+    }
+
+    /// Marks the totals as possibly behind the ledger (see `STALE`).
+    pub fn mark_stale(&mut self) {
+        self.policy_flags = (self.policy_flags | STALE) & !REZONING;
+    }
+
+    /// First half of moving the entry to its tenant's new time zone (or of reading a `STALE`
+    /// entry's totals again): marks it when it has `moved` and can move now.
     pub fn rezone_begin(&mut self, zone: u16) -> bool {
-        let start = self.zone != zone && self.unflushed == 0;
+        let start = self.moved(zone);
         if start {
             self.policy_flags |= REZONING;
         }
@@ -309,7 +327,7 @@ impl Slot {
         if self.policy_flags & REZONING == 0 || self.unflushed != 0 {
             return false;
         }
-        self.policy_flags &= !REZONING;
+        self.policy_flags &= !ENTRY_BITS;
         self.totals = Totals {
             held_requests: self.totals.held_requests,
             held_tokens: self.totals.held_tokens,
@@ -775,5 +793,29 @@ mod unit {
         assert_eq!(s.zone, 3);
         // With the charge unwritten, it cannot start again.
         assert!(!s.rezone_begin(4));
+    }
+
+    #[test]
+    fn a_stale_entry_reads_its_totals_again_in_its_own_zone_and_a_mark_in_between_voids_the_read() {
+        let mut s = Slot::new(key(1), 0, 2, Totals::default(), 0, &Days);
+        assert!(!s.moved(2));
+        s.mark_stale();
+        assert!(s.moved(2), "same zone, but stale");
+        assert_eq!(s.policy().flags & STALE, 0, "the mark stays out of the policy");
+        let committed = Totals {
+            day_requests: 5,
+            ..Totals::default()
+        };
+        assert!(s.rezone_begin(2));
+        s.mark_stale();
+        assert!(
+            !s.rezone_end(2, committed, 0, &Days),
+            "marked again while reading: read again"
+        );
+        assert!(s.moved(2));
+        assert!(s.rezone_begin(2));
+        assert!(s.rezone_end(2, committed, 0, &Days));
+        assert!(!s.moved(2));
+        assert_eq!(s.totals.day_requests, 5);
     }
 }

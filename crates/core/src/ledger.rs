@@ -1,8 +1,9 @@
 //! The rules a ledger row obeys (checked by the table's BEFORE INSERT trigger
 //! `usage_events_row_valid`).
 //!
-//! Pure Rust. A `usage` row (recorded) and an `expired` row (charged by the extension) count
-//! requests and tokens, never negative; an `expired_reversed` row takes one expired charge back:
+//! Pure Rust. A `usage` row (recorded: one call, one request at most, no more tokens than one call
+//! may record) and an `expired` row (charged by the extension) count requests and tokens, never
+//! negative; an `expired_reversed` row takes one expired charge back:
 //! exactly one request and the tokens and cost it charged, as negative amounts, and no output. A `rollup`
 //! row (written by `cp_cleanup` past `control_plane.ledger_retention`) sums the rows of one
 //! subject and day: never negative either, since a reversal sits on the day of its charge.
@@ -12,7 +13,14 @@ pub const KINDS: [&str; 4] = ["usage", "expired", "expired_reversed", "rollup"];
 
 pub fn row_valid(kind: &str, requests: i64, input: i64, output: i64, cost: Option<i64>, duration: Option<i64>) -> bool {
     let amounts = match kind {
-        "usage" | "expired" | "rollup" => requests >= 0 && input >= 0 && output >= 0 && cost.is_none_or(|c| c >= 0),
+        // One request, and no more tokens than one call may record (`crate::MAX_TOKENS`).
+        "usage" => {
+            (0..=1).contains(&requests)
+                && (0..=crate::MAX_TOKENS).contains(&input)
+                && (0..=crate::MAX_TOKENS).contains(&output)
+                && cost.is_none_or(|c| c >= 0)
+        }
+        "expired" | "rollup" => requests >= 0 && input >= 0 && output >= 0 && cost.is_none_or(|c| c >= 0),
         "expired_reversed" => requests == -1 && input <= 0 && output == 0 && cost.is_none_or(|c| c <= 0),
         _ => false,
     };
@@ -92,6 +100,12 @@ mod unit {
         assert!(!row_valid("expired_reversed", -1, -300, 0, Some(1), None));
         assert!(!row_valid("usage", 1, 1, 1, None, Some(-1)));
         assert!(!row_valid("refund", 1, 1, 1, None, None));
+        // A usage row is one call's: one request at most, tokens within what one call records.
+        assert!(row_valid("usage", 1, crate::MAX_TOKENS, crate::MAX_TOKENS, None, None));
+        assert!(!row_valid("usage", 2, 1, 1, None, None));
+        assert!(!row_valid("usage", 1, crate::MAX_TOKENS + 1, 0, None, None));
+        assert!(!row_valid("usage", 1, 0, i64::MAX, None, None));
+        assert!(row_valid("expired", 40, 4 * crate::MAX_TOKENS, 0, None, None));
         for k in KINDS {
             assert!(row_valid(
                 k,

@@ -22,3 +22,5 @@ pub mod zone;
 
 /// The longest subject, tenant, model, feature or idempotency key accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
+/// Largest token count one call accepts (a trillion): beyond it the input is refused as absurd.
+pub const MAX_TOKENS: i64 = 1_000_000_000_000;

@@ -33,15 +33,39 @@ pub fn dsn_with(key: &str, value: &str) -> String {
         .join(" ")
 }
 
+/// The test cluster's connection string for `user` in database `db`.
+pub fn dsn_for(user: &str, db: &str) -> String {
+    dsn_with("user", user)
+        .split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("dbname=") {
+                format!("dbname={db}")
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Gives `role` the grants that the README ("Privileges") documents for an application role, in
-/// the database of `c`.
+/// the database of `c`: reads only (enrolment and recording write as the extension's owner).
 pub fn grant_app(c: &mut Client, role: &str) {
     c.batch_execute(&format!(
-        "GRANT SELECT ON control_plane.profiles TO {role};
-         GRANT SELECT, INSERT ON control_plane.subjects TO {role};
-         GRANT SELECT, INSERT ON control_plane.usage_events TO {role};"
+        "GRANT SELECT ON control_plane.profiles, control_plane.subjects, control_plane.usage_events TO {role};"
     ))
     .expect("grant_app");
+}
+
+/// Gives `role` the grant that the README ("Privileges") documents for a job that imports usage
+/// rows: INSERT on the ledger's columns of a usage row (not `id`, not `kind`).
+pub fn grant_import(c: &mut Client, role: &str) {
+    c.batch_execute(&format!(
+        "GRANT INSERT (tenant_id, subject_id, org_id, model, feature, requests, input_tokens, output_tokens,
+                       cost_micros, duration_ms, created_at, metadata, idempotency_key)
+             ON control_plane.usage_events TO {role};"
+    ))
+    .expect("grant_import");
 }
 
 /// The SQLSTATE a statement fails with, or "ok".

@@ -116,17 +116,7 @@ CREATE FUNCTION pg_temp.to_jsonb(v anyelement) RETURNS jsonb LANGUAGE plpgsql AS
 const HOSTILE_PATH: &str = "SET search_path = pg_temp, evil, pg_catalog, public";
 
 fn dsn(user: &str, db: &str) -> String {
-    dsn_with("user", user)
-        .split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("dbname=") {
-                format!("dbname={db}")
-            } else {
-                kv.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    dsn_for(user, db)
 }
 
 fn calls(c: &mut Client) -> i64 {
