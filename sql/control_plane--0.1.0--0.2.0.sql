@@ -74,8 +74,8 @@ ALTER TABLE control_plane.usage_events
     DROP CONSTRAINT usage_events_cost_micros_check,
     DROP CONSTRAINT usage_events_duration_ms_check;
 
-CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
-    WHERE kind = 'expired';
+CREATE INDEX usage_events_expired_ids ON control_plane.usage_events
+    USING gin ((metadata OPERATOR(pg_catalog.->) 'expired_reservations')) WHERE kind = 'expired';
 -- Where cp_cleanup finds the rows to seal, and those to roll up past ledger_retention, oldest first.
 CREATE INDEX usage_events_time ON control_plane.usage_events (created_at);
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)

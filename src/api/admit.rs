@@ -17,7 +17,6 @@ use crate::shmem::{self, Grant, Hold, Owner, Seen, Stat};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 
 /// One admission decision, as returned to SQL.
@@ -87,62 +86,9 @@ fn cost_estimate(
     })
 }
 
-thread_local! {
-    static RNG: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-}
-
-/// xorshift128+ seeded once per backend from pg_strong_random.
-fn random_u64() -> u64 {
-    RNG.with(|c| {
-        let (mut s0, mut s1) = c.get();
-        if s0 == 0 && s1 == 0 {
-            let mut buf = [0u8; 16];
-            let ok = unsafe { pg_sys::pg_strong_random(buf.as_mut_ptr().cast(), 16) };
-            s0 = u64::from_le_bytes(buf[..8].try_into().unwrap_or([1; 8]));
-            s1 = u64::from_le_bytes(buf[8..].try_into().unwrap_or([2; 8]));
-            if !ok || (s0 == 0 && s1 == 0) {
-                s0 = (unsafe { pg_sys::MyProcPid } as u64) ^ now_unix_us() as u64 ^ 0x9e37_79b9_7f4a_7c15;
-                s1 = s0.rotate_left(17) | 1;
-            }
-        }
-        let mut x = s0;
-        let y = s1;
-        x ^= x << 23;
-        let s1n = x ^ y ^ (x >> 17) ^ (y >> 26);
-        c.set((y, s1n));
-        s1n.wrapping_add(y)
-    })
-}
-
-/// The slot number of a reservation id that names no slot (an admission that holds nothing).
-const NO_SLOT: u32 = u32::MAX;
-
 /// How long an admission waits for the flushers to free a reservation slot when every slot is
 /// taken (the oldest were expired early to make room) before it is denied `capacity`.
 const CLAIM_WAIT_MS: u32 = 2_000;
-
-/// A version-4 UUID: the reservation slot in bytes 0-3, random bytes 4-9, and the admission time
-/// in milliseconds since the epoch in bytes 10-15 (where a late record looks for its charge).
-fn reservation_uuid(slot: u32, now_us: i64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&slot.to_be_bytes());
-    b[4..10].copy_from_slice(&random_u64().to_le_bytes()[..6]);
-    b[10..].copy_from_slice(&((now_us / 1_000) as u64).to_be_bytes()[2..]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    b
-}
-
-/// The admission time (µs since the epoch, to the millisecond) of a reservation id that names a
-/// slot; None for ids of admissions that held nothing.
-pub fn admitted_at(id: &[u8; 16]) -> Option<i64> {
-    if u32::from_be_bytes([id[0], id[1], id[2], id[3]]) == NO_SLOT {
-        return None;
-    }
-    let mut ms = [0u8; 8];
-    ms[2..].copy_from_slice(&id[10..]);
-    Some(u64::from_be_bytes(ms) as i64 * 1_000)
-}
 
 pub fn admit(
     subject: Option<&str>,
@@ -319,7 +265,7 @@ pub fn admit(
             Verdict::Allow { tightest, warn, .. } => {
                 let (id, published) = match (claim, a.held) {
                     (Some(c), Some(h)) => {
-                        let id = reservation_uuid(c.index() as u32, now);
+                        let id = c.id();
                         let owner = Owner {
                             db,
                             key,
@@ -330,11 +276,11 @@ pub fn admit(
                             subject,
                             org: org.as_ref().map(|o| (o.key, &*o.name)),
                         };
-                        c.publish(id, &owner, &h);
+                        c.publish(&owner, &h);
                         crate::flusher::ensure(sh, db, now);
                         (id, true)
                     }
-                    _ => (reservation_uuid(NO_SLOT, now), false),
+                    _ => (shmem::random_id(), false),
                 };
                 if alerts::any(&owed) {
                     raise_admitted(sh, &origin, &owed, published.then_some(id))?;
@@ -423,7 +369,7 @@ fn raise_admitted(
     let give_back = move || {
         if let (Some(id), Ok(sh)) = (reservation, shmem::shared()) {
             let now = now_unix_us();
-            if let shmem::Taken::Held(h) = sh.take_reservation(&id, db, now, false) {
+            if let shmem::Taken::Held(h) = sh.take_reservation(&id, db, now, false, |_, _| true) {
                 sh.release_taken(&h, db, now);
             }
         }

@@ -74,15 +74,8 @@ pub fn record(
     let mut held = None;
     let mut reversal = None;
     if let Some(rid) = reservation_id {
-        match sh.take_reservation(rid.as_bytes(), db, now_unix_us(), true) {
-            Taken::Held(h) if h.key != key => {
-                sh.untake(h.index);
-                return Err(CpError::invalid_with(
-                    format!("reservation {rid} belongs to another subject"),
-                    format!("usage was recorded for subject \"{subject}\" in tenant \"{tenant}\""),
-                    Some("Record the usage for the subject that was admitted."),
-                ));
-            }
+        // Another subject's reservation is as unknown as one that never existed.
+        match sh.take_reservation(rid.as_bytes(), db, now_unix_us(), true, |k, _| *k == key) {
             Taken::Held(h) => held = Some(h),
             Taken::Busy => {
                 return Err(CpError::state(
@@ -96,21 +89,19 @@ pub fn record(
                 // Expired, and its charge already in the ledger? Then this record replaces it: a
                 // reversal row takes the charge back (once per reservation), and the usage row
                 // counts the request and the actual tokens.
-                if let Some(admitted_at) = super::admit::admitted_at(rid.as_bytes()) {
-                    if let Some(c) = catalog::expired_charge(&tenant, subject, &rid, admitted_at)? {
-                        let org = c.org_id.as_deref().map(|o| Key::org(db, &tenant, o));
-                        ledger_lock(db, &key, pg_sys::ShareLock, true);
-                        if let Some(o) = &org {
-                            ledger_lock(db, o, pg_sys::ShareLock, true);
-                        }
-                        if catalog::insert_reversal(&tenant, subject, rid, &c)? {
-                            reversal = Some(Reversal {
-                                at: c.at,
-                                tokens: c.tokens,
-                                cost: c.cost,
-                                org,
-                            });
-                        }
+                if let Some(c) = catalog::expired_charge(&tenant, subject, &rid)? {
+                    let org = c.org_id.as_deref().map(|o| Key::org(db, &tenant, o));
+                    ledger_lock(db, &key, pg_sys::ShareLock, true);
+                    if let Some(o) = &org {
+                        ledger_lock(db, o, pg_sys::ShareLock, true);
+                    }
+                    if catalog::insert_reversal(&tenant, subject, rid, &c)? {
+                        reversal = Some(Reversal {
+                            at: c.at,
+                            tokens: c.tokens,
+                            cost: c.cost,
+                            org,
+                        });
                     }
                 }
             }
@@ -299,11 +290,8 @@ pub fn release(reservation_id: Option<Uuid>) -> CpResult<bool> {
     let tenant = gucs::tenant()?;
     let db = database();
     let now = now_unix_us();
-    match sh.take_reservation(rid.as_bytes(), db, now, false) {
-        Taken::Held(h) if h.tenant_fp != tenant_fingerprint(db, &tenant) => {
-            sh.untake(h.index);
-            Ok(false)
-        }
+    let fp = tenant_fingerprint(db, &tenant);
+    match sh.take_reservation(rid.as_bytes(), db, now, false, |_, f| f == fp) {
         Taken::Held(h) => {
             sh.release_taken(&h, db, now);
             Ok(true)

@@ -190,13 +190,9 @@ pub fn usage_by_key(tenant: &str, key: &str) -> CpResult<Option<(String, i64, Op
 
 /// The charge of an expired reservation, if the flusher wrote it: its time, tokens and micro-units
 /// charged, and the organisation it was charged to.
-/// Looks at the subject's expired rows since the admission (a partial index holds only those).
-pub fn expired_charge(
-    tenant: &str,
-    subject: &str,
-    id: &pgrx::Uuid,
-    admitted_at: i64,
-) -> CpResult<Option<ExpiredCharge>> {
+/// Found by the reservation's id among the charges of expired rows (the GIN index
+/// `usage_events_expired_ids` holds only those).
+pub fn expired_charge(tenant: &str, subject: &str, id: &pgrx::Uuid) -> CpResult<Option<ExpiredCharge>> {
     let key = id.to_string();
     let rows = query_latest(
         c"SELECT created_at,
@@ -204,16 +200,11 @@ pub fn expired_charge(
                  coalesce(((metadata OPERATOR(pg_catalog.->) 'expired_costs') OPERATOR(pg_catalog.->>) $3)::bigint, 0),
                  org_id
             FROM control_plane.usage_events
-           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
-             AND kind OPERATOR(pg_catalog.=) 'expired' AND created_at OPERATOR(pg_catalog.>=) $4
-             AND (metadata OPERATOR(pg_catalog.->) 'expired_reservations') OPERATOR(pg_catalog.?) $3
+           WHERE (metadata OPERATOR(pg_catalog.->) 'expired_reservations') OPERATOR(pg_catalog.?) $3
+             AND kind OPERATOR(pg_catalog.=) 'expired'
+             AND tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
            LIMIT 1",
-        &[
-            Arg::Text(Some(tenant)),
-            Arg::Text(Some(subject)),
-            Arg::Text(Some(&key)),
-            Arg::TimestampUnixUs(admitted_at - 1_000_000),
-        ],
+        &[Arg::Text(Some(tenant)), Arg::Text(Some(subject)), Arg::Text(Some(&key))],
         |r| ExpiredCharge {
             at: r.unix_us(1).unwrap_or_default(),
             tokens: r.i64(2),

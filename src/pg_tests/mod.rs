@@ -314,14 +314,17 @@ mod tests {
             Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id2}')")).unwrap(),
             Some(true)
         );
-        // a reservation of another subject is refused
+        // a reservation of another subject is answered as an unknown one (the usage is recorded,
+        // nothing is settled), and stays its owner's
         let c = admit("pgt_record_other", 0, None);
         let id3 = c["reservation_id"].as_str().unwrap().to_string();
+        let o = json(&format!(
+            "SELECT to_jsonb(r) FROM control_plane.cp_record_usage('pgt_record', 1, 1, reservation_id => '{id3}') r"
+        ));
+        assert_eq!(o["reservation_settled"], false, "{o}");
         assert_eq!(
-            sqlstate(&format!(
-                "SELECT control_plane.cp_record_usage('pgt_record', 1, 1, reservation_id => '{id3}')"
-            )),
-            "22023"
+            Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{id3}')")).unwrap(),
+            Some(true)
         );
         // unknown reservation ids (forgotten by a restart) still record the usage
         let u = json(
@@ -331,7 +334,7 @@ mod tests {
         assert_eq!(u["reservation_settled"], false, "{u}");
         let n = Spi::get_one::<i64>("SELECT count(*) FROM control_plane.usage_events WHERE subject_id = 'pgt_record'")
             .unwrap();
-        assert_eq!(n, Some(2));
+        assert_eq!(n, Some(3));
     }
 
     #[pg_test]

@@ -25,7 +25,7 @@ mod tenants;
 mod zones;
 
 pub use index::{Effect, Grant, Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_ORG, POLICY_HAS_OVERRIDES};
-pub use reservations::{Charge, Owner, Taken};
+pub use reservations::{random_id, Charge, Owner, Taken};
 pub use tenants::Usage;
 pub use zones::UTC;
 
@@ -101,10 +101,6 @@ const STAT_STRIPES: usize = 32;
 #[repr(C, align(64))]
 struct StatStripe([AtomicU64; STAT_NAMES.len()]);
 
-/// A value alone on its cache line(s).
-#[repr(C, align(64))]
-struct Alone<T>(T);
-
 #[repr(C)]
 pub struct Header {
     // Read on every call, written at start-up or on admin changes only.
@@ -118,11 +114,6 @@ pub struct Header {
     /// Bumped after a committed change that may touch any subject's policy (profiles added,
     /// removed or renamed; a table truncated).
     pub policy_gen: AtomicU64,
-    /// Free reservation slots: a stack of slot + 1 (0 = empty) in the low 32 bits, a tag in the
-    /// high ones. Written by every claim and free.
-    free_head: Alone<AtomicU64>,
-    /// Cursor of the sweep for expired reservations.
-    res_hint: Alone<AtomicU32>,
     stats: [StatStripe; STAT_STRIPES],
     /// Live entries per partition, guarded by the partition's lock.
     part_live: [u32; NPARTS],
@@ -138,7 +129,7 @@ struct Layout {
     versions_off: usize,
     slots_off: usize,
     res_off: usize,
-    free_off: usize,
+    tags_off: usize,
     tenants_off: usize,
     zones_off: usize,
     open_off: usize,
@@ -159,8 +150,8 @@ impl Layout {
         let versions_off = align64(std::mem::size_of::<Header>());
         let slots_off = align64(versions_off + (SUBJECT_VERSIONS + PROFILE_VERSIONS) * 8);
         let res_off = align64(slots_off + NPARTS * slots_per_part * std::mem::size_of::<Slot>());
-        let free_off = align64(res_off + nres * std::mem::size_of::<Resv>());
-        let tenants_off = align64(free_off + nres * std::mem::size_of::<AtomicU32>());
+        let tags_off = align64(res_off + nres * std::mem::size_of::<Resv>());
+        let tenants_off = align64(tags_off + nres * std::mem::size_of::<AtomicU32>());
         let zones_off = align64(tenants_off + tenants::region_bytes());
         let open_off = align64(zones_off + zones::region_bytes());
         // (Known when shared memory is requested, from PostgreSQL 15 on.)
@@ -173,7 +164,7 @@ impl Layout {
             versions_off,
             slots_off,
             res_off,
-            free_off,
+            tags_off,
             tenants_off,
             zones_off,
             open_off,
@@ -188,7 +179,8 @@ pub struct Shared {
     versions: *const AtomicU64,
     slots: *mut Slot,
     resv: *mut Resv,
-    free_next: *const AtomicU32,
+    /// A tag of each reservation slot's id (`reservations::tag`), probed before the id.
+    tags: *const AtomicU32,
     tenants: *mut tenants::TenantSlot,
     zones: *mut zones::ZoneNames,
     open_rows: *const AtomicI64,
@@ -240,7 +232,7 @@ unsafe extern "C-unwind" fn startup_hook() {
             versions: base.add(l.versions_off) as *const AtomicU64,
             slots: base.add(l.slots_off) as *mut Slot,
             resv: base.add(l.res_off) as *mut Resv,
-            free_next: base.add(l.free_off) as *const AtomicU32,
+            tags: base.add(l.tags_off) as *const AtomicU32,
             tenants: base.add(l.tenants_off) as *mut tenants::TenantSlot,
             zones: base.add(l.zones_off) as *mut zones::ZoneNames,
             open_rows: base.add(l.open_off) as *const AtomicI64,
@@ -262,7 +254,6 @@ unsafe extern "C-unwind" fn startup_hook() {
                 seed = (pg_sys::MyStartTime as u64 ^ pg_sys::MyProcPid as u64).to_le_bytes();
             }
             (*h).key_seed = u64::from_le_bytes(seed);
-            shared.init_free_list();
             (*h).magic = MAGIC;
         }
         crate::key::set_seed((*(base as *mut Header)).key_seed);

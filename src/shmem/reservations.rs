@@ -11,6 +11,12 @@
 //!                                         `-> SETTLING -> FREE         (late record replaces it)
 //! ```
 //!
+//! A reservation's id is 122 random bits (a version-4 UUID from `pg_strong_random`), and the
+//! capability that `cp_record_usage` and `cp_release` need: it says nothing of its slot or its
+//! time. Its slot is one of the `WINDOW` slots that follow a position derived from the id by a
+//! hash seeded per server start; a claim takes a free one there, a lookup compares the
+//! slots' tags (32 bits of the id) there, then the whole id.
+//!
 //! An expired reservation is charged at once in the subject's totals (its request, and its token
 //! and cost estimates unless `control_plane.on_expiry = 'release_estimate'`), and stays in its slot until
 //! the flusher of its database has written the charge to the ledger. The slot keeps the tenant,
@@ -32,7 +38,11 @@ const RES_EXPIRING: u32 = 4;
 const RES_EXPIRED: u32 = 5;
 const RES_FLUSHING: u32 = 6;
 
-/// Slots of the ring that a claim expires when the free list is empty.
+/// Slots where a reservation may be: the `WINDOW` that follow its id's position.
+const WINDOW: usize = 64;
+/// Ids a claim tries (each with its own window) before it looks at every slot.
+const TRIES: usize = 8;
+/// Open reservations a claim expires early when no slot is free.
 const SWEEP: usize = 64;
 /// Longest tenant, subject and organisation names a slot keeps (each is at most 256 bytes).
 const NAMES: usize = 768;
@@ -125,90 +135,96 @@ impl Shared {
             .is_ok()
     }
 
-    /// Claims a free reservation slot: the top of the free list, in constant time. When the list
-    /// is empty, the next `SWEEP` slots of the ring cursor are expired (early if need be: they
-    /// are charged, not given back) and the flushers woken; the claim then waits for them to free
-    /// slots, up to `wait_ms`. `None` when none came free. The slot is given back when the claim is
-    /// dropped without being published.
+    /// Where a reservation with this id may be: the first slot of its window.
+    fn home(&self, id: &[u8; 16]) -> usize {
+        (crate::key::seeded_hash(id) % self.nres as u64) as usize
+    }
+
+    /// The slots of an id's window, in probing order.
+    fn window(&self, id: &[u8; 16]) -> impl Iterator<Item = usize> {
+        let (start, n) = (self.home(id), self.nres);
+        (0..WINDOW.min(n)).map(move |k| (start + k) % n)
+    }
+
+    fn tag_of(&self, i: usize) -> &AtomicU32 {
+        unsafe { &*self.tags.add(i) }
+    }
+
+    /// Claims a free slot in the window of a new random id. When `TRIES` windows are full, it
+    /// looks at every slot; when none is free, `SWEEP` open reservations are expired (early: they
+    /// are charged, not given back) and the flushers woken, and the claim waits for
+    /// a slot to come free, up to `wait_ms`. `None` when none did. The slot is given back when
+    /// the claim is dropped without being published.
     pub fn claim_reservation(&self, now: i64, wait_ms: u32) -> Option<Claim<'_>> {
-        let index = match self.pop_free() {
-            Some(i) => i,
-            None => {
-                self.sweep(now, SWEEP);
-                self.want_slots();
-                let mut waited = 0;
-                loop {
-                    if let Some(i) = self.pop_free() {
-                        break i;
-                    }
-                    if waited >= wait_ms {
-                        return None;
-                    }
-                    unsafe {
-                        pg_sys::pg_usleep(1_000);
-                        pg_sys::check_for_interrupts!();
-                    }
-                    waited += 1;
-                }
+        for _ in 0..TRIES {
+            let id = random_id();
+            if let Some(index) = self.window(&id).find(|&i| self.cas(i, RES_FREE, RES_CLAIMED)) {
+                return Some(self.claimed(index, id));
             }
-        };
-        Some(Claim {
-            sh: self,
-            index,
-            published: false,
-        })
-    }
-
-    fn free_next(&self, i: usize) -> &AtomicU32 {
-        unsafe { &*self.free_next.add(i) }
-    }
-
-    /// Pops the free list (a Treiber stack whose head carries a tag against ABA).
-    fn pop_free(&self) -> Option<usize> {
-        let head = &self.header().free_head.0;
-        let mut h = head.load(Ordering::Acquire);
+        }
+        if let Some(c) = self.claim_any() {
+            return Some(c);
+        }
+        self.sweep(now);
+        self.want_slots();
+        let mut waited = 0;
         loop {
-            let top = (h & 0xffff_ffff) as usize;
-            if top == 0 {
+            if let Some(c) = self.claim_any() {
+                return Some(c);
+            }
+            if waited >= wait_ms {
                 return None;
             }
-            let next = self.free_next(top - 1).load(Ordering::Acquire) as u64;
-            let tagged = ((h >> 32).wrapping_add(1) << 32) | next;
-            match head.compare_exchange_weak(h, tagged, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    if self.cas(top - 1, RES_FREE, RES_CLAIMED) {
-                        return Some(top - 1);
-                    }
-                    h = head.load(Ordering::Acquire); // never expected: a listed slot in use
-                }
-                Err(now) => h = now,
+            unsafe {
+                pg_sys::pg_usleep(1_000);
+                pg_sys::check_for_interrupts!();
+            }
+            waited += 1;
+        }
+    }
+
+    fn claimed(&self, index: usize, id: [u8; 16]) -> Claim<'_> {
+        Claim {
+            sh: self,
+            index,
+            id,
+            published: false,
+        }
+    }
+
+    /// Claims any free slot (a scan from a random place), with a new random id whose window
+    /// holds it: about `nres / WINDOW` ids are drawn.
+    fn claim_any(&self) -> Option<Claim<'_>> {
+        let n = self.nres;
+        let start = self.home(&random_id());
+        let index = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.res(i).state.load(Ordering::Relaxed) == RES_FREE && self.cas(i, RES_FREE, RES_CLAIMED))?;
+        loop {
+            let id = random_id();
+            if (index + n - self.home(&id)) % n < WINDOW.min(n) {
+                return Some(self.claimed(index, id));
             }
         }
     }
 
-    /// Marks slot `i` free and pushes it on the free list.
+    /// Marks slot `i` free.
     fn free_slot(&self, i: usize) {
         self.res(i).state.store(RES_FREE, Ordering::Release);
-        let head = &self.header().free_head.0;
-        let mut h = head.load(Ordering::Acquire);
-        loop {
-            self.free_next(i).store((h & 0xffff_ffff) as u32, Ordering::Release);
-            let tagged = ((h >> 32).wrapping_add(1) << 32) | (i as u64 + 1);
-            match head.compare_exchange_weak(h, tagged, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(now) => h = now,
-            }
-        }
     }
 
-    /// Expires the open reservations among the next `n` slots of the ring cursor, due or not.
-    fn sweep(&self, now: i64, n: usize) {
-        let total = self.nres;
-        let start = self.header().res_hint.0.fetch_add(n as u32, Ordering::Relaxed) as usize;
-        for k in 0..n.min(total) {
-            let i = (start + k) % total;
+    /// Expires up to `SWEEP` open reservations, due or not, scanning from a random slot.
+    fn sweep(&self, now: i64) {
+        let n = self.nres;
+        let start = self.home(&random_id());
+        let mut expired = 0;
+        for i in (0..n).map(|k| (start + k) % n) {
+            if expired >= SWEEP {
+                break;
+            }
             if self.res(i).state.load(Ordering::Acquire) == RES_ACTIVE && self.expire(i, now, true) {
                 self.bump(Stat::ExpiredEarly);
+                expired += 1;
             }
         }
     }
@@ -217,6 +233,7 @@ impl Shared {
     fn publish(&self, i: usize, id: [u8; 16], owner: &Owner, hold: &Hold) {
         let r = self.res_mut(i);
         r.id = id;
+        self.tag_of(i).store(tag(&id), Ordering::Relaxed);
         r.db = owner.db;
         r.key = owner.key;
         r.tenant_fp = owner.tenant_fp;
@@ -403,30 +420,62 @@ impl Shared {
         (open, expired)
     }
 
-    /// Finds a reservation by id and moves it to settling, owned by this backend. An expired one
-    /// is taken only with `expired_too` (a late record replaces its charge); without it, an open
-    /// one past its time at `now` counts as expired too (the sweep has not reached it yet). Waits
-    /// while the reservation is being expired or its charge written (milliseconds).
-    pub fn take_reservation(&self, id: &[u8; 16], db: u32, now: i64, expired_too: bool) -> Taken {
-        let i = u32::from_be_bytes([id[0], id[1], id[2], id[3]]) as usize;
-        if i >= self.nres {
-            return Taken::Unknown;
+    /// Finds a reservation by id and moves it to settling, owned by this backend, if `mine`
+    /// says it belongs to the caller (by its subject's key and its tenant's fingerprint): one of
+    /// another subject or tenant is `Unknown`, as is an id that names nothing, so that an answer
+    /// tells nothing of other callers' reservations. An expired one is taken only with
+    /// `expired_too` (a late record replaces its charge); without it, an open one past its time
+    /// at `now` counts as expired too (the sweep has not reached it yet). Waits while the
+    /// reservation is being expired or its charge written (milliseconds).
+    pub fn take_reservation(
+        &self,
+        id: &[u8; 16],
+        db: u32,
+        now: i64,
+        expired_too: bool,
+        mine: impl Fn(&Key, u64) -> bool,
+    ) -> Taken {
+        let t = tag(id);
+        for i in self.window(id) {
+            if self.tag_of(i).load(Ordering::Relaxed) != t {
+                continue;
+            }
+            if let Some(taken) = self.take_at(i, id, db, now, expired_too, &mine) {
+                return taken;
+            }
         }
+        Taken::Unknown
+    }
+
+    /// `take_reservation` at slot `i`; None when the slot does not hold that id.
+    fn take_at(
+        &self,
+        i: usize,
+        id: &[u8; 16],
+        db: u32,
+        now: i64,
+        expired_too: bool,
+        mine: &impl Fn(&Key, u64) -> bool,
+    ) -> Option<Taken> {
         let r = self.res(i);
         let same = || unsafe { ptr::read_volatile(&r.id) == *id && ptr::read_volatile(&r.db) == db };
+        let owned = || unsafe { mine(&ptr::read_volatile(&r.key), ptr::read_volatile(&r.tenant_fp)) };
         for _ in 0..10_000 {
             let st = r.state.load(Ordering::Acquire);
-            if !same() {
-                return Taken::Unknown;
+            if st == RES_FREE || st == RES_CLAIMED || !same() {
+                return None;
+            }
+            if !owned() {
+                return Some(Taken::Unknown);
             }
             let from = match st {
                 RES_ACTIVE if !expired_too && unsafe { ptr::read_volatile(&r.expires_at) } <= now => {
-                    return Taken::Expired
+                    return Some(Taken::Expired)
                 }
                 RES_ACTIVE => RES_ACTIVE,
                 RES_EXPIRED if expired_too => RES_EXPIRED,
-                RES_EXPIRED => return Taken::Expired,
-                RES_SETTLING => return Taken::Busy,
+                RES_EXPIRED => return Some(Taken::Expired),
+                RES_SETTLING => return Some(Taken::Busy),
                 RES_EXPIRING | RES_FLUSHING => {
                     unsafe {
                         pg_sys::pg_usleep(1_000);
@@ -434,23 +483,22 @@ impl Shared {
                     }
                     continue;
                 }
-                _ => return Taken::Unknown,
+                _ => return None,
             };
             if !self.cas(i, from, RES_SETTLING) {
                 continue;
             }
-            if !same() {
+            if !same() || !owned() {
                 r.state.store(from, Ordering::Release);
-                return Taken::Unknown;
+                return Some(Taken::Unknown);
             }
             let rm = self.res_mut(i);
             rm.owner_pid = unsafe { pg_sys::MyProcPid };
             rm.taken_from = from;
-            return Taken::Held(Held {
+            return Some(Taken::Held(Held {
                 index: i,
                 key: rm.key,
                 org: (!rm.org.is_empty()).then_some(rm.org),
-                tenant_fp: rm.tenant_fp,
                 tokens: rm.tokens,
                 cost: rm.cost,
                 expired: (from == RES_EXPIRED).then_some(Expired {
@@ -458,9 +506,9 @@ impl Shared {
                     cost: rm.cost_charged,
                     at: rm.charged_at,
                 }),
-            });
+            }));
         }
-        Taken::Busy
+        Some(Taken::Busy)
     }
 
     /// Puts a reservation taken with `take_reservation` back (its settling transaction aborted).
@@ -489,15 +537,6 @@ impl Shared {
         self.bump(Stat::Released);
     }
 
-    /// Links every slot into the free list (at start-up, on a zeroed region).
-    pub(super) fn init_free_list(&self) {
-        for i in 0..self.nres {
-            let next = if i + 1 < self.nres { i as u32 + 2 } else { 0 };
-            self.free_next(i).store(next, Ordering::Relaxed);
-        }
-        self.header().free_head.0.store(1, Ordering::Release);
-    }
-
     pub fn reservations_in_use(&self) -> i64 {
         (0..self.nres)
             .filter(|&i| self.res(i).state.load(Ordering::Relaxed) != RES_FREE)
@@ -505,23 +544,62 @@ impl Shared {
     }
 }
 
-/// A claimed reservation slot, not yet visible to anyone. Dropping it gives the slot back.
+/// A claimed reservation slot and the id it will be found by, not yet visible to anyone.
+/// Dropping it gives the slot back.
 pub struct Claim<'a> {
     sh: &'a Shared,
     index: usize,
+    id: [u8; 16],
     published: bool,
 }
 
 impl Claim<'_> {
-    pub fn index(&self) -> usize {
-        self.index
+    pub fn id(&self) -> [u8; 16] {
+        self.id
     }
 
     /// Fills the slot and makes the reservation visible.
-    pub fn publish(mut self, id: [u8; 16], owner: &Owner, hold: &Hold) {
-        self.sh.publish(self.index, id, owner, hold);
+    pub fn publish(mut self, owner: &Owner, hold: &Hold) {
+        self.sh.publish(self.index, self.id, owner, hold);
         self.published = true;
     }
+}
+
+/// The tag of an id in its slot's tag (never 0, which no slot is probed for).
+fn tag(id: &[u8; 16]) -> u32 {
+    u32::from_le_bytes([id[0], id[1], id[2], id[3]]) | 1
+}
+
+/// Random bytes from `pg_strong_random` (OpenSSL's generator in builds with SSL), drawn 4 KiB
+/// at a time per backend.
+struct Entropy {
+    buf: [u8; 4096],
+    used: usize,
+}
+
+thread_local! {
+    static ENTROPY: std::cell::RefCell<Entropy> =
+        const { std::cell::RefCell::new(Entropy { buf: [0; 4096], used: 4096 }) };
+}
+
+/// A version-4 UUID of 122 bits from a cryptographic generator. Without one (it failed), the
+/// backend stops with an error rather than hand out guessable capabilities.
+pub fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    ENTROPY.with_borrow_mut(|e| {
+        if e.used + 16 > e.buf.len() {
+            if !unsafe { pg_sys::pg_strong_random(e.buf.as_mut_ptr().cast(), e.buf.len()) } {
+                pgrx::error!("control_plane: could not generate random reservation ids");
+            }
+            e.used = 0;
+        }
+        id.copy_from_slice(&e.buf[e.used..e.used + 16]);
+        e.buf[e.used..e.used + 16].fill(0);
+        e.used += 16;
+    });
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
 }
 
 impl Drop for Claim<'_> {
@@ -539,7 +617,6 @@ pub struct Held {
     pub key: Key,
     /// The organisation's entry that holds it too.
     pub org: Option<Key>,
-    pub tenant_fp: u64,
     pub tokens: i64,
     /// The cost estimate held (micro-units).
     pub cost: i64,

@@ -307,8 +307,8 @@ CREATE INDEX usage_events_org_time ON control_plane.usage_events (tenant_id, org
 -- Where cp_cleanup finds the rows to seal, and those to roll up past ledger_retention, oldest first.
 CREATE INDEX usage_events_time ON control_plane.usage_events (created_at);
 -- Where a late cp_record_usage finds the charge of its expired reservation.
-CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
-    WHERE kind = 'expired';
+CREATE INDEX usage_events_expired_ids ON control_plane.usage_events
+    USING gin ((metadata OPERATOR(pg_catalog.->) 'expired_reservations')) WHERE kind = 'expired';
 -- A charge is taken back at most once.
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';

@@ -7,7 +7,7 @@
 //! live subjects has a probability near 2^-89 (n^2 / 2^129).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use xxhash_rust::xxh3::xxh3_128_with_seed;
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[repr(C)]
@@ -18,6 +18,11 @@ pub struct Key {
 
 const DEFAULT_SEED: u64 = 0x6370_5f6b_6579_7331;
 static SEED: AtomicU64 = AtomicU64::new(DEFAULT_SEED);
+
+/// A 64-bit hash of `bytes` under the server's seed (where a reservation id's slot is looked for).
+pub fn seeded_hash(bytes: &[u8]) -> u64 {
+    xxh3_64_with_seed(bytes, SEED.load(Ordering::Relaxed))
+}
 
 /// Sets the seed of every fingerprint this process computes (the server's, from shared memory).
 pub fn set_seed(seed: u64) {
