@@ -502,3 +502,12 @@ BEGIN
             USING HINT = 'Since 0.2.0 applications need no INSERT (cp_admit enrols and cp_record_usage records as the extension''s owner): revoke it from application roles; an import job needs only the column grant in the README (Privileges).';
     END LOOP;
 END $grants$;
+
+-- A profile's features are an object of booleans (a nested value made every admission on the
+-- profile fail); the CHECK helpers read their jsonb themselves (22023 for a value nested too deep
+-- or a number no float holds). A row that breaks the rule stops the update with 22023 naming it.
+CREATE FUNCTION control_plane._check_features(features jsonb) RETURNS bool
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_check_features';
+ALTER TABLE control_plane.profiles
+    ADD CONSTRAINT profiles_features_valid CHECK (control_plane._check_features(features));

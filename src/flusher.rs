@@ -13,7 +13,9 @@
 //!
 //! Should it fail (the extension dropped, say), it exits; the charges stay in shared memory, still
 //! counted, and the next reservation in that database starts a new flusher (at most once a
-//! second).
+//! second). Its registry slot is freed when it exits (`shmem::flushers`). Where no flusher can
+//! run (no free registry or `max_worker_processes` slot), `cp_cleanup` writes the charges of its
+//! database in its own transaction (`write_in_transaction`).
 
 use crate::catalog::{self, now_unix_us};
 use crate::shmem::{self, Charge, Shared, Stat};
@@ -40,7 +42,7 @@ const ROW_CHARGES: usize = 24;
 /// Called by a backend that has just opened a reservation there.
 pub fn ensure(sh: &Shared, db: u32, now: i64) {
     if sh.flusher_start_due(db, now) && !start(db) {
-        sh.flusher_stopped(db);
+        sh.flusher_not_started(db);
     }
 }
 
@@ -64,7 +66,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
     let db = arg.value() as u32;
     if let Ok(sh) = shmem::shared() {
         sh.abandon_flush(db);
-        sh.flusher_stopped(db);
+        sh.flusher_stopped(db, unsafe { pg_sys::MyLatch });
     }
 }
 
@@ -74,6 +76,10 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
 pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
     let db = arg.value() as u32;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let Ok(sh) = shmem::shared() else { return };
+    // Before connecting: a database dropped meanwhile ends the worker there, and its slot must
+    // be freed all the same.
+    unsafe { pg_sys::on_shmem_exit(Some(on_exit), pg_sys::Datum::from(db)) };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     // Not the database's default search path (its owner may set one): every statement is pinned
     // to this one anyway (`catalog::pinned`), and runs as the extension's owner.
@@ -85,8 +91,6 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );
     }
-    let Ok(sh) = shmem::shared() else { return };
-    unsafe { pg_sys::on_shmem_exit(Some(on_exit), pg_sys::Datum::from(db)) };
     if !sh.flusher_running(db, unsafe { pg_sys::MyLatch }) {
         return;
     }
@@ -118,7 +122,7 @@ pub extern "C-unwind" fn cp_flusher_main(arg: pg_sys::Datum) {
         if expired > 0 || next != i64::MAX || written > 0 {
             busy_at = now;
         } else if now - busy_at > IDLE_EXIT_US {
-            sh.flusher_stopped(db);
+            sh.flusher_stopped(db, unsafe { pg_sys::MyLatch });
             // A reservation opened meanwhile saw this flusher running and started none.
             let (open, expired) = sh.reservations_of(db);
             if open + expired == 0 || !sh.flusher_running(db, unsafe { pg_sys::MyLatch }) {
@@ -153,6 +157,26 @@ fn flush(sh: &Shared, db: u32) -> usize {
             return written;
         }
     }
+}
+
+/// Where no flusher runs for database `db` (none could start: every registry slot or every
+/// `max_worker_processes` slot taken), writes its expired charges in the caller's transaction
+/// (`cp_cleanup`'s): their slots are freed when it commits, and wait for the next writer if it
+/// does not. Returns how many it wrote.
+pub fn write_in_transaction(sh: &Shared, db: u32) -> crate::error::CpResult<usize> {
+    if sh.flusher_alive(db) {
+        return Ok(0);
+    }
+    let mut charges = sh.take_charges(db, BATCH);
+    if charges.is_empty() {
+        return Ok(0);
+    }
+    charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, c.org.hi, c.org.lo, local_day(sh, c)));
+    let n = charges.len();
+    // Queued before anything can fail: the transaction's end settles them either way.
+    crate::xact::charges_taken(db, charges.clone());
+    write(sh, &charges)?;
+    Ok(n)
 }
 
 /// One row per (tenant, subject, organisation, day) and up to ROW_CHARGES charges (sorted that

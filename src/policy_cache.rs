@@ -139,7 +139,13 @@ fn refresh(sh: &Shared) {
 }
 
 fn parse(s: &str, what: &str) -> CpResult<Value> {
-    serde_json::from_str(s).map_err(|e| CpError::Internal(format!("{what} is not valid JSON: {e}")))
+    serde_json::from_str(s).map_err(|e| {
+        CpError::state(
+            format!("{what} holds a value control_plane cannot read"),
+            Some(e.to_string()),
+            Some("Values may nest at most 128 levels, and numbers must fit a double precision: correct the row."),
+        )
+    })
 }
 
 fn bad_policy(e: crate::policy::PolicyError) -> CpError {

@@ -117,6 +117,9 @@ struct State {
     /// Entries (key, database) of subjects and organisations whose ledger rows this transaction
     /// inserted directly (not through the extension): marked stale when it ends.
     direct: Vec<(Key, u32)>,
+    /// Expired charges this transaction writes to the ledger (`cp_cleanup` where no flusher
+    /// runs), by subtransaction and database: their slots are freed at commit.
+    charges: Vec<(pg_sys::SubTransactionId, u32, Vec<shmem::Charge>)>,
 }
 
 thread_local! {
@@ -208,6 +211,30 @@ pub fn direct_row(key: Key, org: Option<Key>, db: u32) {
             }
         }
     });
+}
+
+/// This transaction writes the expired charges `charges` of database `db` (taken for flushing):
+/// a commit frees their slots, an abort (or the rollback of this subtransaction) puts them back.
+pub fn charges_taken(db: u32, charges: Vec<shmem::Charge>) {
+    STATE.with_borrow_mut(|st| {
+        ensure_registered(st);
+        st.charges.push((current_subid(), db, charges));
+    });
+}
+
+/// Ends the flushes of charges a transaction took: written (committed) or not.
+fn end_charges(flushes: Vec<(pg_sys::SubTransactionId, u32, Vec<shmem::Charge>)>, written: bool) {
+    if flushes.is_empty() {
+        return;
+    }
+    let Ok(sh) = shmem::shared() else { return };
+    let now = crate::catalog::now_unix_us();
+    for (_, db, charges) in flushes {
+        sh.end_flush(db, &charges, written, now);
+        if written {
+            sh.bump_by(shmem::Stat::ChargesWritten, charges.len() as u64);
+        }
+    }
 }
 
 /// True when this transaction inserted ledger rows.
@@ -313,6 +340,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                     || st.rows_published
                     || !st.dated_rows.is_empty()
                     || !st.direct.is_empty()
+                    || !st.charges.is_empty()
             });
             if busy {
                 crate::error::raise(crate::error::CpError::NotSupported {
@@ -326,10 +354,15 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             // Must not raise: the transaction is already committed (and visible).
             end_ledger_rows();
-            let (work, changed) = STATE.with_borrow_mut(|st| {
+            let (work, changed, charges) = STATE.with_borrow_mut(|st| {
                 st.marks.clear();
-                (std::mem::take(&mut st.pending), std::mem::take(&mut st.policy_changed))
+                (
+                    std::mem::take(&mut st.pending),
+                    std::mem::take(&mut st.policy_changed),
+                    std::mem::take(&mut st.charges),
+                )
             });
+            end_charges(charges, true);
             let Ok(sh) = shmem::shared() else { return };
             let now = crate::catalog::now_unix_us();
             for p in &work {
@@ -380,13 +413,15 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             end_ledger_rows();
-            let (work, changed, marks) = STATE.with_borrow_mut(|st| {
+            let (work, changed, marks, charges) = STATE.with_borrow_mut(|st| {
                 (
                     std::mem::take(&mut st.pending),
                     !std::mem::take(&mut st.policy_changed).is_empty(),
                     std::mem::take(&mut st.marks),
+                    std::mem::take(&mut st.charges),
                 )
             });
+            end_charges(charges, false);
             work.iter().for_each(undo);
             unmark(&marks);
             if changed {
@@ -407,18 +442,23 @@ unsafe extern "C-unwind" fn subxact_callback(
     use pg_sys::SubXactEvent::*;
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            let (dropped, changed, marks) = STATE.with_borrow_mut(|st| {
+            let (dropped, changed, marks, charges) = STATE.with_borrow_mut(|st| {
                 let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.pending)
                     .into_iter()
                     .partition(|p| p.subid == my_subid);
                 st.pending = kept;
+                let (unwritten, charges): (Vec<_>, Vec<_>) = std::mem::take(&mut st.charges)
+                    .into_iter()
+                    .partition(|c| c.0 == my_subid);
+                st.charges = charges;
                 let before = st.policy_changed.len();
                 st.policy_changed.retain(|(s, _)| *s != my_subid);
                 let (unmarked, marked): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut st.marks).into_iter().partition(|m| m.0 == my_subid);
                 st.marks = marked;
-                (gone, before != st.policy_changed.len(), unmarked)
+                (gone, before != st.policy_changed.len(), unmarked, unwritten)
             });
+            end_charges(charges, false);
             dropped.iter().for_each(undo);
             unmark(&marks);
             if changed {
@@ -438,6 +478,10 @@ unsafe extern "C-unwind" fn subxact_callback(
                 .iter_mut()
                 .filter(|m| m.0 == my_subid)
                 .for_each(|m| m.0 = parent_subid);
+            st.charges
+                .iter_mut()
+                .filter(|c| c.0 == my_subid)
+                .for_each(|c| c.0 = parent_subid);
         }),
         _ => {}
     }

@@ -27,11 +27,17 @@ fn cp_cleanup() -> Result<JsonB, ErrorReport> {
     let (expired, _) = sh.expire_reservations(now_unix_us(), None, None, false);
     sh.want_slots(); // the flushers write what expired now
     let ledger = crate::compaction::run()?;
-    // Last: it holds the seal lock until this transaction ends.
+    // It holds the seal lock until this transaction ends.
     let seal = crate::sealing::run()?;
-    Ok(JsonB(
-        json!({"reservations_expired": expired, "ledger": ledger, "seal": seal}),
-    ))
+    // Where no flusher can run, the charges are written here (after sealing: a charge dated
+    // inside the seal just made is added to its bucket at commit, as any row dated in the past).
+    let written = crate::flusher::write_in_transaction(sh, unsafe { pg_sys::MyDatabaseId }.to_u32())?;
+    Ok(JsonB(json!({
+        "reservations_expired": expired,
+        "charges_written": written,
+        "ledger": ledger,
+        "seal": seal,
+    })))
 }
 
 /// Shared-memory use and decision counters since server start (read by the `stats` view).
@@ -136,16 +142,87 @@ fn _profile_changed(id: Option<i32>) {
     }
 }
 
-/// CHECK-constraint helper: raises 22023 naming the bad key of a subject's `overrides`.
-#[pg_extern(immutable, parallel_safe)]
-fn _check_overrides(overrides: Option<JsonB>) -> Result<bool, ErrorReport> {
-    let Some(JsonB(v)) = overrides else { return Ok(true) };
-    crate::policy::validate_overrides(&v).map_err(|e| {
+/// The text of a jsonb argument, parsed with serde_json's depth limit (128): too deep a value,
+/// or a number no float holds, is refused with 22023 (pgrx's own jsonb argument would parse it
+/// first, and fail with XX000). `what` names the column for messages.
+///
+/// # Safety
+/// `fcinfo` is a version-1 call whose argument 0 is a jsonb (or NULL).
+unsafe fn jsonb_arg(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> Result<Option<serde_json::Value>, CpError> {
+    let arg = unsafe { pgrx::fcinfo::pg_getarg_datum(fcinfo, 0) };
+    let Some(d) = arg else { return Ok(None) };
+    let text = unsafe {
+        let (mut out_fn, mut varlena) = (pg_sys::InvalidOid, false);
+        pg_sys::getTypeOutputInfo(pg_sys::JSONBOID, &mut out_fn, &mut varlena);
+        let c = pg_sys::OidOutputFunctionCall(out_fn, d);
+        std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
         CpError::invalid_with(
-            e.message,
-            e.detail,
-            Some("overrides maps limit names (as in control_plane.profiles) to non-negative integers or null."),
+            format!("{what} holds a value control_plane cannot read"),
+            e.to_string(),
+            Some("Values may nest at most 128 levels, and numbers must fit a double precision."),
         )
-    })?;
-    Ok(true)
+    })
+}
+
+/// `pg_finfo` records of the raw CHECK helpers (version-1 calling convention).
+#[no_mangle]
+pub extern "C" fn pg_finfo__check_overrides_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+#[no_mangle]
+pub extern "C" fn pg_finfo__check_features() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `control_plane._check_overrides(overrides jsonb) RETURNS boolean` (declared in
+/// `src/sql/schema.sql`; the symbol is the one 0.1.0 named): the CHECK of `subjects.overrides`,
+/// which raises 22023 naming the bad key.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager only.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn _check_overrides_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let checked = unsafe { jsonb_arg(fcinfo, "overrides") }.and_then(|v| match v {
+        None => Ok(()),
+        Some(v) => crate::policy::validate_overrides(&v).map_err(|e| {
+            CpError::invalid_with(
+                e.message,
+                e.detail,
+                Some("overrides maps limit names (as in control_plane.profiles) to non-negative integers or null."),
+            )
+        }),
+    });
+    if let Err(e) = checked {
+        crate::error::raise(e);
+    }
+    pg_sys::Datum::from(true)
+}
+
+/// `control_plane._check_features(features jsonb) RETURNS boolean` (declared in
+/// `src/sql/schema.sql`): the CHECK of `profiles.features`, an object of booleans (22023).
+///
+/// # Safety
+/// Called by PostgreSQL's function manager only.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn _check_features(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let checked = unsafe { jsonb_arg(fcinfo, "features") }.and_then(|v| match v {
+        None => Ok(()),
+        Some(v) => crate::policy::validate_features(&v).map_err(|e| {
+            CpError::invalid_with(
+                e.message,
+                e.detail,
+                Some("features maps feature names to true or false (false switches one off)."),
+            )
+        }),
+    });
+    if let Err(e) = checked {
+        crate::error::raise(e);
+    }
+    pg_sys::Datum::from(true)
 }

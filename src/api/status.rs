@@ -174,7 +174,13 @@ pub fn quota_status(subject: Option<&str>) -> CpResult<Value> {
                     None,
                 ));
             };
-            let v: Value = serde_json::from_str(&pj).map_err(|e| CpError::Internal(e.to_string()))?;
+            let v: Value = serde_json::from_str(&pj).map_err(|e| {
+                CpError::state(
+                    format!("profile \"{name}\" holds a value control_plane cannot read"),
+                    Some(e.to_string()),
+                    None,
+                )
+            })?;
             let policy = Policy::from_profile(&v).map_err(|e| CpError::state(e.message, Some(e.detail), None))?;
             let t = ledger_totals(sh, &tenant, Whose::Subject(subject), zone, period.now)?;
             Ok(status_json(&tenant, subject, None, &policy, &name, &t, &period))

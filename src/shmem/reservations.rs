@@ -345,6 +345,7 @@ impl Shared {
             if !self.cas(i, RES_EXPIRED, RES_FLUSHING) {
                 continue;
             }
+            self.res_mut(i).owner_pid = unsafe { pg_sys::MyProcPid };
             out.push(Charge {
                 index: i,
                 id: r.id,
@@ -393,11 +394,16 @@ impl Shared {
         }
     }
 
-    /// Puts every slot of `db` left in flushing back to expired (a flusher exiting on an error).
+    /// Puts every slot of `db` that this process left in flushing back to expired (a flusher
+    /// exiting on an error).
     pub fn abandon_flush(&self, db: u32) {
+        let me = unsafe { pg_sys::MyProcPid };
         for i in 0..self.nres {
             let r = self.res(i);
-            if r.state.load(Ordering::Acquire) == RES_FLUSHING && unsafe { ptr::read_volatile(&r.db) } == db {
+            if r.state.load(Ordering::Acquire) == RES_FLUSHING
+                && unsafe { ptr::read_volatile(&r.db) } == db
+                && unsafe { ptr::read_volatile(&r.owner_pid) } == me
+            {
                 r.state.store(RES_EXPIRED, Ordering::Release);
             }
         }

@@ -15,3 +15,14 @@ BEGIN
                   HINT = 'Drop or rename that schema (after checking what is in it), then run CREATE EXTENSION control_plane again.';
     END IF;
 END $$;
+
+-- Names (tenants, subjects, models, ...) are UTF-8 throughout: a database of another encoding is
+-- refused rather than failing on the first non-ASCII name.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+        RAISE EXCEPTION 'control_plane needs a UTF8 database; this one is %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0, and install control_plane there.';
+    END IF;
+END $$;

@@ -6,6 +6,15 @@
 
 -- ------------------------------------------------------------------------------------ profiles
 
+-- CHECK helpers (C, version 1: they read the jsonb themselves, so that a value nested too deep or
+-- a number no float holds is refused with 22023).
+CREATE FUNCTION control_plane."_check_overrides"("overrides" jsonb) RETURNS bool
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_check_overrides_wrapper';
+CREATE FUNCTION control_plane._check_features(features jsonb) RETURNS bool
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_check_features';
+
 CREATE TABLE control_plane.profiles (
     id                      integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
     tenant_id               text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant'),
@@ -29,7 +38,8 @@ CREATE TABLE control_plane.profiles (
     default_model           text,
     fallback_model          text,
     features                jsonb       NOT NULL DEFAULT '{}'
-                                        CHECK (pg_catalog.jsonb_typeof(features) OPERATOR(pg_catalog.=) 'object'),
+                                        CHECK (pg_catalog.jsonb_typeof(features) OPERATOR(pg_catalog.=) 'object')
+                                        CONSTRAINT profiles_features_valid CHECK (control_plane._check_features(features)),
     is_default              boolean     NOT NULL DEFAULT false,
     is_active               boolean     NOT NULL DEFAULT true,
     created_at              timestamptz NOT NULL DEFAULT pg_catalog.now(),

@@ -199,6 +199,23 @@ pub fn validate_overrides(overrides: &Value) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// A profile's `features`: an object whose values are booleans.
+pub fn validate_features(features: &Value) -> Result<(), PolicyError> {
+    let Value::Object(obj) = features else {
+        return Err(PolicyError::new(
+            "features must be a JSON object",
+            format!("got {}", type_name(features)),
+        ));
+    };
+    match obj.iter().find(|(_, v)| !v.is_boolean()) {
+        None => Ok(()),
+        Some((k, v)) => Err(PolicyError::new(
+            format!("feature \"{k}\" must be true or false"),
+            format!("got {}", type_name(v)),
+        )),
+    }
+}
+
 impl Policy {
     /// Reads a profile row given as `to_jsonb(profiles)`.
     pub fn from_profile(profile: &Value) -> Result<Policy, PolicyError> {
@@ -313,6 +330,16 @@ mod unit {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn features_are_an_object_of_booleans() {
+        assert!(validate_features(&json!({})).is_ok());
+        assert!(validate_features(&json!({"video": false, "chat": true})).is_ok());
+        assert!(validate_features(&json!([])).is_err());
+        let e = validate_features(&json!({"video": {"nested": [false]}})).unwrap_err();
+        assert_eq!(e.message, "feature \"video\" must be true or false");
+        assert!(validate_features(&json!({"n": 1})).is_err());
+    }
 
     #[test]
     fn gates_and_activity_as_the_sql_surface_spells_them() {

@@ -1,8 +1,9 @@
 //! `cp_cleanup` scheduled with pg_cron (Debian's postgresql-15-cron) in a real cluster
 //! (`CP_CRON_DSN`): preloaded beside control_plane, `control_plane.ledger_retention = '9d'`, and
 //! no worker slot left for flushers (`max_worker_processes = 1`, pg_cron's launcher takes it),
-//! so only the scheduled cleanup can expire a reservation. One run is observed: it expires a
-//! reservation past its time and rolls old ledger rows up.
+//! so only the scheduled cleanup can expire a reservation and write its charge. One run is
+//! observed: it expires a reservation past its time, writes its charge to the ledger, and rolls
+//! old ledger rows up.
 
 use control_plane_integration::*;
 use std::time::{Duration, Instant};
@@ -72,6 +73,19 @@ fn cp_cleanup_under_pg_cron_expires_reservations_and_rolls_old_rows_up() {
 
     assert!(expired >= 1, "{result}");
     assert!(rollups >= 1, "{result}");
+    // No flusher can run here: the cleanup wrote the charge itself.
+    let charges: i64 = c
+        .query_one(
+            "SELECT count(*) FROM control_plane.usage_events WHERE subject_id = $1 AND kind = 'expired'",
+            &[&s],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(charges, 1, "{result}");
+    assert!(
+        result.contains("\"charges_written\": 1") || result.contains("\"charges_written\":1"),
+        "{result}"
+    );
     assert_eq!(stat(&mut c, "reservations_expired"), expired_before + 1);
     assert!(!release(&mut c, &id), "the reservation expired: nothing to release");
     assert_eq!(
