@@ -29,8 +29,12 @@ DROP TRIGGER profiles_policy_changed ON control_plane.profiles;
 DROP TRIGGER subjects_policy_changed ON control_plane.subjects;
 
 CREATE FUNCTION control_plane._subjects_changed() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         PERFORM control_plane._subject_changed(OLD.tenant_id, OLD.subject_id);
     END IF;
@@ -43,8 +47,12 @@ CREATE TRIGGER subjects_policy_changed AFTER INSERT OR UPDATE OR DELETE ON contr
     FOR EACH ROW EXECUTE FUNCTION control_plane._subjects_changed();
 
 CREATE FUNCTION control_plane._profiles_changed() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_OP = 'UPDATE' AND OLD.id = NEW.id AND OLD.tenant_id = NEW.tenant_id AND OLD.name = NEW.name THEN
         PERFORM control_plane._profile_changed(NEW.id);
     ELSE
@@ -74,8 +82,8 @@ ALTER TABLE control_plane.usage_events
     DROP CONSTRAINT usage_events_cost_micros_check,
     DROP CONSTRAINT usage_events_duration_ms_check;
 
-CREATE INDEX usage_events_expired_ids ON control_plane.usage_events
-    USING gin ((metadata OPERATOR(pg_catalog.->) 'expired_reservations')) WHERE kind = 'expired';
+CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
+    WHERE kind = 'expired';
 -- Where cp_cleanup finds the rows to seal, and those to roll up past ledger_retention, oldest first.
 CREATE INDEX usage_events_time ON control_plane.usage_events (created_at);
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
@@ -511,3 +519,62 @@ IMMUTABLE PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', '_check_features';
 ALTER TABLE control_plane.profiles
     ADD CONSTRAINT profiles_features_valid CHECK (control_plane._check_features(features));
+
+-- A subject's profile row is locked while the subject is written (a concurrent DELETE of the
+-- profile waits, then is refused), as the extension's owner.
+CREATE OR REPLACE FUNCTION control_plane._subjects_profile_exists() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM FROM control_plane.profiles p
+      WHERE p.name OPERATOR(pg_catalog.=) NEW.profile
+        AND (p.tenant_id OPERATOR(pg_catalog.=) NEW.tenant_id OR p.tenant_id OPERATOR(pg_catalog.=) '*')
+        FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'profile "%" does not exist', NEW.profile
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = format('subject "%s" of tenant "%s" names it', NEW.subject_id, NEW.tenant_id),
+                  HINT = 'Use a preset (free, starter, pro, business, enterprise, unlimited) or a profile of the tenant.';
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- A new installation starts from empty shared memory (run by CREATE EXTENSION only).
+CREATE FUNCTION control_plane."_forget_database_state"() RETURNS bigint
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_forget_database_state_wrapper';
+REVOKE ALL ON FUNCTION control_plane._forget_database_state() FROM PUBLIC;
+
+-- The SECURITY DEFINER trigger functions refuse tables outside the schema, and no trigger
+-- function can be attached by another role to a table of its own.
+CREATE OR REPLACE FUNCTION control_plane._policy_changed_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM control_plane._policy_changed();
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION control_plane._subjects_profile_exists() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._profiles_in_use() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._subjects_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._profiles_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._policy_changed_trigger() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._usage_events_row_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._usage_events_append_only() FROM PUBLIC;
+
+-- Names are UTF-8 throughout: an installation in a database of another encoding stops here.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+        RAISE EXCEPTION 'control_plane needs a UTF8 database; this one is %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Dump the control_plane tables, and restore them into a UTF8 database with control_plane installed.';
+    END IF;
+END $$;

@@ -144,6 +144,16 @@ pub unsafe extern "C-unwind" fn _usage_events_row_check(fcinfo: pg_sys::Function
         let cols = match ROW_COLUMNS.get() {
             Some((id, cols)) if id == relid => cols,
             _ => {
+                // Only the ledger itself (EXECUTE is not PUBLIC's, but a superuser could still
+                // attach it elsewhere): the columns are read with the ledger's types.
+                let ns = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+                let name = std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr());
+                if ns.is_null() || std::ffi::CStr::from_ptr(ns) != c"control_plane" || name != c"usage_events" {
+                    crate::error::raise(CpError::Privilege {
+                        message: "_usage_events_row_check is the trigger of control_plane.usage_events only".into(),
+                        hint: "Do not attach it to other tables.".into(),
+                    });
+                }
                 let mut cols = [0i32; 11];
                 for (c, n) in cols.iter_mut().zip(COLUMN_NAMES) {
                     *c = pg_sys::SPI_fnumber(desc, n.as_ptr());

@@ -116,7 +116,7 @@ struct State {
     dated_rows: Vec<i64>,
     /// Entries (key, database) of subjects and organisations whose ledger rows this transaction
     /// inserted directly (not through the extension): marked stale when it ends.
-    direct: Vec<(Key, u32)>,
+    direct: std::collections::HashSet<(Key, u32)>,
     /// Expired charges this transaction writes to the ledger (`cp_cleanup` where no flusher
     /// runs), by subtransaction and database: their slots are freed at commit.
     charges: Vec<(pg_sys::SubTransactionId, u32, Vec<shmem::Charge>)>,
@@ -206,9 +206,7 @@ pub fn direct_row(key: Key, org: Option<Key>, db: u32) {
     STATE.with_borrow_mut(|st| {
         ensure_registered(st);
         for k in std::iter::once(key).chain(org) {
-            if !st.direct.contains(&(k, db)) {
-                st.direct.push((k, db));
-            }
+            st.direct.insert((k, db));
         }
     });
 }

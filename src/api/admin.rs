@@ -40,6 +40,19 @@ fn cp_cleanup() -> Result<JsonB, ErrorReport> {
     })))
 }
 
+/// Run by `CREATE EXTENSION` (the end of the install script): shared memory forgets what an
+/// earlier installation in this database left there (entries, reservations, cached policies), so
+/// that the new one starts from its empty ledger. Nothing without the preload. Not executable by
+/// PUBLIC.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _forget_database_state() -> i64 {
+    let Ok(sh) = shmem::shared() else { return 0 };
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let n = sh.remove_database_entries(db) + sh.forget_reservations(db);
+    sh.bump_policy_generation();
+    n as i64
+}
+
 /// Shared-memory use and decision counters since server start (read by the `stats` view).
 #[pg_extern(volatile, parallel_safe)]
 fn cp_stats() -> Result<TableIterator<'static, (name!(name, String), name!(value, i64))>, ErrorReport> {

@@ -190,8 +190,8 @@ pub fn usage_by_key(tenant: &str, key: &str) -> CpResult<Option<(String, i64, Op
 
 /// The charge of an expired reservation, if the flusher wrote it: its time, tokens and micro-units
 /// charged, and the organisation it was charged to.
-/// Found by the reservation's id among the charges of expired rows (the GIN index
-/// `usage_events_expired_ids` holds only those).
+/// Found by the reservation's id among the subject's expired rows, newest first (the partial
+/// index `usage_events_expired` holds only those; the id carries no time to start from).
 pub fn expired_charge(tenant: &str, subject: &str, id: &pgrx::Uuid) -> CpResult<Option<ExpiredCharge>> {
     let key = id.to_string();
     let rows = query_latest(
@@ -200,9 +200,10 @@ pub fn expired_charge(tenant: &str, subject: &str, id: &pgrx::Uuid) -> CpResult<
                  coalesce(((metadata OPERATOR(pg_catalog.->) 'expired_costs') OPERATOR(pg_catalog.->>) $3)::bigint, 0),
                  org_id
             FROM control_plane.usage_events
-           WHERE (metadata OPERATOR(pg_catalog.->) 'expired_reservations') OPERATOR(pg_catalog.?) $3
+           WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
              AND kind OPERATOR(pg_catalog.=) 'expired'
-             AND tenant_id OPERATOR(pg_catalog.=) $1 AND subject_id OPERATOR(pg_catalog.=) $2
+             AND (metadata OPERATOR(pg_catalog.->) 'expired_reservations') OPERATOR(pg_catalog.?) $3
+           ORDER BY created_at DESC
            LIMIT 1",
         &[Arg::Text(Some(tenant)), Arg::Text(Some(subject)), Arg::Text(Some(&key))],
         |r| ExpiredCharge {

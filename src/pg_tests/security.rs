@@ -81,7 +81,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             definers,
-            "_model_prices,_organization,_policy_changed_trigger,_profiles_changed,_subjects_changed,_tenant_time_zone"
+            "_model_prices,_organization,_policy_changed_trigger,_profiles_changed,_subjects_changed,_subjects_profile_exists,_tenant_time_zone"
         );
     }
 
@@ -102,5 +102,25 @@ mod tests {
             .unwrap();
             assert!(!public, "{f} is executable by PUBLIC");
         }
+        // No trigger function of the schema either: a role could attach it to a table of its own
+        // (and a SECURITY DEFINER one would run there as the extension's owner).
+        let public_triggers = Spi::get_one::<String>(
+            "SELECT coalesce(string_agg(p.proname, ', '), '') FROM pg_proc p,
+                    aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+              WHERE p.pronamespace = 'control_plane'::regnamespace AND p.prorettype = 'trigger'::regtype
+                AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(public_triggers, "", "trigger functions executable by PUBLIC");
+        let triggers = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'control_plane'::regnamespace AND prorettype = 'trigger'::regtype",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            triggers, 7,
+            "a new trigger function: revoke it from PUBLIC and count it here"
+        );
     }
 }

@@ -167,8 +167,14 @@ impl Shared {
     /// (its database was dropped, say) frees the start it was.
     pub fn flusher_stopped(&self, db: u32, latch: *mut pgrx::pg_sys::Latch) {
         if let Some(s) = self.flusher_slot(db, false) {
-            if s.latch.load(Ordering::Acquire) == latch as u64 && s.swap(db, RUNNING, 0) {
-                s.latch.store(0, Ordering::Release);
+            // The latch first: a flusher that runs there after this one sets its own, and is
+            // never left behind a free slot's stale one (or a running slot without a process).
+            let mine = s
+                .latch
+                .compare_exchange(latch as u64, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if mine {
+                s.swap(db, RUNNING, 0);
             } else {
                 s.swap(db, STARTING, 0);
             }

@@ -210,6 +210,16 @@ impl Shared {
         }
     }
 
+    /// Removes every entry of database `db` (a new installation of the extension there).
+    pub fn remove_database_entries(&self, db: u32) -> usize {
+        (0..NPARTS)
+            .map(|p| {
+                let mut g = self.lock(p, pg_sys::LWLockMode::LW_EXCLUSIVE);
+                self.ring(p, &mut g).remove_db(db)
+            })
+            .sum()
+    }
+
     /// Sum of live entries (takes each partition lock in shared mode, one at a time).
     pub fn entries_in_use(&self) -> i64 {
         (0..NPARTS)

@@ -158,7 +158,9 @@ impl Shared {
     pub fn claim_reservation(&self, now: i64, wait_ms: u32) -> Option<Claim<'_>> {
         for _ in 0..TRIES {
             let id = random_id();
-            if let Some(index) = self.window(&id).find(|&i| self.cas(i, RES_FREE, RES_CLAIMED)) {
+            let free =
+                |i: usize| self.res(i).state.load(Ordering::Relaxed) == RES_FREE && self.cas(i, RES_FREE, RES_CLAIMED);
+            if let Some(index) = self.window(&id).find(|&i| free(i)) {
                 return Some(self.claimed(index, id));
             }
         }
@@ -200,10 +202,13 @@ impl Shared {
         let index = (0..n)
             .map(|k| (start + k) % n)
             .find(|&i| self.res(i).state.load(Ordering::Relaxed) == RES_FREE && self.cas(i, RES_FREE, RES_CLAIMED))?;
+        // Held by the claim from here: an error drawing ids gives the slot back.
+        let mut claim = self.claimed(index, [0; 16]);
         loop {
             let id = random_id();
             if (index + n - self.home(&id)) % n < WINDOW.min(n) {
-                return Some(self.claimed(index, id));
+                claim.id = id;
+                return Some(claim);
             }
         }
     }
@@ -407,6 +412,22 @@ impl Shared {
                 r.state.store(RES_EXPIRED, Ordering::Release);
             }
         }
+    }
+
+    /// Frees every open or expired reservation of `db` without charging it (a new installation
+    /// of the extension there: the ledger they belonged to is gone). Returns how many.
+    pub fn forget_reservations(&self, db: u32) -> usize {
+        let mut n = 0;
+        for i in 0..self.nres {
+            let r = self.res(i);
+            if unsafe { ptr::read_volatile(&r.db) } != db {
+                continue;
+            }
+            if self.cas(i, RES_ACTIVE, RES_FREE) || self.cas(i, RES_EXPIRED, RES_FREE) {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Open and expired reservations of `db`.

@@ -121,12 +121,21 @@ CREATE INDEX subjects_profile ON control_plane.subjects (profile);
 CREATE INDEX subjects_org ON control_plane.subjects (tenant_id, org_id) WHERE org_id IS NOT NULL;
 
 -- A subject's profile must exist for its tenant (its own, or a shared preset).
+-- The profile's row is locked (FOR KEY SHARE, until this transaction ends): a concurrent DELETE
+-- of it waits, then finds the subject and is refused; one committed first leaves nothing to lock.
+-- SECURITY DEFINER: a row lock needs more than the SELECT the inserting role has.
 CREATE FUNCTION control_plane._subjects_profile_exists() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM control_plane.profiles p
-                    WHERE p.name OPERATOR(pg_catalog.=) NEW.profile
-                      AND p.tenant_id IN (NEW.tenant_id, '*')) THEN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM FROM control_plane.profiles p
+      WHERE p.name OPERATOR(pg_catalog.=) NEW.profile
+        AND (p.tenant_id OPERATOR(pg_catalog.=) NEW.tenant_id OR p.tenant_id OPERATOR(pg_catalog.=) '*')
+        FOR KEY SHARE;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'profile "%" does not exist', NEW.profile
             USING ERRCODE = 'foreign_key_violation',
                   DETAIL = format('subject "%s" of tenant "%s" names it', NEW.subject_id, NEW.tenant_id),
@@ -175,6 +184,10 @@ CREATE TRIGGER profiles_in_use BEFORE DELETE OR UPDATE OF name, tenant_id ON con
 CREATE FUNCTION control_plane._subjects_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         PERFORM control_plane._subject_changed(OLD.tenant_id, OLD.subject_id);
     END IF;
@@ -189,6 +202,10 @@ CREATE TRIGGER subjects_policy_changed AFTER INSERT OR UPDATE OR DELETE ON contr
 CREATE FUNCTION control_plane._profiles_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_OP = 'UPDATE' AND OLD.id = NEW.id AND OLD.tenant_id = NEW.tenant_id AND OLD.name = NEW.name THEN
         PERFORM control_plane._profile_changed(NEW.id);
     ELSE
@@ -202,6 +219,10 @@ CREATE TRIGGER profiles_policy_changed AFTER INSERT OR UPDATE OR DELETE ON contr
 CREATE FUNCTION control_plane._policy_changed_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) 'control_plane' THEN
+        RAISE EXCEPTION '% is a trigger function of control_plane''s own tables', TG_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     PERFORM control_plane._policy_changed();
     RETURN NULL;
 END $$;
@@ -317,8 +338,8 @@ CREATE INDEX usage_events_org_time ON control_plane.usage_events (tenant_id, org
 -- Where cp_cleanup finds the rows to seal, and those to roll up past ledger_retention, oldest first.
 CREATE INDEX usage_events_time ON control_plane.usage_events (created_at);
 -- Where a late cp_record_usage finds the charge of its expired reservation.
-CREATE INDEX usage_events_expired_ids ON control_plane.usage_events
-    USING gin ((metadata OPERATOR(pg_catalog.->) 'expired_reservations')) WHERE kind = 'expired';
+CREATE INDEX usage_events_expired ON control_plane.usage_events (tenant_id, subject_id, created_at)
+    WHERE kind = 'expired';
 -- A charge is taken back at most once.
 CREATE UNIQUE INDEX usage_events_reversed ON control_plane.usage_events (reservation_id)
     WHERE kind = 'expired_reversed';
@@ -513,3 +534,18 @@ GRANT SELECT ON control_plane.stats TO PUBLIC;
 REVOKE ALL ON FUNCTION control_plane.cp_tenant_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION control_plane.cp_tenant_stats() TO pg_monitor;
 GRANT SELECT ON control_plane.tenant_stats TO pg_monitor;
+
+-- Trigger functions: no role may attach them to a table of its own (CREATE TRIGGER needs EXECUTE;
+-- firing does not), and the SECURITY DEFINER ones refuse any table outside this schema.
+REVOKE ALL ON FUNCTION control_plane._subjects_profile_exists() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._profiles_in_use() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._subjects_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._profiles_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._policy_changed_trigger() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._usage_events_row_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._usage_events_append_only() FROM PUBLIC;
+
+-- A new installation starts from empty shared memory in this database (an earlier one, dropped,
+-- may have left entries and reservations there).
+REVOKE ALL ON FUNCTION control_plane._forget_database_state() FROM PUBLIC;
+SELECT control_plane._forget_database_state();

@@ -428,6 +428,24 @@ impl<'a> Ring<'a> {
         *self.live -= 1;
     }
 
+    /// Removes every entry of database `db`; returns how many.
+    pub fn remove_db(&mut self, db: u32) -> usize {
+        let mut removed = 0;
+        let mut i = 0;
+        // A removal shifts later members of a chain back into `i` (look at it again), or wraps
+        // one from the front to the end (visited later).
+        while i < self.slots.len() {
+            let s = &self.slots[i];
+            if !s.key.is_empty() && s.db == db {
+                self.remove_at(i);
+                removed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
     /// The least recently used entry that can be evicted at `now_ns`: one with idle rate buckets
     /// first (nothing lost at all), else, with `evict_busy`, any without reservations.
     fn victim(&self, now_ns: i64, evict_busy: bool) -> Option<usize> {
@@ -817,5 +835,23 @@ mod unit {
         assert!(s.rezone_end(2, committed, 0, &Days));
         assert!(!s.moved(2));
         assert_eq!(s.totals.day_requests, 5);
+    }
+
+    #[test]
+    fn removing_a_database_leaves_every_other_entry_findable() {
+        let mut slots = vec![Slot::default(); 64];
+        let mut live = 0u32;
+        let mut ring = Ring::new(&mut slots, &mut live, 57, 1);
+        for i in 0..50u64 {
+            let db = (i % 3) as u32;
+            ring.insert(Slot::new(key(i), db, 0, Totals::default(), 0, &Days), 0, false)
+                .unwrap();
+        }
+        assert_eq!(ring.remove_db(1), 17);
+        assert_eq!(ring.live(), 33);
+        for i in 0..50u64 {
+            let db = (i % 3) as u32;
+            assert_eq!(ring.find(&key(i), db).is_some(), db != 1, "key {i} of database {db}");
+        }
     }
 }

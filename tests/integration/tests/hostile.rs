@@ -392,6 +392,26 @@ fn internals_are_out_of_an_application_roles_reach() {
     ] {
         assert_eq!(sqlstate(&mut app, sql), "42501", "{sql}");
     }
+    // No trigger function of the extension can be attached to a table of the role's own (a
+    // SECURITY DEFINER one would run there as the extension's owner, casts of the role's types
+    // included).
+    for (i, f) in [
+        "_subjects_profile_exists",
+        "_profiles_in_use",
+        "_subjects_changed",
+        "_profiles_changed",
+        "_policy_changed_trigger",
+        "_usage_events_row_check",
+        "_usage_events_append_only",
+    ]
+    .iter()
+    .enumerate()
+    {
+        app.batch_execute(&format!("CREATE TEMP TABLE t{i} (tenant_id text, subject_id text)"))
+            .unwrap();
+        let sql = format!("CREATE TRIGGER t{i} AFTER INSERT ON t{i} FOR EACH ROW EXECUTE FUNCTION control_plane.{f}()");
+        assert_eq!(sqlstate(&mut app, &sql), "42501", "{sql}");
+    }
     // An admin's change still reaches every backend through the triggers (which run as the
     // extension's owner).
     let s = format!("{role}_s");
