@@ -578,3 +578,9 @@ BEGIN
                   HINT = 'Dump the control_plane tables, and restore them into a UTF8 database with control_plane installed.';
     END IF;
 END $$;
+
+-- Readers of any tenant's rows, for the extension's own queries (run as the extension's owner):
+-- not for PUBLIC, so that no role reads another tenant's zone, prices or budgets through them.
+REVOKE ALL ON FUNCTION control_plane._tenant_time_zone(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._model_prices(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._organization(text, text) FROM PUBLIC;

@@ -40,31 +40,38 @@ pub fn load_subject(tenant: &str, subject: &str) -> CpResult<Option<SubjectRow>>
     Ok(rows.into_iter().next())
 }
 
-/// The time zone of a tenant's row in `control_plane.tenants` (None: no row, so UTC).
+/// The time zone of a tenant's row in `control_plane.tenants` (None: no row, so UTC). The three
+/// readers of rows applications have no grant on (a tenant's zone, a model's prices, an
+/// organisation) run as the extension's owner: their SQL helpers are not executable by PUBLIC,
+/// so no role reads another tenant's rows through them.
 pub fn tenant_zone(tenant: &str) -> CpResult<Option<String>> {
-    let rows = query_latest(
-        c"SELECT control_plane._tenant_time_zone($1)",
-        &[Arg::Text(Some(tenant))],
-        |r| r.text(1),
-    )?;
+    let rows = super::as_owner(|| {
+        query_latest(
+            c"SELECT control_plane._tenant_time_zone($1)",
+            &[Arg::Text(Some(tenant))],
+            |r| r.text(1),
+        )
+    })?;
     Ok(rows.into_iter().next().flatten())
 }
 
 /// A model's rows in `control_plane.model_prices` for a tenant: its own and the shared ones.
 pub fn model_prices(tenant: &str, model: &str) -> CpResult<Vec<crate::money::PriceRow>> {
-    query_latest(
-        c"SELECT shared, effective_from, input_micros_per_million, output_micros_per_million
+    super::as_owner(|| {
+        query_latest(
+            c"SELECT shared, effective_from, input_micros_per_million, output_micros_per_million
             FROM control_plane._model_prices($1, $2)",
-        &[Arg::Text(Some(tenant)), Arg::Text(Some(model))],
-        |r| crate::money::PriceRow {
-            shared: r.bool(1).unwrap_or(true),
-            effective_from: r.unix_us(2).unwrap_or(i64::MAX),
-            price: crate::money::Price {
-                input_per_million: r.i64(3),
-                output_per_million: r.i64(4),
+            &[Arg::Text(Some(tenant)), Arg::Text(Some(model))],
+            |r| crate::money::PriceRow {
+                shared: r.bool(1).unwrap_or(true),
+                effective_from: r.unix_us(2).unwrap_or(i64::MAX),
+                price: crate::money::Price {
+                    input_per_million: r.i64(3),
+                    output_per_million: r.i64(4),
+                },
             },
-        },
-    )
+        )
+    })
 }
 
 /// One profile row as JSON, by id.
@@ -115,24 +122,26 @@ pub fn enroll(tenant: &str, subject: &str) -> CpResult<bool> {
 /// An organisation's row (through `control_plane._organization`), None when it has none.
 pub fn load_org(tenant: &str, org: &str) -> CpResult<Option<crate::org::Organization>> {
     use crate::org::{EmergencyAction, Organization};
-    let rows = query_latest(
-        c"SELECT daily_budget_cents, monthly_budget_cents, warning_pct::bigint, emergency_pct::bigint,
+    let rows = super::as_owner(|| {
+        query_latest(
+            c"SELECT daily_budget_cents, monthly_budget_cents, warning_pct::bigint, emergency_pct::bigint,
                  emergency_action, emergency_stop, active
             FROM control_plane._organization($1, $2)",
-        &[Arg::Text(Some(tenant)), Arg::Text(Some(org))],
-        |r| {
-            let mut o = Organization::new(r.i64_opt(1), r.i64_opt(2));
-            o.warning_pct = r.i64(3);
-            o.emergency_pct = r.i64(4);
-            o.action = r
-                .text(5)
-                .as_deref()
-                .and_then(EmergencyAction::from_name)
-                .unwrap_or(EmergencyAction::Deny);
-            o.emergency_stop = r.bool(6).unwrap_or(true);
-            o.active = r.bool(7).unwrap_or(false);
-            o
-        },
-    )?;
+            &[Arg::Text(Some(tenant)), Arg::Text(Some(org))],
+            |r| {
+                let mut o = Organization::new(r.i64_opt(1), r.i64_opt(2));
+                o.warning_pct = r.i64(3);
+                o.emergency_pct = r.i64(4);
+                o.action = r
+                    .text(5)
+                    .as_deref()
+                    .and_then(EmergencyAction::from_name)
+                    .unwrap_or(EmergencyAction::Deny);
+                o.emergency_stop = r.bool(6).unwrap_or(true);
+                o.active = r.bool(7).unwrap_or(false);
+                o
+            },
+        )
+    })?;
     Ok(rows.into_iter().next())
 }

@@ -93,6 +93,9 @@ mod tests {
             "control_plane._subject_changed(text, text)",
             "control_plane._profile_changed(integer)",
             "control_plane.cp_cleanup()",
+            "control_plane._tenant_time_zone(text)",
+            "control_plane._model_prices(text, text)",
+            "control_plane._organization(text, text)",
         ] {
             let public = Spi::get_one::<bool>(&format!(
                 "SELECT EXISTS (SELECT 1 FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a

@@ -545,6 +545,12 @@ REVOKE ALL ON FUNCTION control_plane._policy_changed_trigger() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._usage_events_row_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._usage_events_append_only() FROM PUBLIC;
 
+-- Readers of any tenant's rows, for the extension's own queries (run as the extension's owner):
+-- not for PUBLIC, so that no role reads another tenant's zone, prices or budgets through them.
+REVOKE ALL ON FUNCTION control_plane._tenant_time_zone(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._model_prices(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._organization(text, text) FROM PUBLIC;
+
 -- A new installation starts from empty shared memory in this database (an earlier one, dropped,
 -- may have left entries and reservations there).
 REVOKE ALL ON FUNCTION control_plane._forget_database_state() FROM PUBLIC;
