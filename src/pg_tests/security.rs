@@ -85,6 +85,33 @@ mod tests {
         );
     }
 
+    /// Attached (by a superuser) to a table outside the schema, the SECURITY DEFINER trigger
+    /// functions and the ledger's C trigger refuse to run.
+    #[pg_test]
+    fn trigger_functions_refuse_tables_outside_the_schema() {
+        crate::pg_tests::tests::run(
+            "CREATE TEMP TABLE pgt_other (tenant_id text, subject_id text, profile text, kind text,
+                                         requests bigint, input_tokens bigint, output_tokens bigint)",
+        );
+        for (i, f) in [
+            "_subjects_profile_exists",
+            "_subjects_changed",
+            "_usage_events_row_check",
+        ]
+        .iter()
+        .enumerate()
+        {
+            crate::pg_tests::tests::run(&format!(
+                "CREATE TRIGGER pgt_t{i} BEFORE INSERT ON pgt_other FOR EACH ROW EXECUTE FUNCTION control_plane.{f}()"
+            ));
+            let got = crate::pg_tests::tests::sqlstate(
+                "INSERT INTO pgt_other VALUES ('default', 's', 'free', 'usage', 1, 0, 0)",
+            );
+            assert_eq!(got, "42501", "{f}");
+            crate::pg_tests::tests::run(&format!("DROP TRIGGER pgt_t{i} ON pgt_other"));
+        }
+    }
+
     /// No internal helper nor cp_cleanup is executable by PUBLIC.
     #[pg_test]
     fn internal_helpers_are_not_public() {
