@@ -216,8 +216,11 @@ loop() { # expression
 t_trivial=$(loop "abs(g::bigint)")
 t_rate=$(loop "control_plane.cp_admit('r_hot', 0 * g)")
 t_all=$(loop "control_plane.cp_admit('a_hot', 0 * g)")
-awk -v a="$t_trivial" -v r="$t_rate" -v x="$t_all" 'BEGIN {
+# 100,000 ledger rows in one transaction (the totals move at its commit).
+t_rec=$(loop "control_plane.cp_record_usage('r_hot', 1, 1)")
+awk -v a="$t_trivial" -v r="$t_rate" -v x="$t_all" -v w="$t_rec" 'BEGIN {
     printf "  trivial function (abs)            %8.3f us/call\n", a / 100
     printf "  cp_admit, rate limits             %8.3f us/call (+%.3f)\n", r / 100, (r - a) / 100
     printf "  cp_admit, every dimension         %8.3f us/call (+%.3f)\n", x / 100, (x - a) / 100
+    printf "  cp_record_usage                   %8.3f us/call (+%.3f)\n", w / 100, (w - a) / 100
 }'
