@@ -6,16 +6,22 @@ use crate::error::CpResult;
 use crate::money::PriceRow;
 use crate::shmem::Shared;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// (tenant, model) pairs a backend remembers before it forgets them all and reads again.
 const MAX_MODELS: usize = 100_000;
+/// Tenants whose priced model names a backend remembers before it forgets them all.
+const MAX_TENANTS: usize = 10_000;
 
 #[derive(Default)]
 struct Cache {
     /// The policy generation the rows were read at: a committed change to `model_prices` bumps it.
     generation: u64,
+    /// The model names with a price row for a tenant (its own or shared), by (database, tenant):
+    /// a name outside it has no price, without a lookup and without an entry of its own, so the
+    /// names callers send cannot grow the cache (it holds what admins wrote).
+    priced: HashMap<(u32, String), Rc<HashSet<String>>>,
     rows: HashMap<(u32, String, String), Rc<[PriceRow]>>,
 }
 
@@ -30,16 +36,35 @@ pub fn rows_of(sh: &Shared, db: u32, tenant: &str, model: &str) -> CpResult<Rc<[
     // are read again next time.
     let generation = sh.policy_generation();
     let own_changes = crate::xact::has_policy_changes();
-    let key = (db, tenant.to_string(), model.to_string());
     if !own_changes {
-        let hit = CACHE.with_borrow_mut(|c| {
+        let known = CACHE.with_borrow_mut(|c| {
             if c.generation != generation {
                 c.rows.clear();
+                c.priced.clear();
                 c.generation = generation;
             }
-            c.rows.get(&key).cloned()
+            c.priced.get(&(db, tenant.to_string())).cloned()
         });
-        if let Some(rows) = hit {
+        let priced = match known {
+            Some(p) => p,
+            None => {
+                let names: Rc<HashSet<String>> = Rc::new(catalog::priced_models(tenant)?.into_iter().collect());
+                CACHE.with_borrow_mut(|c| {
+                    if c.priced.len() >= MAX_TENANTS {
+                        c.priced.clear();
+                    }
+                    c.priced.insert((db, tenant.to_string()), names.clone());
+                });
+                names
+            }
+        };
+        if !priced.contains(model) {
+            return Ok(Rc::from(Vec::new()));
+        }
+    }
+    let key = (db, tenant.to_string(), model.to_string());
+    if !own_changes {
+        if let Some(rows) = CACHE.with_borrow(|c| c.rows.get(&key).cloned()) {
             return Ok(rows);
         }
     }

@@ -55,6 +55,19 @@ pub fn tenant_zone(tenant: &str) -> CpResult<Option<String>> {
     Ok(rows.into_iter().next().flatten())
 }
 
+/// The model names with a price row for a tenant: its own and the shared ones.
+pub fn priced_models(tenant: &str) -> CpResult<Vec<String>> {
+    let rows = super::as_owner(|| {
+        query_latest(
+            c"SELECT DISTINCT p.model FROM control_plane.model_prices p
+               WHERE p.tenant_id OPERATOR(pg_catalog.=) $1 OR p.tenant_id OPERATOR(pg_catalog.=) '*'",
+            &[Arg::Text(Some(tenant))],
+            |r| r.text(1),
+        )
+    })?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
 /// A model's rows in `control_plane.model_prices` for a tenant: its own and the shared ones.
 pub fn model_prices(tenant: &str, model: &str) -> CpResult<Vec<crate::money::PriceRow>> {
     super::as_owner(|| {
