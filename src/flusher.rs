@@ -141,9 +141,7 @@ fn flush(sh: &Shared, db: u32) -> usize {
         if charges.is_empty() {
             return written;
         }
-        // A subject's charges of one organisation and day (in its tenant's time zone) side by side: one row per
-        // ROW_CHARGES of them.
-        charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, c.org.hi, c.org.lo, local_day(sh, c)));
+        sort_for_rows(sh, &mut charges);
         // An error raised inside ends the worker; on_exit puts the charges back.
         let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| write(sh, &charges)));
         sh.end_flush(db, &charges, result.is_ok(), now_unix_us());
@@ -171,7 +169,7 @@ pub fn write_in_transaction(sh: &Shared, db: u32) -> crate::error::CpResult<usiz
     if charges.is_empty() {
         return Ok(0);
     }
-    charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, c.org.hi, c.org.lo, local_day(sh, c)));
+    sort_for_rows(sh, &mut charges);
     let n = charges.len();
     // Queued before anything can fail: the transaction's end settles them either way.
     crate::xact::charges_taken(db, charges.clone());
@@ -217,6 +215,12 @@ fn charges_json(cs: &[Charge], amount: impl Fn(&Charge) -> i64) -> String {
     }
     j.push('}');
     j
+}
+
+/// A subject's charges of one organisation and day (in its tenant's time zone) side by side, as
+/// `write` makes one row per `ROW_CHARGES` of them.
+fn sort_for_rows(sh: &Shared, charges: &mut [Charge]) {
+    charges.sort_unstable_by_key(|c| (c.key.hi, c.key.lo, c.org.hi, c.org.lo, local_day(sh, c)));
 }
 
 /// The day of a charge in its tenant's time zone: a row, written at its latest charge's time,

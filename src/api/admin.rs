@@ -191,6 +191,27 @@ pub extern "C" fn pg_finfo__check_features() -> &'static pg_sys::Pg_finfo_record
     &V1
 }
 
+/// A CHECK helper over jsonb argument 0 (named `what`): true, or the error (22023) of `validate`
+/// with `hint`.
+///
+/// # Safety
+/// `fcinfo` is a version-1 call whose argument 0 is a jsonb (or NULL).
+unsafe fn check_jsonb(
+    fcinfo: pg_sys::FunctionCallInfo,
+    what: &str,
+    validate: fn(&serde_json::Value) -> Result<(), crate::policy::PolicyError>,
+    hint: &str,
+) -> pg_sys::Datum {
+    let checked = unsafe { jsonb_arg(fcinfo, what) }.and_then(|v| match v {
+        None => Ok(()),
+        Some(v) => validate(&v).map_err(|e| CpError::invalid_with(e.message, e.detail, Some(hint))),
+    });
+    if let Err(e) = checked {
+        crate::error::raise(e);
+    }
+    pg_sys::Datum::from(true)
+}
+
 /// `control_plane._check_overrides(overrides jsonb) RETURNS boolean` (declared in
 /// `src/sql/schema.sql`; the symbol is the one 0.1.0 named): the CHECK of `subjects.overrides`,
 /// which raises 22023 naming the bad key.
@@ -200,20 +221,14 @@ pub extern "C" fn pg_finfo__check_features() -> &'static pg_sys::Pg_finfo_record
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn _check_overrides_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let checked = unsafe { jsonb_arg(fcinfo, "overrides") }.and_then(|v| match v {
-        None => Ok(()),
-        Some(v) => crate::policy::validate_overrides(&v).map_err(|e| {
-            CpError::invalid_with(
-                e.message,
-                e.detail,
-                Some("overrides maps limit names (as in control_plane.profiles) to non-negative integers or null."),
-            )
-        }),
-    });
-    if let Err(e) = checked {
-        crate::error::raise(e);
+    unsafe {
+        check_jsonb(
+            fcinfo,
+            "overrides",
+            crate::policy::validate_overrides,
+            "overrides maps limit names (as in control_plane.profiles) to non-negative integers or null.",
+        )
     }
-    pg_sys::Datum::from(true)
 }
 
 /// `control_plane._check_features(features jsonb) RETURNS boolean` (declared in
@@ -224,18 +239,12 @@ pub unsafe extern "C-unwind" fn _check_overrides_wrapper(fcinfo: pg_sys::Functio
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn _check_features(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let checked = unsafe { jsonb_arg(fcinfo, "features") }.and_then(|v| match v {
-        None => Ok(()),
-        Some(v) => crate::policy::validate_features(&v).map_err(|e| {
-            CpError::invalid_with(
-                e.message,
-                e.detail,
-                Some("features maps feature names to true or false (false switches one off)."),
-            )
-        }),
-    });
-    if let Err(e) = checked {
-        crate::error::raise(e);
+    unsafe {
+        check_jsonb(
+            fcinfo,
+            "features",
+            crate::policy::validate_features,
+            "features maps feature names to true or false (false switches one off).",
+        )
     }
-    pg_sys::Datum::from(true)
 }
