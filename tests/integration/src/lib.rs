@@ -48,6 +48,23 @@ pub fn dsn_for(user: &str, db: &str) -> String {
         .join(" ")
 }
 
+/// Creates database `db` on the test cluster with control_plane installed, and connects to it
+/// (as the cluster's superuser).
+pub fn new_database(su: &mut Client, db: &str) -> Client {
+    su.batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("CREATE DATABASE");
+    let mut c = Client::connect(&dsn_with("dbname", db), NoTls).expect("connect");
+    c.batch_execute("CREATE EXTENSION control_plane")
+        .expect("CREATE EXTENSION");
+    c
+}
+
+/// Drops database `db`, ending its sessions (its flusher's too).
+pub fn drop_database(su: &mut Client, db: &str) {
+    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .expect("DROP DATABASE");
+}
+
 /// Gives `role` the grants that the README ("Privileges") documents for an application role, in
 /// the database of `c`: reads only (enrolment and recording write as the extension's owner).
 pub fn grant_app(c: &mut Client, role: &str) {

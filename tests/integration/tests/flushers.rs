@@ -3,7 +3,6 @@
 //! get their expired charges written.
 
 use control_plane_integration::*;
-use postgres::{Client, NoTls};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -14,21 +13,17 @@ fn more_databases_than_registry_slots_over_time_all_get_a_flusher() {
     // gives it back, and is dropped (which ends its flusher).
     for i in 0..70 {
         let db = format!("{id}_f{i}");
-        su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-        let mut c = Client::connect(&dsn_with("dbname", &db), NoTls).unwrap();
-        c.batch_execute("CREATE EXTENSION control_plane").unwrap();
+        let mut c = new_database(&mut su, &db);
         let a = admit(&mut c, "s", 1);
         assert!(a.allowed, "{db}: {:?}", a.reason);
         assert!(release(&mut c, a.reservation_id.as_deref().unwrap()));
         drop(c);
-        su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+        drop_database(&mut su, &db);
     }
     // The next database's expired reservation is still charged in its ledger by a flusher.
     let db = format!("{id}_flast");
-    su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-    let mut c = Client::connect(&dsn_with("dbname", &db), NoTls).unwrap();
-    c.batch_execute("CREATE EXTENSION control_plane; SET control_plane.reservation_timeout = 1")
-        .unwrap();
+    let mut c = new_database(&mut su, &db);
+    c.batch_execute("SET control_plane.reservation_timeout = 1").unwrap();
     assert!(admit(&mut c, "s", 1).allowed);
     let start = Instant::now();
     loop {
@@ -49,5 +44,5 @@ fn more_databases_than_registry_slots_over_time_all_get_a_flusher() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(c);
-    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    drop_database(&mut su, &db);
 }

@@ -68,12 +68,9 @@ fn thousands_of_hostile_calls_end_in_no_internal_error_and_leave_the_totals_exac
     let mut rng = Rng(seed);
     let mut su = connect();
     let db = format!("{}_fuzz", run_id());
-    su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-    let mut admin = Client::connect(&dsn_with("dbname", &db), NoTls).unwrap();
-    admin
-        .batch_execute(
-            "CREATE EXTENSION control_plane;
-             INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+    let mut admin = new_database(&mut su, &db);
+    admin.batch_execute(
+"INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
                  VALUES ('*', 'm', 1000000, 2000000, '-infinity');
              INSERT INTO control_plane.profiles (name, requests_per_day, input_tokens_per_day, daily_budget_cents, default_model, is_default)
                  VALUES ('fz', 1000000, 1000000000000, 100000000, 'm', false);
@@ -330,7 +327,7 @@ fn thousands_of_hostile_calls_end_in_no_internal_error_and_leave_the_totals_exac
         }
     }
     drop((app, admin));
-    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    drop_database(&mut su, &db);
 }
 
 #[test]

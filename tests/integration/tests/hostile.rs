@@ -336,7 +336,7 @@ fn no_shadow_is_ever_called_by_any_path() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop((m, s, clean, attacker, admin));
-    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    drop_database(&mut su, &db);
     su.batch_execute(&format!("DROP ROLE {role}")).unwrap();
 }
 
@@ -367,7 +367,7 @@ fn a_squatted_schema_is_refused() {
         .get(0);
     assert!(owner_is_installer);
     drop((squatter, admin));
-    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    drop_database(&mut su, &db);
     su.batch_execute(&format!("DROP ROLE {role}")).unwrap();
 }
 
@@ -467,9 +467,7 @@ fn seal_catches_up(c: &mut Client, runs: usize) -> bool {
 fn a_published_row_time_holds_back_only_its_own_open_transactions_database() {
     let mut su = connect();
     let db = format!("{}_seal", run_id());
-    su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-    let mut a = Client::connect(&dsn("postgres", &db), NoTls).unwrap();
-    a.batch_execute("CREATE EXTENSION control_plane").unwrap();
+    let mut a = new_database(&mut su, &db);
     a.query_one("SELECT control_plane.cp_cleanup()", &[]).unwrap();
     // Another database's open transaction with a row dated 30 days back.
     let mut other = connect();
@@ -496,5 +494,5 @@ fn a_published_row_time_holds_back_only_its_own_open_transactions_database() {
     assert!(seal_catches_up(&mut a, 45), "sealing stopped at a row time left behind");
     other.batch_execute("ROLLBACK").unwrap();
     drop((a, b, other));
-    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    drop_database(&mut su, &db);
 }

@@ -60,9 +60,7 @@ fn a_role_with_only_the_documented_grants_can_use_every_function() {
 fn two_databases_of_one_server_count_separately() {
     let mut su = connect();
     let db = format!("{}_db2", run_id());
-    su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-    let mut other = Client::connect(&dsn_with("dbname", &db), NoTls).unwrap();
-    other.batch_execute("CREATE EXTENSION control_plane").unwrap();
+    let mut other = new_database(&mut su, &db);
     // The same tenant and subject name in both, one request a day each.
     let s = format!("{db}_s");
     for c in [&mut su, &mut other] {
@@ -85,7 +83,7 @@ fn two_databases_of_one_server_count_separately() {
     assert!(release(&mut su, &mine.reservation_id.unwrap()));
     drop(other);
     // The other database's flusher may still be connected to it.
-    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    drop_database(&mut su, &db);
 }
 
 /// The answers of `cp_release` and of `cp_record_usage`'s settlement for `id`, in `c`.

@@ -27,11 +27,8 @@ fn setup() -> Setup {
     for r in [&app, &import, &writer] {
         su.batch_execute(&format!("CREATE ROLE {r} LOGIN")).unwrap();
     }
-    su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-    let mut admin = Client::connect(&dsn_for("postgres", &db), NoTls).unwrap();
-    admin
-        .batch_execute("CREATE EXTENSION control_plane; SET control_plane.ledger_retention = 0")
-        .unwrap();
+    let mut admin = new_database(&mut su, &db);
+    admin.batch_execute("SET control_plane.ledger_retention = 0").unwrap();
     grant_app(&mut admin, &app);
     grant_app(&mut admin, &import);
     grant_import(&mut admin, &import);
@@ -56,9 +53,7 @@ impl Setup {
 
     fn done(mut self) {
         drop(self.admin);
-        self.su
-            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.db))
-            .unwrap();
+        drop_database(&mut self.su, &self.db);
         for r in [&self.app, &self.import, &self.writer] {
             self.su.batch_execute(&format!("DROP ROLE {r}")).unwrap();
         }

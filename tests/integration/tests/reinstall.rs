@@ -2,16 +2,13 @@
 //! memory in its database, and a profile cannot go while a subject is being enrolled into it.
 
 use control_plane_integration::*;
-use postgres::{Client, NoTls};
 use std::time::Duration;
 
 #[test]
 fn a_new_installation_starts_from_empty_shared_memory() {
     let mut su = connect();
     let db = format!("{}_reinstall", run_id());
-    su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-    let mut c = Client::connect(&dsn_with("dbname", &db), NoTls).unwrap();
-    c.batch_execute("CREATE EXTENSION control_plane").unwrap();
+    let mut c = new_database(&mut su, &db);
     let plan = r#"{"requests_per_day": 100, "max_concurrent": 10}"#;
     enroll(&mut c, "s", "unlimited", plan);
     for _ in 0..3 {
@@ -36,7 +33,7 @@ fn a_new_installation_starts_from_empty_shared_memory() {
     assert_eq!(rows, 0);
     assert_eq!(quota(&mut c, "s", "requests_per_day"), (0, 0));
     drop(c);
-    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    drop_database(&mut su, &db);
 }
 
 /// Runs `sql` in a new connection on another thread: its SQLSTATE ("ok" when it succeeded).
