@@ -47,8 +47,10 @@ cp_install() {
 }
 
 # cp_cluster_start DIR PORT [postgresql.conf lines...]
-# A throwaway cluster in DIR, listening on 127.0.0.1:PORT and on a socket in DIR, with
-# control_plane preloaded unless the caller passes its own shared_preload_libraries line.
+# A throwaway cluster in DIR, listening on a Unix socket in DIR alone (PORT names the socket), with
+# control_plane preloaded unless the caller passes its own shared_preload_libraries line. No TCP
+# port: a fixed one inside the kernel's ephemeral range (32768-60999) can be held by a client's
+# socket in TIME_WAIT (a pgrx test's connection, say), and the server would fail to start.
 cp_cluster_start() {
     local dir="$1" port="$2"
     shift 2
@@ -59,7 +61,7 @@ cp_cluster_start() {
     as_pg "$PG_BIN/initdb" -D "$dir" -A trust -U postgres --locale=C.UTF-8 >"$dir.initdb.log" 2>&1 \
         || { cat "$dir.initdb.log"; return 1; }
     {
-        printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n" "$port" "$dir"
+        printf "port = %s\nlisten_addresses = ''\nunix_socket_directories = '%s'\n" "$port" "$dir"
         printf "max_connections = 200\nfsync = off\nlog_min_messages = warning\n"
         local preload="shared_preload_libraries = 'control_plane'"
         for line in "$@"; do

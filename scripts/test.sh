@@ -103,7 +103,7 @@ skip=()
 if [ "$PG_MAJOR" = 15 ]; then
     cp_cluster_start "$CRON_DIR" 55438 "shared_preload_libraries = 'control_plane,pg_cron'" \
         "cron.database_name = 'cp_it'" "max_worker_processes = 1" "max_logical_replication_workers = 0" \
-        "control_plane.ledger_retention = '9d'"
+        "control_plane.ledger_retention = '9d'" "cron.host = '$CRON_DIR'"
     cp_psql "$CRON_DIR" 55438 -q -c "CREATE DATABASE cp_it" -c "\\c cp_it" \
         -c "CREATE EXTENSION control_plane" -c "CREATE EXTENSION pg_cron"
     cp_cluster_stop "$CRON_DIR" # pg_cron's launcher starts with its database there
