@@ -122,6 +122,8 @@ pub static CURRENCY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 
 /// `control_plane.tenant` (user): the tenant every function acts in.
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
+/// The tenant of a session that sets none.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// Defines the settings. Server-start settings exist only when the library is preloaded
 /// (PostgreSQL refuses to create them later).

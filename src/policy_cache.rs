@@ -14,13 +14,20 @@ use crate::key::Key;
 use crate::org::Organization;
 use crate::policy::Policy;
 use crate::shmem::{self, Shared};
+use control_plane_core::bounded::{json_bytes, BoundedMap};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::mem::size_of;
 use std::rc::Rc;
 
-/// Subjects kept per backend before the cache is emptied and refilled.
-const MAX_ENTRIES: usize = 200_000;
+/// Bytes of subject rows a backend keeps before that cache is emptied and refilled (about 50,000
+/// subjects without overrides).
+const SUBJECT_BYTES: usize = 16 << 20;
+/// Bytes of profile rows, and of organisation rows, a backend keeps.
+const PROFILE_BYTES: usize = 4 << 20;
+const ORG_BYTES: usize = 4 << 20;
+/// What an `Rc` adds to what it holds (its two counts).
+const RC: usize = 2 * size_of::<usize>();
 
 /// A subject's effective policy and where it comes from.
 pub struct Cached {
@@ -71,7 +78,7 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+type KeyMap<V> = BoundedMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// What a subject's row says.
 struct SubjectRow {
@@ -84,10 +91,37 @@ struct SubjectRow {
     merged: RefCell<Option<(u64, Rc<Cached>)>>,
 }
 
+impl SubjectRow {
+    /// Heap bytes of the row and of the effective policy it will hold (merged from its profile:
+    /// a policy of its own when it has overrides).
+    fn heap_bytes(&self) -> usize {
+        let own_policy = self
+            .overrides
+            .as_ref()
+            .map_or(0, |o| RC + size_of::<Policy>() + 2 * json_bytes(o));
+        RC + size_of::<SubjectRow>()
+            + self.org_id.as_ref().map_or(0, String::len)
+            + self
+                .overrides
+                .as_ref()
+                .map_or(0, |o| size_of::<Value>() + json_bytes(o))
+            + RC
+            + size_of::<Cached>()
+            + self.org_id.as_ref().map_or(0, String::len)
+            + own_policy
+    }
+}
+
 struct ProfileRow {
     stamp: u64,
     name: Rc<str>,
     policy: Rc<Policy>,
+}
+
+impl ProfileRow {
+    fn heap_bytes(&self) -> usize {
+        RC + size_of::<ProfileRow>() + RC + self.name.len() + RC + size_of::<Policy>() + self.policy.heap_bytes()
+    }
 }
 
 /// An organisation's row and its key in shared memory.
@@ -97,12 +131,22 @@ pub struct Org {
     pub org: Organization,
 }
 
-#[derive(Default)]
 struct Cache {
     generation: u64,
     subjects: KeyMap<Rc<SubjectRow>>,
-    profiles: HashMap<i32, Rc<ProfileRow>>,
+    profiles: BoundedMap<i32, Rc<ProfileRow>>,
     orgs: KeyMap<Rc<Org>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            generation: 0,
+            subjects: BoundedMap::new(SUBJECT_BYTES),
+            profiles: BoundedMap::new(PROFILE_BYTES),
+            orgs: BoundedMap::new(ORG_BYTES),
+        }
+    }
 }
 
 thread_local! {
@@ -172,7 +216,7 @@ fn profile(sh: &Shared, id: i32) -> CpResult<Option<Rc<ProfileRow>>> {
         name,
         policy: Rc::new(policy),
     });
-    CACHE.with_borrow_mut(|c| c.profiles.insert(id, p.clone()));
+    CACHE.with_borrow_mut(|c| c.profiles.insert(id, p.clone(), p.heap_bytes()));
     Ok(Some(p))
 }
 
@@ -275,12 +319,7 @@ fn subject_row(sh: &Shared, key: &Key, tenant: &str, subject: &str, enroll: bool
         return Ok(None);
     };
     let row = Rc::new(row);
-    CACHE.with_borrow_mut(|c| {
-        if c.subjects.len() >= MAX_ENTRIES {
-            c.subjects.clear();
-        }
-        c.subjects.insert(*key, row.clone());
-    });
+    CACHE.with_borrow_mut(|c| c.subjects.insert(*key, row.clone(), row.heap_bytes()));
     Ok(Some(row))
 }
 
@@ -361,11 +400,7 @@ pub fn org(db: u32, tenant: &str, name: &str) -> CpResult<Rc<Org>> {
         name: name.into(),
         org,
     });
-    CACHE.with_borrow_mut(|c| {
-        if c.orgs.len() >= MAX_ENTRIES {
-            c.orgs.clear();
-        }
-        c.orgs.insert(key, o.clone());
-    });
+    let bytes = RC + size_of::<Org>() + RC + name.len() + o.org.budgets.heap_bytes();
+    CACHE.with_borrow_mut(|c| c.orgs.insert(key, o.clone(), bytes));
     Ok(o)
 }

@@ -1,7 +1,7 @@
 //! `cp_admit`: one admission decision across every limit that applies.
 
 use super::alerts::{self, Owed};
-use super::{composite_datum, locate, rebuild, tenant_of, zones};
+use super::{composite_datum, locate, rebuild, tenant_of};
 use crate::admission::{DenyKind, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
@@ -106,8 +106,8 @@ pub fn admit(
     optional_name("model", model)?;
     optional_name("feature", feature)?;
     let (tenant, db, key) = locate(subject)?;
-    let (tenant_fp, tenant_slot) = tenant_of(sh, db, &tenant);
-    let zone = zones::zone_of(sh, db, &tenant)?;
+    let (t, tenant_fp, tenant_slot) = tenant_of(sh, db, &tenant)?;
+    let zone = t.zone;
     let (pol, stamp) = policy_cache::for_admission(&key, db, &tenant, subject, crate::xact::has_policy_changes())?;
 
     if !pol.active {

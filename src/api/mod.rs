@@ -46,20 +46,29 @@ fn tenant_fingerprint(db: u32, tenant: &str) -> u64 {
 }
 
 thread_local! {
-    /// The last tenant this backend served: (database, name, fingerprint, counters' slot).
-    static TENANT: std::cell::RefCell<(u32, String, u64, usize)> = const { std::cell::RefCell::new((0, String::new(), 0, 0)) };
+    /// The last tenant this backend served: (database, name, counted, fingerprint, counters' slot).
+    static TENANT: std::cell::RefCell<(u32, String, bool, u64, usize)> =
+        const { std::cell::RefCell::new((0, String::new(), false, 0, 0)) };
 }
 
 /// The tenant's fingerprint and the slot of its counters (`control_plane.tenant_stats`),
-/// remembered while the backend keeps serving the same tenant.
-fn tenant_of(sh: &Shared, db: u32, tenant: &str) -> (u64, usize) {
-    TENANT.with_borrow_mut(|t| {
-        if t.0 != db || t.1 != tenant || t.2 == 0 {
+/// remembered while the backend keeps serving the same tenant. Only a tenant with a row in
+/// `control_plane.tenants` (or the default one) claims a slot: the names callers make up count
+/// together in the overflow slot and cannot use up the slots of the tenants an admin made.
+fn tenant_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<(zones::Tenant, u64, usize)> {
+    let t = zones::tenant_of(sh, db, tenant)?;
+    Ok(TENANT.with_borrow_mut(|c| {
+        if c.0 != db || c.1 != tenant || c.2 != t.counted || c.3 == 0 {
             let fp = tenant_fingerprint(db, tenant);
-            *t = (db, tenant.to_string(), fp, sh.tenant_slot(db, fp, tenant));
+            let slot = if t.counted {
+                sh.tenant_slot(db, fp, tenant)
+            } else {
+                shmem::TENANT_OVERFLOW
+            };
+            *c = (db, tenant.to_string(), t.counted, fp, slot);
         }
-        (t.2, t.3)
-    })
+        (t, c.3, c.4)
+    }))
 }
 
 /// Heavyweight lock that orders a ledger rebuild of a subject against transactions recording

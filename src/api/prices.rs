@@ -5,29 +5,37 @@ use crate::catalog;
 use crate::error::CpResult;
 use crate::money::PriceRow;
 use crate::shmem::Shared;
+use control_plane_core::bounded::BoundedMap;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::mem::size_of;
 use std::rc::Rc;
 
-/// (tenant, model) pairs a backend remembers before it forgets them all and reads again.
-const MAX_MODELS: usize = 100_000;
-/// Tenants whose priced model names a backend remembers before it forgets them all.
-const MAX_TENANTS: usize = 10_000;
+/// Bytes of price rows a backend keeps before it forgets them all and reads again.
+const ROW_BYTES: usize = 4 << 20;
+/// Bytes of tenants' priced model names a backend keeps before it forgets them all.
+const PRICED_BYTES: usize = 4 << 20;
 
-#[derive(Default)]
 struct Cache {
     /// The policy generation the rows were read at: a committed change to `model_prices` bumps it.
     generation: u64,
     /// The model names with a price row for a tenant (its own or shared), by (database, tenant):
     /// a name outside it has no price, without a lookup and without an entry of its own, so the
     /// names callers send cannot grow the cache (it holds what admins wrote).
-    priced: HashMap<(u32, String), Rc<HashSet<String>>>,
-    rows: HashMap<(u32, String, String), Rc<[PriceRow]>>,
+    priced: BoundedMap<(u32, String), Rc<HashSet<String>>>,
+    rows: BoundedMap<(u32, String, String), Rc<[PriceRow]>>,
 }
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static CACHE: RefCell<Cache> = RefCell::new(Cache {
+        generation: 0,
+        priced: BoundedMap::new(PRICED_BYTES),
+        rows: BoundedMap::new(ROW_BYTES),
+    });
 }
+
+/// What a `Rc` adds to what it holds (its two counts).
+const RC: usize = 2 * size_of::<usize>();
 
 /// The price rows of `model` for `tenant` (its own and the shared ones); `money::price_at` picks
 /// the one in force at an instant.
@@ -49,12 +57,14 @@ pub fn rows_of(sh: &Shared, db: u32, tenant: &str, model: &str) -> CpResult<Rc<[
             Some(p) => p,
             None => {
                 let names: Rc<HashSet<String>> = Rc::new(catalog::priced_models(tenant)?.into_iter().collect());
-                CACHE.with_borrow_mut(|c| {
-                    if c.priced.len() >= MAX_TENANTS {
-                        c.priced.clear();
-                    }
-                    c.priced.insert((db, tenant.to_string()), names.clone());
-                });
+                // Each name: its string, and its slot in the set (with spare capacity).
+                let bytes = tenant.len()
+                    + RC
+                    + names
+                        .iter()
+                        .map(|n| n.len() + 2 * size_of::<String>() + 1)
+                        .sum::<usize>();
+                CACHE.with_borrow_mut(|c| c.priced.insert((db, tenant.to_string()), names.clone(), bytes));
                 names
             }
         };
@@ -71,12 +81,8 @@ pub fn rows_of(sh: &Shared, db: u32, tenant: &str, model: &str) -> CpResult<Rc<[
     let rows: Rc<[PriceRow]> = catalog::model_prices(tenant, model)?.into();
     // A change this transaction has not committed is not for others (nor for after a rollback).
     if !own_changes {
-        CACHE.with_borrow_mut(|c| {
-            if c.rows.len() >= MAX_MODELS {
-                c.rows.clear();
-            }
-            c.rows.insert(key, rows.clone());
-        });
+        let bytes = key.1.len() + key.2.len() + RC + size_of::<PriceRow>() * rows.len();
+        CACHE.with_borrow_mut(|c| c.rows.insert(key, rows.clone(), bytes));
     }
     Ok(rows)
 }

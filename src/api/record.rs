@@ -42,7 +42,7 @@ pub fn record(
     optional_name("idempotency_key", idempotency_key)?;
     optional_name("feature", feature)?;
     let (tenant, db, key) = locate(subject)?;
-    let (_, tenant_slot) = tenant_of(sh, db, &tenant);
+    let (_, _, tenant_slot) = tenant_of(sh, db, &tenant)?;
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 

@@ -1,35 +1,54 @@
 //! Tenants' time zones: which zone a tenant's days and months follow (`control_plane.tenants`,
-//! UTC without a row), cached per backend until a committed change to that table, and the SQL
-//! helpers that validate a zone and give compaction its local days.
+//! UTC without a row) and whether the tenant has a row at all, cached per backend until a
+//! committed change to that table; and the SQL helpers that validate a zone and give compaction
+//! its local days.
 
 use crate::calendar::Window;
 use crate::catalog::{self, PG_EPOCH_OFFSET_US};
 use crate::error::{CpError, CpResult};
 use crate::shmem::{Shared, UTC};
 use crate::zone::Zone;
+use control_plane_core::bounded::BoundedMap;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
-/// Tenants whose zone a backend remembers before it forgets them all and reads again.
-const MAX_TENANTS: usize = 100_000;
+/// Bytes of tenants' zones a backend keeps before it forgets them all and reads again (tens of
+/// thousands of tenants; names are at most 256 bytes).
+const ZONE_BYTES: usize = 4 << 20;
 
-#[derive(Default)]
+/// What a backend knows of a tenant: its zone, and whether it has a row in `tenants`.
+#[derive(Clone, Copy)]
+pub struct Tenant {
+    pub zone: u16,
+    /// A row in `control_plane.tenants` (or the default tenant): the tenant has counters of its
+    /// own in `tenant_stats`. Names callers make up share one.
+    pub counted: bool,
+}
+
 struct Cache {
     /// The policy generation the zones were read at: a committed change to `tenants` bumps it.
     generation: u64,
-    zones: HashMap<(u32, String), u16>,
+    tenants: BoundedMap<(u32, String), Tenant>,
     /// The last tenant asked for, to skip the map on the common path.
-    last: Option<(u32, String, u16)>,
+    last: Option<(u32, String, Tenant)>,
 }
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static CACHE: RefCell<Cache> = RefCell::new(Cache {
+        generation: 0,
+        tenants: BoundedMap::new(ZONE_BYTES),
+        last: None,
+    });
 }
 
 /// The number (see `shmem::zones`) of the time zone whose calendar the tenant's quotas follow.
 pub fn zone_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<u16> {
+    Ok(tenant_of(sh, db, tenant)?.zone)
+}
+
+/// The tenant's zone and whether it is counted on its own, from the cache or the catalog.
+pub fn tenant_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<Tenant> {
     // Read before the row, bumped after a change commits: a zone read concurrently with a
     // change is read again next time.
     let generation = sh.policy_generation();
@@ -37,7 +56,7 @@ pub fn zone_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<u16> {
     if !own_changes {
         let hit = CACHE.with_borrow_mut(|c| {
             if c.generation != generation {
-                c.zones.clear();
+                c.tenants.clear();
                 c.last = None;
                 c.generation = generation;
             }
@@ -46,7 +65,7 @@ pub fn zone_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<u16> {
                     return Some(*z);
                 }
             }
-            let z = *c.zones.get(&(db, tenant.to_string()))?;
+            let z = *c.tenants.get(&(db, tenant.to_string()))?;
             c.last = Some((db, tenant.to_string(), z));
             Some(z)
         });
@@ -54,21 +73,22 @@ pub fn zone_of(sh: &Shared, db: u32, tenant: &str) -> CpResult<u16> {
             return Ok(z);
         }
     }
-    let zone = match catalog::tenant_zone(tenant)? {
-        None => UTC,
-        Some(name) => sh.zone_id(&named(&name)?)?,
+    let row = catalog::tenant_zone(tenant)?;
+    let t = Tenant {
+        counted: row.is_some() || tenant == crate::gucs::DEFAULT_TENANT,
+        zone: match row {
+            None => UTC,
+            Some(name) => sh.zone_id(&named(&name)?)?,
+        },
     };
     // A change this transaction has not committed is not for others (nor for after a rollback).
     if !own_changes {
         CACHE.with_borrow_mut(|c| {
-            if c.zones.len() >= MAX_TENANTS {
-                c.zones.clear();
-            }
-            c.zones.insert((db, tenant.to_string()), zone);
-            c.last = Some((db, tenant.to_string(), zone));
+            c.tenants.insert((db, tenant.to_string()), t, tenant.len());
+            c.last = Some((db, tenant.to_string(), t));
         });
     }
-    Ok(zone)
+    Ok(t)
 }
 
 thread_local! {

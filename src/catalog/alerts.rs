@@ -19,6 +19,10 @@ pub struct AlertRow<'a> {
 
 /// Inserts an alert unless its (tenant, budget, level, window) already has one, and notifies
 /// `control_plane_alerts` with the row as JSON when it was inserted (both take effect at commit).
+/// No notification while the server's NOTIFY queue is half full or more: a full queue fails the
+/// commit of every transaction that notifies, and any role can fill it (a listener that never
+/// reads), so the admission would fail with it. The row is written either way; listeners catch
+/// up from `control_plane.alerts` (ids above the last one heard).
 /// Runs as the extension's owner, like the flushers' writes: application roles need no grant on
 /// `alerts`, and cannot write one themselves. True when a row was inserted.
 pub fn insert_alert(a: &AlertRow) -> CpResult<bool> {
@@ -31,11 +35,12 @@ pub fn insert_alert(a: &AlertRow) -> CpResult<bool> {
               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
               ON CONFLICT DO NOTHING
               RETURNING *)
-          SELECT pg_catalog.pg_notify('control_plane_alerts', pg_catalog.json_build_object(
+          SELECT CASE WHEN pg_catalog.pg_notification_queue_usage() OPERATOR(pg_catalog.<) 0.5
+                      THEN pg_catalog.pg_notify('control_plane_alerts', pg_catalog.json_build_object(
                      'id', id, 'tenant_id', tenant_id, 'scope', scope, 'subject_id', subject_id,
                      'org_id', org_id, 'limit_name', limit_name, 'level', level,
                      'window_start', window_start, 'budget_micros', budget_micros,
-                     'used_micros', used_micros, 'created_at', created_at)::pg_catalog.text)
+                     'used_micros', used_micros, 'created_at', created_at)::pg_catalog.text) END
             FROM a",
             &[
                 Arg::Text(Some(a.tenant)),

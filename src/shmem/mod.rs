@@ -26,7 +26,7 @@ mod zones;
 
 pub use index::{Effect, Grant, Hold, PolicyStamp, Seen, POLICY_ACTIVE, POLICY_HAS_ORG, POLICY_HAS_OVERRIDES};
 pub use reservations::{random_id, Charge, Owner, Taken};
-pub use tenants::Usage;
+pub use tenants::{Usage, OVERFLOW as TENANT_OVERFLOW};
 pub use zones::UTC;
 
 use crate::error::{CpError, CpResult};

@@ -2,9 +2,11 @@
 //! admissions decided, and the usage that reached its totals (recorded at commit, charged at
 //! expiry). Counters since server start, like `control_plane.stats`.
 //!
-//! One slot per (database, tenant), claimed on first use with a compare-and-swap on its
-//! fingerprint (open addressing). When `MAX_TENANTS` are taken, later tenants count together in
-//! one overflow slot, reported with a NULL tenant. Each slot's counters are striped over cache
+//! One slot per (database, tenant) with a row in `control_plane.tenants` (or the default tenant),
+//! claimed on first use with a compare-and-swap on its fingerprint (open addressing). Tenants
+//! without a row (any name a session sets) count together in one overflow slot, reported with a
+//! NULL tenant, and so do the tenants beyond `MAX_TENANTS`: slots are never freed, so made-up
+//! names must not take them. Each slot's counters are striped over cache
 //! lines by backend, like the global ones.
 
 use super::{Shared, Stat};

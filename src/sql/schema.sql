@@ -508,9 +508,10 @@ SELECT d.datname AS database, s.tenant, s.admitted, s.denied_quota, s.denied_rat
        s.denied_model_or_feature, s.denied_inactive, s.denied_capacity, s.denied_budget, s.recorded, s.recorded_input_tokens,
        s.recorded_output_tokens, s.expired, s.expired_tokens
   FROM control_plane.cp_tenant_stats() s
-  JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.database_oid;
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.database_oid
+ WHERE d.oid IS NOT NULL OR s.tenant IS NULL;
 COMMENT ON VIEW control_plane.tenant_stats IS
-    'Per-tenant admission outcomes, committed usage and expiries since server start (tenant NULL: beyond the first 1024 tenants).';
+    'Per-tenant admission outcomes, committed usage and expiries since server start (tenant and database NULL: tenants without a row in control_plane.tenants, of every database, and those beyond the first 1024, together).';
 
 -- ------------------------------------------------------------------------------ dump and grants
 

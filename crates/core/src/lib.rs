@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod alerts;
+pub mod bounded;
 pub mod calendar;
 pub mod emergency;
 pub mod index;

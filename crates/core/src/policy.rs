@@ -101,6 +101,22 @@ pub struct Policy {
     pub fallback_model: Option<String>,
 }
 
+impl Policy {
+    /// Heap bytes this policy owns, approximately (its cache is bounded in bytes).
+    pub fn heap_bytes(&self) -> usize {
+        let names = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map_or(0, |v| v.iter().map(|s| std::mem::size_of::<String>() + s.len()).sum())
+        };
+        let name = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len());
+        names(&self.allowed_models)
+            + names(&self.blocked_models)
+            + crate::bounded::json_map_bytes(&self.features)
+            + name(&self.default_model)
+            + name(&self.fallback_model)
+    }
+}
+
 /// Why a request is refused before any counter is looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gate {

@@ -177,3 +177,50 @@ fn a_transaction_that_wrote_an_alert_cannot_be_prepared() {
     assert!(admit_priced(&mut c, &s, 1_000, &model).allowed);
     assert_eq!(rows(&mut c, "subject", &s), ["warning", "emergency"]);
 }
+
+#[test]
+fn an_alert_is_written_and_its_record_commits_while_the_notify_queue_is_full() {
+    // Any role can fill the server's NOTIFY queue (a listener that never reads); a transaction
+    // that notifies then fails at commit. PostgreSQL 17 and later size the queue
+    // (`max_notify_queue_pages`, 64 pages of 8 kB on this cluster); before 17 it holds 8 GB,
+    // which no test fills.
+    let mut c = connect_to("CP_TINY_DSN");
+    let pages: Option<String> = c
+        .query_opt(
+            "SELECT setting FROM pg_settings WHERE name = 'max_notify_queue_pages'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    let Some(pages) = pages else {
+        eprintln!("skipped: this PostgreSQL has no max_notify_queue_pages (before 17: an 8 GB queue)");
+        return;
+    };
+    assert_eq!(pages, "64", "scripts/test.sh starts this cluster with a small queue");
+    let id = run_id();
+    let (s, model) = (format!("{id}_full_queue"), format!("{id}-fq"));
+    shared_price(&mut c, &model, 1_000_000, 0);
+    enroll(&mut c, &s, "unlimited", r#"{"daily_budget_cents": 10}"#);
+    let mut l = connect_to("CP_TINY_DSN");
+    l.batch_execute("LISTEN control_plane_alerts").unwrap();
+    l.batch_execute("BEGIN; SELECT 1").unwrap();
+    let mut filler = connect_to("CP_TINY_DSN");
+    let mut full = None;
+    for _ in 0..1_000 {
+        if let Err(e) = filler.batch_execute("SELECT pg_notify('control_plane_alerts', repeat('x', 7000))") {
+            full = Some(e.code().map(|c| c.code().to_string()));
+            break;
+        }
+    }
+    assert_eq!(full, Some(Some("54000".to_string())), "the queue did not fill");
+    // 85,000 of 100,000 micro-units: the warning is owed, and the record commits.
+    let a = admit_priced(&mut c, &s, 85_000, &model);
+    assert!(a.allowed, "{:?}", a.reason);
+    assert_eq!(
+        record_priced(&mut c, &s, 85_000, &model, a.reservation_id.as_deref()),
+        Some(85_000)
+    );
+    assert_eq!(rows(&mut c, "subject", &s), ["warning"]);
+    assert_eq!(spent_today(&mut c, &s), 85_000);
+    l.batch_execute("ROLLBACK; UNLISTEN *").unwrap();
+}

@@ -70,8 +70,11 @@ fn series(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 fn the_exporter_shows_counters_shared_memory_and_tenant_figures_as_the_database_holds_them() {
     let mut c = connect();
     let tenant = format!("{}_prom", run_id());
-    c.batch_execute(&format!("SET control_plane.tenant = '{tenant}'"))
-        .unwrap();
+    // A tenant with a row has counters of its own.
+    c.batch_execute(&format!(
+        "INSERT INTO control_plane.tenants (tenant_id) VALUES ('{tenant}'); SET control_plane.tenant = '{tenant}'"
+    ))
+    .unwrap();
     enroll(&mut c, "user_1", "unlimited", r#"{"requests_per_day": 3}"#);
     // 3 admitted, 2 denied by the quota; 2 recorded (100 + 10 tokens each), 1 released.
     let ids: Vec<String> = (0..5)
@@ -146,4 +149,59 @@ fn tenant_stats_are_for_monitoring_roles_only() {
         "GRANT pg_monitor TO {role}; SET ROLE {role}; SELECT * FROM control_plane.tenant_stats; RESET ROLE"
     ))
     .unwrap();
+}
+
+#[test]
+fn made_up_tenants_count_together_and_leave_the_slots_to_tenants_with_a_row() {
+    // 1,100 tenants without a row (more than the 1,024 slots): each admitted once. They would
+    // have taken every slot, and a tenant made by an admin afterwards would have had none.
+    let mut c = connect();
+    let id = run_id();
+    let overflow = |c: &mut postgres::Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(admitted), 0)::bigint FROM control_plane.tenant_stats WHERE tenant IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = overflow(&mut c);
+    c.batch_execute(&format!(
+        "DO $$ BEGIN
+           FOR i IN 1..1100 LOOP
+             PERFORM pg_catalog.set_config('control_plane.tenant', '{id}_junk_' || i, false);
+             PERFORM control_plane.cp_release((control_plane.cp_admit('u', 1)).reservation_id);
+           END LOOP;
+         END $$;
+         RESET control_plane.tenant"
+    ))
+    .unwrap();
+    assert!(
+        overflow(&mut c) >= before + 1_100,
+        "made-up tenants count in the NULL row"
+    );
+    let named: i64 = c
+        .query_one(
+            "SELECT count(*) FROM control_plane.tenant_stats WHERE tenant LIKE $1",
+            &[&format!("{id}_junk_%")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(named, 0, "no made-up tenant has a row of its own");
+    let real = format!("{id}_real");
+    c.batch_execute(&format!(
+        "INSERT INTO control_plane.tenants (tenant_id) VALUES ('{real}');
+         SET control_plane.tenant = '{real}'"
+    ))
+    .unwrap();
+    assert!(admit(&mut c, "u", 1).allowed);
+    let admitted: i64 = c
+        .query_one(
+            "SELECT admitted FROM control_plane.tenant_stats WHERE tenant = $1",
+            &[&real],
+        )
+        .expect("the tenant with a row has its own counters")
+        .get(0);
+    assert_eq!(admitted, 1);
+    c.batch_execute("RESET control_plane.tenant").unwrap();
 }
