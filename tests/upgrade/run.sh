@@ -111,6 +111,18 @@ for release in "${RELEASES[@]}"; do
     psql_u -q -c "CREATE DATABASE badorg"
     psql_u -d badorg -q -c "CREATE EXTENSION control_plane VERSION '$version'" \
         -c "INSERT INTO control_plane.subjects (subject_id, profile, org_id) VALUES ('b_1', 'free', '')"
+    # A database owned by an application role, which fills a schema of its own with shadows of
+    # the operators, aggregates, functions and types statements use (tests/shadows.sql) and points
+    # the database's default search_path at them: the superuser's update runs under that path.
+    psql_u -q -c "DO \$\$ BEGIN CREATE ROLE up_mallory LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
+        -c "CREATE DATABASE hostile OWNER up_mallory"
+    psql_u -d hostile -q -c "CREATE EXTENSION control_plane VERSION '$version'" \
+        -c "INSERT INTO control_plane.profiles (name, requests_per_day) VALUES ('h_plan', 10)" \
+        -c "INSERT INTO control_plane.subjects (subject_id, profile, org_id) VALUES ('h_1', 'h_plan', 'acme')" \
+        -c "SELECT control_plane.cp_record_usage('h_1', 10, 1)" >/dev/null
+    { echo "CREATE SCHEMA evil;"; sed "s/@ROLE@/up_mallory/g" tests/shadows.sql
+      echo "ALTER DATABASE hostile SET search_path = evil, pg_catalog, public;"; } \
+        | "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U up_mallory -d hostile -f - >/dev/null
     open_id="$(psql_u -d up -c "SELECT reservation_id FROM control_plane.cp_admit('u_2', 40)")"
     [ -n "$open_id" ] || fail "$version admitted nothing"
     state up >/tmp/cp-upgrade-before.txt
@@ -134,6 +146,25 @@ for release in "${RELEASES[@]}"; do
     psql_u -d fresh -q -c "CREATE EXTENSION control_plane"
     same_listing up fresh "$version updated to $CURRENT"
     pass "$version updated to $CURRENT: catalog listing equals a fresh install ($(wc -l </tmp/cp-upgrade-a.txt) lines)"
+
+    # The update under the hostile default path: no shadow called, the role still an ordinary one,
+    # and the updated extension admits there; then the shadows are shown to work (an unqualified
+    # query of the superuser calls them, and makes the role a superuser).
+    calls() { psql_u -d hostile -c "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM evil.calls"; }
+    psql_u -d hostile -q -c "ALTER EXTENSION control_plane UPDATE"
+    [ "$(psql_u -d hostile -c "SELECT pg_catalog.current_setting('search_path')")" = "evil, pg_catalog, public" ] \
+        || fail "the hostile database's default search_path is not in force"
+    [ "$(psql_u -d hostile -c "SELECT a.allowed AND control_plane.cp_release(a.reservation_id)
+                               FROM control_plane.cp_admit('h_1', 1) a")" = t ] \
+        || fail "$version updated under a hostile search_path does not admit"
+    [ "$(calls)" = 0 ] || fail "$version: the update under a hostile search_path called $(calls) shadows"
+    [ "$(psql_u -c "SELECT rolsuper FROM pg_roles WHERE rolname = 'up_mallory'")" = f ] \
+        || fail "$version: the update under a hostile search_path made the database owner a superuser"
+    psql_u -d hostile -q -c "SELECT count(*) FROM pg_catalog.pg_class WHERE relname::text = 'x'" >/dev/null
+    [ "$(calls)" -gt 0 ] && [ "$(psql_u -c "SELECT rolsuper FROM pg_roles WHERE rolname = 'up_mallory'")" = t ] \
+        || fail "the shadows do not work: an unqualified query did not call them"
+    psql_u -q -c "DROP DATABASE hostile WITH (FORCE)" -c "DROP ROLE up_mallory"
+    pass "$version: updated under a database owner's hostile search_path, no shadow called, the owner not made a superuser"
 
     # Where a key was recorded twice, the update stops (it never changes ledger rows itself) and
     # says how to go on; after the maintenance path of the README, it goes through.
