@@ -182,6 +182,11 @@ SELECT cost_micros, reservation_settled
 SELECT n AS request, a.allowed, a.decision, a.reason, a.limit_name, a.remaining
   FROM generate_series(1, 11) n
  CROSS JOIN LATERAL control_plane.cp_admit('user_budget', 4000 + 0 * n, max_output_tokens => 500) a;
+\echo '   the input is known before the call, so it is reserved in full: 100,000 input tokens (15,000) never fit 1 cent;'
+\echo '   a long expected output is reserved only up to 10 % of the budget (150 + 1,000 of its 60,000):'
+INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('user_budget2', 'team_small');
+SELECT allowed, reason, remaining FROM control_plane.cp_admit('user_budget2', 100000, max_output_tokens => 0);
+SELECT allowed, decision, remaining FROM control_plane.cp_admit('user_budget2', 1000, max_output_tokens => 100000);
 \echo '   a model without a price is refused under a budget (never free by accident):'
 SELECT allowed, reason FROM control_plane.cp_admit('user_budget', 10, model => 'some-new-model');
 \echo '   the day''s money: budget, spent (recorded), reserved (admitted, not yet recorded), remaining:'

@@ -567,6 +567,24 @@ REVOKE ALL ON FUNCTION control_plane._profiles_in_use() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._subjects_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._profiles_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._policy_changed_trigger() FROM PUBLIC;
+
+-- updated_at follows every change of an admin's row (it never moved before).
+CREATE FUNCTION control_plane._touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.updated_at := pg_catalog.now();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER profiles_touched BEFORE UPDATE ON control_plane.profiles
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+CREATE TRIGGER organizations_touched BEFORE UPDATE ON control_plane.organizations
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+CREATE TRIGGER subjects_touched BEFORE UPDATE ON control_plane.subjects
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+CREATE TRIGGER tenants_touched BEFORE UPDATE ON control_plane.tenants
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+REVOKE ALL ON FUNCTION control_plane._touch_updated_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._usage_events_row_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._usage_events_append_only() FROM PUBLIC;
 

@@ -108,8 +108,8 @@ pub static UNPRICED_MODELS: GucSetting<UnpricedModels> = GucSetting::<UnpricedMo
 /// `cp_admit`'s `max_output_tokens` is NULL.
 pub static DEFAULT_MAX_OUTPUT_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(1_024);
 
-/// `control_plane.max_reservation_pct` (percent, reload): the most one admission may reserve, as
-/// a share of the smallest budget that applies to it.
+/// `control_plane.max_reservation_pct` (percent, reload): the most of its expected output's cost
+/// one admission may reserve, as a share of the smallest budget that applies to it.
 pub static MAX_RESERVATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 /// `control_plane.on_full` (reload).
@@ -208,7 +208,7 @@ fn define_session_gucs() {
     GucRegistry::define_int_guc(
         c"control_plane.default_max_output_tokens",
         c"Output tokens a cost reservation expects when cp_admit's max_output_tokens is NULL.",
-        c"The reservation is the input tokens at the input price plus this many output tokens at the output price, rounded up, and no more than control_plane.max_reservation_pct of the smallest budget.",
+        c"The reservation is the input tokens at the input price, in full, plus this many output tokens at the output price up to control_plane.max_reservation_pct of the smallest budget, rounded up.",
         &DEFAULT_MAX_OUTPUT_TOKENS,
         0,
         i32::MAX,
@@ -217,8 +217,8 @@ fn define_session_gucs() {
     );
     GucRegistry::define_int_guc(
         c"control_plane.max_reservation_pct",
-        c"The most one admission may reserve, in percent of the smallest money budget that applies.",
-        c"So that one worst-case estimate cannot block a whole budget. What a request costs beyond its reservation is still recorded and counted.",
+        c"The most of its expected output's cost one admission may reserve, in percent of the smallest money budget that applies.",
+        c"So that one worst-case output estimate cannot block a whole budget; the input, known before the call, is reserved in full. What a request costs beyond its reservation is still recorded and counted.",
         &MAX_RESERVATION_PCT,
         1,
         100,

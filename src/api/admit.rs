@@ -6,7 +6,7 @@ use crate::admission::{DenyKind, Verdict};
 use crate::args::{self, optional_name};
 use crate::calendar::US_PER_SEC;
 use crate::catalog::{now_unix_us, Whose};
-use crate::emergency;
+use crate::emergency::{self, Fallback};
 use crate::error::CpResult;
 use crate::gucs;
 use crate::money;
@@ -53,8 +53,8 @@ impl Decision {
 }
 
 /// What an admission reserves against the budgets that apply (the subject's and its
-/// organisation's): None when none applies or the model costs nothing; Err(denial) when the model
-/// has no price and unpriced models are denied.
+/// organisation's), and its whole estimate: None when none applies or the model costs nothing;
+/// Err(denial) when the model has no price and unpriced models are denied.
 #[allow(clippy::too_many_arguments)]
 fn cost_estimate(
     sh: &shmem::Shared,
@@ -66,7 +66,7 @@ fn cost_estimate(
     tokens: i64,
     max_output_tokens: Option<i64>,
     now: i64,
-) -> CpResult<Result<Option<i64>, Decision>> {
+) -> CpResult<Result<Option<money::Estimate>, Decision>> {
     let Some(smallest) = org::smallest_budget_micros(policy, org) else {
         return Ok(Ok(None));
     };
@@ -159,11 +159,14 @@ pub fn admit(
             return Ok(denied);
         }
     };
-    let ask = Ask { tokens, cost };
+    let ask = Ask {
+        tokens,
+        cost: cost.map(|e| e.reserved),
+    };
     // The cheaper model to degrade to past an emergency threshold: the profile's fallback, when
     // the request costs money, the fallback is allowed and it is priced (or free).
     let fallback = match (cost, pol.policy.fallback_model.as_deref()) {
-        (Some(c), Some(f)) if c > 0 && Some(f) != model && pol.policy.gate(Some(f), feature).is_none() => {
+        (Some(c), Some(f)) if c.reserved > 0 && Some(f) != model && pol.policy.gate(Some(f), feature).is_none() => {
             match cost_estimate(
                 sh,
                 db,
@@ -175,7 +178,17 @@ pub fn admit(
                 max_output_tokens,
                 now,
             )? {
-                Ok(fc) => Some((f, Ask { tokens, cost: fc })),
+                Ok(fc) => Some((
+                    f,
+                    Fallback {
+                        ask: Ask {
+                            tokens,
+                            cost: fc.map(|e| e.reserved),
+                        },
+                        // Compared before the cap: two capped estimates may be equal.
+                        cheaper: fc.map_or(0, |e| e.full) < c.full,
+                    },
+                )),
                 Err(_) => None,
             }
         }
@@ -195,7 +208,7 @@ pub fn admit(
         })
     };
     let hold = hold_for(ask);
-    let fallback_hold = fallback.and_then(|(_, f)| hold_for(f));
+    let fallback_hold = fallback.and_then(|(_, f)| hold_for(f.ask));
     let org_key = org.as_ref().map(|o| o.key);
     let mut expired_once = false;
     for _ in 0..4 {

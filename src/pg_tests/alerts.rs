@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::pg_tests::tests::{json, price, run, set_overrides, sqlstate};
+    use crate::pg_tests::tests::{enroll, json, price, run, set_overrides, sqlstate};
     use pgrx::prelude::*;
     use serde_json::Value;
 
@@ -144,6 +144,38 @@ mod tests {
             b["reservation_id"].as_str().unwrap()
         ));
         assert_eq!(alerts("pgt_al_b").len(), 2);
+    }
+
+    #[pg_test]
+    fn degrade_compares_whole_estimates_when_both_reservations_hit_the_cap() {
+        // The same input price; the primary's output costs 100 times the fallback's.
+        price("*", "pgt-al-cbig", 1_000_000, 100_000_000, "'-infinity'");
+        price("*", "pgt-al-csmall", 1_000_000, 1_000_000, "'-infinity'");
+        profile_with_fallback("pgt_al_cfb", "pgt-al-csmall");
+        enroll("pgt_al_c", "pgt_al_cfb", r#"{"daily_budget_cents": 1}"#);
+        for i in 0..15 {
+            assert_eq!(
+                admit("pgt_al_c", 500, "pgt-al-cbig")["decision"],
+                "allow",
+                "admission {i}"
+            );
+        }
+        // 100 in and 10,000 expected out: 1,000,100 for the primary, 10,100 for the fallback;
+        // both reserve 100 + the cap (1,000 of the 10,000 budget) = 1,100. 7,500 + 1,100 is below
+        // 90 %; the next would reach 9,700: degraded, since the fallback is cheaper.
+        let ask = || {
+            json(
+                "SELECT to_jsonb(a) FROM control_plane.cp_admit('pgt_al_c', 100, 'pgt-al-cbig',
+                                                                max_output_tokens => 10000) a",
+            )
+        };
+        assert_eq!(ask()["decision"], "warn");
+        let a = ask();
+        assert_eq!(
+            (a["decision"].clone(), a["model"].clone()),
+            ("degrade".into(), "pgt-al-csmall".into()),
+            "{a}"
+        );
     }
 
     #[pg_test]

@@ -1,4 +1,4 @@
-//! Money budgets at admission: cost reservations, their cap, settling, unpriced and free models,
+//! Money budgets at admission: cost reservations, the cap of their expected output, settling, unpriced and free models,
 //! the model to call. Expected amounts are worked out by hand (integers, rounded up).
 
 use pgrx::prelude::*;
@@ -30,7 +30,7 @@ mod tests {
     #[pg_test]
     fn a_budget_holds_each_estimate_and_refuses_what_no_longer_fits() {
         // 1 and 2 micro-units per input and output token; 10 cents a day = 100,000 micro-units,
-        // so one admission may reserve at most 10 % of it: 10,000.
+        // so the expected output of one admission is reserved up to 10 % of it: 10,000.
         shared_price("pgt-b1", 1_000_000, 2_000_000);
         set_overrides("pgt_budget_a", r#"{"daily_budget_cents": 10}"#);
         // 1,000 in + 2,000 expected out = 5,000 micro-units each: 20 fit.
@@ -76,18 +76,36 @@ mod tests {
     }
 
     #[pg_test]
-    fn one_estimate_reserves_at_most_its_share_of_the_smallest_budget() {
+    fn only_the_expected_output_is_capped_and_a_known_input_past_the_budget_is_refused() {
         shared_price("pgt-b3", 1_000_000, 1_000_000);
-        // Smallest budget: 5 cents a day = 50,000; 10 % of it is 5,000.
+        // Smallest budget: 5 cents a day = 50,000; the expected output is reserved up to 10 % of
+        // it (5,000), the input (known before the call) in full.
         set_overrides(
             "pgt_budget_c",
             r#"{"daily_budget_cents": 5, "monthly_budget_cents": 1000}"#,
         );
-        let a = admit("pgt_budget_c", 1_000_000, "'pgt-b3'", "0");
+        let a = admit("pgt_budget_c", 1_000, "'pgt-b3'", "1000000");
         assert_eq!(a["allowed"], true, "{a}");
-        let day = money("pgt_budget_c", "day");
-        assert_eq!(day["reserved_micros"], 5_000);
-        assert_eq!(money("pgt_budget_c", "month")["reserved_micros"], 5_000);
+        assert_eq!(money("pgt_budget_c", "day")["reserved_micros"], 6_000, "1,000 + 5,000");
+        assert_eq!(money("pgt_budget_c", "month")["reserved_micros"], 6_000);
+        // 45,000 input tokens are known to cost 45,000: more than the 44,000 left.
+        let d = admit("pgt_budget_c", 45_000, "'pgt-b3'", "0");
+        assert_eq!(
+            (d["reason"].clone(), d["limit_name"].clone(), d["remaining"].clone()),
+            ("budget_exceeded".into(), "daily_budget_cents".into(), 44_000.into()),
+            "{d}"
+        );
+        assert_eq!(admit("pgt_budget_c", 44_000, "'pgt-b3'", "0")["allowed"], true);
+        assert_eq!(money("pgt_budget_c", "day")["reserved_micros"], 50_000);
+        // A dollar of input against a budget of 10 cents (2.5 per million input tokens): refused,
+        // however many times it is asked (it was admitted at the cap, 10 of 12 times).
+        shared_price("pgt-b3-big", 2_500_000, 10_000_000);
+        set_overrides("pgt_budget_d", r#"{"daily_budget_cents": 10}"#);
+        for i in 0..12 {
+            let d = admit("pgt_budget_d", 400_000, "'pgt-b3-big'", "0");
+            assert_eq!(d["reason"], "budget_exceeded", "admission {i}: {d}");
+        }
+        assert_eq!(money("pgt_budget_d", "day")["reserved_micros"], 0);
         // Without max_output_tokens, control_plane.default_max_output_tokens (1024) is expected.
         set_overrides("pgt_budget_c2", r#"{"monthly_budget_cents": 1000}"#);
         admit("pgt_budget_c2", 10, "'pgt-b3'", "NULL");

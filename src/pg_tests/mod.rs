@@ -241,6 +241,32 @@ mod tests {
     }
 
     #[pg_test]
+    fn updated_at_moves_on_every_update_of_an_admins_row() {
+        run("SET LOCAL control_plane.tenant = 'pgt_touch'");
+        run("INSERT INTO control_plane.profiles (name, requests_per_day) VALUES ('p', 1)");
+        run("INSERT INTO control_plane.organizations (org_id) VALUES ('o')");
+        run("INSERT INTO control_plane.subjects (subject_id, profile, org_id) VALUES ('s', 'p', 'o')");
+        run("INSERT INTO control_plane.tenants (tenant_id) VALUES ('pgt_touch')");
+        for (table, change) in [
+            ("profiles", "requests_per_day = 2"),
+            ("organizations", "daily_budget_cents = 5"),
+            ("subjects", "active = false"),
+            ("tenants", "time_zone = 'Asia/Tokyo'"),
+        ] {
+            // Whatever the UPDATE sets it to, updated_at is the change's time.
+            run(&format!(
+                "UPDATE control_plane.{table} SET {change}, updated_at = '2000-01-01'
+                  WHERE tenant_id = 'pgt_touch'"
+            ));
+            let moved = Spi::get_one::<bool>(&format!(
+                "SELECT bool_and(updated_at = now()) FROM control_plane.{table} WHERE tenant_id = 'pgt_touch'"
+            ))
+            .unwrap();
+            assert_eq!(moved, Some(true), "{table}");
+        }
+    }
+
+    #[pg_test]
     fn tenant_profiles_shadow_presets_and_tenants_are_isolated() {
         run("SET LOCAL control_plane.tenant = 'pgt_acme'");
         run("INSERT INTO control_plane.profiles (name, requests_per_day, is_default) VALUES ('house', 1, true)");

@@ -88,8 +88,8 @@ mod tests {
         org("pgt_org2", "1");
         member("pgt_org2_a", "pgt_org2");
         member("pgt_org2_b", "pgt_org2");
-        let a = admit("pgt_org2_a", 10_000, "pgt-o2");
-        // The cap: one admission reserves at most 10 % of the smallest budget, 1,000.
+        // 1,000 input tokens: 1,000 reserved on the organisation too.
+        let a = admit("pgt_org2_a", 1_000, "pgt-o2");
         assert_eq!(a["allowed"], true, "{a}");
         assert_eq!(
             json("SELECT control_plane.cp_quota_status('pgt_org2_b')->'organization'->'money'->'day'")
@@ -119,7 +119,7 @@ mod tests {
              VALUES ('pgt_org3_a', 'unlimited', 'pgt_org3', '{\"daily_budget_cents\": 1}')",
         );
         member("pgt_org3_b", "pgt_org3");
-        // The subject's cap is 10 % of the smallest budget that applies (its 10,000): 1,000.
+        // 1,000 input tokens each (1,000 micro-units): ten fit its 10,000.
         for i in 0..10 {
             let a = admit("pgt_org3_a", 1_000, "pgt-o3");
             assert_eq!(a["allowed"], true, "admission {i}: {a}");

@@ -149,7 +149,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            triggers, 7,
+            triggers, 8,
             "a new trigger function: revoke it from PUBLIC and count it here"
         );
     }

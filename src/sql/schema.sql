@@ -263,6 +263,25 @@ COMMENT ON TABLE control_plane.tenants IS
 CREATE TRIGGER tenants_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON control_plane.tenants
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane._policy_changed_trigger();
 
+-- ---------------------------------------------------------------------------------- updated_at
+
+-- Every change of an admin's row moves its updated_at (whatever the UPDATE sets it to).
+CREATE FUNCTION control_plane._touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.updated_at := pg_catalog.now();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER profiles_touched BEFORE UPDATE ON control_plane.profiles
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+CREATE TRIGGER organizations_touched BEFORE UPDATE ON control_plane.organizations
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+CREATE TRIGGER subjects_touched BEFORE UPDATE ON control_plane.subjects
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+CREATE TRIGGER tenants_touched BEFORE UPDATE ON control_plane.tenants
+    FOR EACH ROW EXECUTE FUNCTION control_plane._touch_updated_at();
+
 -- The tenant's time zone, for the extension's functions whatever the caller may read (an
 -- application role needs no grant on tenants).
 CREATE FUNCTION control_plane._tenant_time_zone(tenant text) RETURNS text
@@ -545,6 +564,7 @@ REVOKE ALL ON FUNCTION control_plane._profiles_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._policy_changed_trigger() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._usage_events_row_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION control_plane._usage_events_append_only() FROM PUBLIC;
+REVOKE ALL ON FUNCTION control_plane._touch_updated_at() FROM PUBLIC;
 
 -- Readers of any tenant's rows, for the extension's own queries (run as the extension's owner):
 -- not for PUBLIC, so that no role reads another tenant's zone, prices or budgets through them.

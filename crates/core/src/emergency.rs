@@ -8,8 +8,8 @@
 //!   budgets into the zone (`emergency_threshold`, naming that budget), and never degrades;
 //! - otherwise a request that would take a budget (the subject's or its organisation's) into the
 //!   zone, or that does not fit a budget at all, is tried with the fallback ask (the profile's
-//!   `fallback_model`, when it is allowed and its estimate is lower): admitted that way it is a
-//!   `degrade`;
+//!   `fallback_model`, when it is allowed and cheaper: its whole estimate, before any cap, is
+//!   lower): admitted that way it is a `degrade`;
 //! - without a fallback that fits, a request that fits is admitted with a warning, and one that
 //!   does not is refused by the budget as usual.
 
@@ -69,6 +69,15 @@ pub struct Decided {
     pub emergency: Zone,
 }
 
+/// The same request with the profile's fallback model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    pub ask: Ask,
+    /// Its whole estimate (input and expected output, before the cap) is lower than the
+    /// primary's: two capped reservations may be equal while one model costs far less.
+    pub cheaper: bool,
+}
+
 /// Decides `primary` for a subject (with `t`, the thresholds of its own budgets) that may belong
 /// to an organisation, applying the emergency rules above; `fallback` is the same request with
 /// the fallback model, when the profile has one that may be used.
@@ -77,7 +86,7 @@ pub fn decide_money(
     state: &State,
     org: Option<OrgSide>,
     primary: Ask,
-    fallback: Option<Ask>,
+    fallback: Option<Fallback>,
     now: Now,
     t: Thresholds,
 ) -> Decided {
@@ -98,7 +107,7 @@ pub fn decide_money(
             .and_then(|o| reaching(o.budgets, o.totals, c, o.emergency_pct))
     };
     let degrade = |emergency: Zone| {
-        let f = fallback.filter(|f| f.cost.unwrap_or(0) < cost)?;
+        let f = fallback.filter(|f| f.cheaper)?.ask;
         match decide_with_org(policy, state, org, f, now, t.warning_pct) {
             (Verdict::Allow { tightest, tat, .. }, scope) if org_denies(f.cost.unwrap_or(0)).is_none() => {
                 Some(Decided {
@@ -199,8 +208,28 @@ mod unit {
         Policy::with_limits(&[(Limit::DailyBudgetCents, 1)]) // 10,000 micro-units
     }
 
+    /// With uncapped estimates: the fallback is cheaper when its estimate is lower.
     fn run(p: &Policy, s: &State, org: Option<OrgSide>, primary: i64, fallback: Option<i64>) -> Decided {
-        decide_money(p, s, org, ask(primary), fallback.map(ask), Now::utc(NOON), T)
+        let f = fallback.map(|f| Fallback {
+            ask: ask(f),
+            cheaper: f < primary,
+        });
+        decide_money(p, s, org, ask(primary), f, Now::utc(NOON), T)
+    }
+
+    #[test]
+    fn a_fallback_cheaper_by_its_whole_estimate_is_used_even_when_both_reserve_the_cap() {
+        // Both reservations hit the cap (1,000); the fallback's whole estimate is lower.
+        let p = one_cent();
+        let f = Fallback {
+            ask: ask(1_000),
+            cheaper: true,
+        };
+        let d = decide_money(&p, &spent(8_000), None, ask(1_000), Some(f), Now::utc(NOON), T);
+        assert!(d.degraded);
+        let f = Fallback { cheaper: false, ..f };
+        let d = decide_money(&p, &spent(8_000), None, ask(1_000), Some(f), Now::utc(NOON), T);
+        assert!(!d.degraded && d.emergency.subject.is_some());
     }
 
     #[test]
@@ -260,7 +289,10 @@ mod unit {
             }
         ));
         // A free fallback (no cost to hold) always fits the money.
-        let free = Ask { tokens: 0, cost: None };
+        let free = Fallback {
+            ask: Ask { tokens: 0, cost: None },
+            cheaper: true,
+        };
         let d = decide_money(&p, &spent(10_000), None, ask(1_000), Some(free), Now::utc(NOON), T);
         assert!(d.degraded);
         // A free request is never concerned.

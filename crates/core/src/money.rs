@@ -76,20 +76,38 @@ pub fn cents_to_micros(cents: i64) -> i64 {
     saturate(i128::from(cents) * i128::from(MICROS_PER_CENT))
 }
 
-/// The most one request may reserve against budgets whose smallest is `budget`: `pct` percent of
-/// it, rounded down, and at least one micro-unit (a positive estimate always reserves something).
+/// The most of its expected output's cost one request may reserve against budgets whose smallest
+/// is `budget`: `pct` percent of it, rounded down, and at least one micro-unit (a positive
+/// estimate always reserves something).
 pub fn reservation_cap(budget: i64, pct: i64) -> i64 {
     saturate(i128::from(budget.max(0)) * i128::from(pct.clamp(0, 100)) / 100).max(1)
 }
 
-/// What an admission reserves: the token estimate at the input price plus the expected output
-/// at the output price, rounded up, and no more than `cap` (None: no budget applies, no cap).
-pub fn estimate(price: Price, input: i64, output: i64, cap: Option<i64>) -> i64 {
-    let c = cost(price, input, output);
-    match cap {
-        Some(cap) => c.min(cap.max(0)),
-        None => c,
-    }
+/// What an admission reserves against the budgets, and what the call is expected to cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    /// The input at the input price, in full (it is known before the call), plus the expected
+    /// output at the output price up to the cap.
+    pub reserved: i64,
+    /// Input and expected output, uncapped: what the call is expected to cost (degrade compares
+    /// these).
+    pub full: i64,
+}
+
+/// The estimate of `input` tokens and `output` expected output tokens at `price`, rounded up as a
+/// whole (`cost`). Only the speculative part, the expected output, is capped at `cap` (None: no
+/// budget applies, no cap): a call whose known input alone costs more than a budget allows is
+/// refused, and what a call can cost beyond its reservation is at most `full - reserved`.
+pub fn estimate(price: Price, input: i64, output: i64, cap: Option<i64>) -> Estimate {
+    let full = cost(price, input, output);
+    let reserved = match cap {
+        Some(cap) => {
+            let known = cost(price, input, 0);
+            known.saturating_add((full - known).min(cap.max(0)))
+        }
+        None => full,
+    };
+    Estimate { reserved, full }
 }
 
 /// Where spending stands against a budget.
@@ -241,15 +259,51 @@ mod unit {
     }
 
     #[test]
-    fn the_estimate_is_capped_and_the_cap_is_never_zero() {
+    fn only_the_expected_output_is_capped_and_the_cap_is_never_zero() {
         assert_eq!(reservation_cap(1_000_000, 10), 100_000);
         assert_eq!(reservation_cap(5, 10), 1);
         assert_eq!(reservation_cap(0, 10), 1);
         assert_eq!(reservation_cap(i64::MAX, 100), i64::MAX);
-        assert_eq!(estimate(MINI, 1_000, 4_000, None), 2_550);
-        assert_eq!(estimate(MINI, 1_000, 4_000, Some(1_000)), 1_000);
-        assert_eq!(estimate(MINI, 1_000, 4_000, Some(10_000)), 2_550);
-        assert_eq!(estimate(Price::default(), 1_000, 4_000, Some(1)), 0);
+        let e = |i, o, cap| estimate(MINI, i, o, cap);
+        // 1,000 in (150) and 4,000 out (2,400).
+        assert_eq!(
+            e(1_000, 4_000, None),
+            Estimate {
+                reserved: 2_550,
+                full: 2_550
+            }
+        );
+        assert_eq!(
+            e(1_000, 4_000, Some(1_000)),
+            Estimate {
+                reserved: 1_150,
+                full: 2_550
+            }
+        );
+        assert_eq!(
+            e(1_000, 4_000, Some(10_000)),
+            Estimate {
+                reserved: 2_550,
+                full: 2_550
+            }
+        );
+        // The input is known: reserved in full, whatever the cap (a dollar of input against a
+        // cap of 10,000 micro-units).
+        let big = Price {
+            input_per_million: 2_500_000,
+            output_per_million: 10_000_000,
+        };
+        assert_eq!(
+            estimate(big, 400_000, 0, Some(10_000)),
+            Estimate {
+                reserved: 1_000_000,
+                full: 1_000_000
+            }
+        );
+        assert_eq!(
+            estimate(Price::default(), 1_000, 4_000, Some(1)),
+            Estimate { reserved: 0, full: 0 }
+        );
     }
 
     #[test]
@@ -305,17 +359,27 @@ mod unit {
             prop_assert!(charged * 1_000_000 < exact + 1_000_000 * reqs.len() as i128 + 1);
         }
 
-        /// More tokens never cost less, and a cap is never exceeded.
+        /// More tokens never cost less; the known input is always reserved in full, the
+        /// expected output at most up to the cap, and what a call can cost beyond its reservation
+        /// is what the cap left out of the expected output.
         #[test]
-        fn cost_is_monotonic_and_the_cap_holds(
+        fn cost_is_monotonic_and_the_cap_holds_on_the_output_alone(
             i in 0i64..1 << 50, o in 0i64..1 << 50, d in 0i64..1 << 20,
             pi in 0i64..=MAX_PRICE_MICROS, po in 0i64..=MAX_PRICE_MICROS, cap in 0i64..1 << 40,
         ) {
             let p = Price { input_per_million: pi, output_per_million: po };
             prop_assert!(cost(p, i + d, o) >= cost(p, i, o));
             prop_assert!(cost(p, i, o + d) >= cost(p, i, o));
-            prop_assert!(estimate(p, i, o, Some(cap)) <= cap);
-            prop_assert!(estimate(p, i, o, Some(cap)) <= estimate(p, i, o, None));
+            let e = estimate(p, i, o, Some(cap));
+            let known = cost(p, i, 0);
+            prop_assert_eq!(e.full, cost(p, i, o));
+            prop_assert_eq!(estimate(p, i, o, None), Estimate { reserved: e.full, full: e.full });
+            prop_assert!(known <= e.reserved && e.reserved <= e.full);
+            prop_assert!(e.reserved - known <= cap);
+            prop_assert!(e.reserved == e.full || e.reserved - known == cap);
+            // Beyond the reservation: at most the expected output's own cost (with one
+            // micro-unit of rounding) less the cap.
+            prop_assert!(e.full - e.reserved <= cost(p, 0, o).saturating_add(1).saturating_sub(cap).max(0));
         }
 
         /// Levels only go up as spending grows.

@@ -114,7 +114,8 @@ fn a_listener_hears_each_threshold_of_an_organisation_once_while_sixteen_connect
 
 #[test]
 fn a_rolled_back_alert_is_never_heard_and_the_next_crossing_raises_it() {
-    // A subject's own budget of 1 cent (10,000); one reservation holds at most 1,000 of it.
+    // A subject's own budget of 1 cent (10,000); each admission of 1,000 input tokens reserves
+    // 1,000 of it.
     let id = run_id();
     let (s, model) = (format!("{id}_al_subject"), format!("{id}-al2"));
     let mut c = connect();
@@ -124,8 +125,8 @@ fn a_rolled_back_alert_is_never_heard_and_the_next_crossing_raises_it() {
 
     // A record that spends 8,500 on a reservation of 1,000 reaches the warning, then rolls back.
     c.batch_execute("BEGIN").unwrap();
-    let a = admit_priced(&mut c, &s, 8_500, &model);
-    assert_eq!(a.remaining, Some(9_000), "the estimate is capped at 1,000");
+    let a = admit_priced(&mut c, &s, 1_000, &model);
+    assert_eq!(a.remaining, Some(9_000), "1,000 input tokens reserve 1,000");
     let rid = a.reservation_id.unwrap();
     assert_eq!(record_priced(&mut c, &s, 8_500, &model, Some(&rid)), Some(8_500));
     assert_eq!(
@@ -145,7 +146,7 @@ fn a_rolled_back_alert_is_never_heard_and_the_next_crossing_raises_it() {
     assert!(rows(&mut c, "subject", &s).is_empty());
 
     // The same spend committed: the warning, once.
-    let a = admit_priced(&mut c, &s, 8_500, &model);
+    let a = admit_priced(&mut c, &s, 1_000, &model);
     record_priced(&mut c, &s, 8_500, &model, a.reservation_id.as_deref());
     // 8,500 spent + 1,000 reserved = 9,500: the emergency zone (no fallback: a warning).
     let a = admit_priced(&mut c, &s, 1_000, &model);

@@ -324,6 +324,7 @@ fn internals_are_out_of_an_application_roles_reach() {
         "_policy_changed_trigger",
         "_usage_events_row_check",
         "_usage_events_append_only",
+        "_touch_updated_at",
     ]
     .iter()
     .enumerate()

@@ -21,9 +21,9 @@ SELECT tenant_id, org_id, daily_budget_cents, monthly_budget_cents, warning_pct,
        emergency_action, emergency_stop, active
   FROM control_plane.organizations WHERE org_id LIKE 'o-%' ORDER BY org_id;
 
--- each admission reserves at most 10 % of the smallest budget that applies: 1,000
+-- each admission of 1,000 input tokens reserves 1,000 (the input is known: reserved in full)
 SELECT allowed, decision, limit_name, remaining, model
-  FROM control_plane.cp_admit('olga', 4000, 'm-org', max_output_tokens => 0);
+  FROM control_plane.cp_admit('olga', 1000, 'm-org', max_output_tokens => 0);
 SELECT count(*) FILTER (WHERE allowed) AS admitted
   FROM generate_series(1, 8) g, LATERAL control_plane.cp_admit('oscar', 1000 + 0 * g, 'm-org', max_output_tokens => 0);
 -- 9,000 of 10,000 reserved: the next 1,000 fit, then nothing does
