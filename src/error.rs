@@ -33,6 +33,8 @@ pub enum CpError {
     ReadOnly { message: String, detail: String },
     /// 42501: the caller lacks a privilege the call needs.
     Privilege { message: String, hint: String },
+    /// 23505: an idempotency key already names a usage event with other values.
+    KeyConflict { message: String, detail: String },
     /// XX000: an invariant broke; never expected.
     Internal(String),
 }
@@ -72,6 +74,7 @@ impl CpError {
             CpError::LimitExceeded(_) => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             CpError::ReadOnly { .. } => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             CpError::Privilege { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CpError::KeyConflict { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             CpError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -97,6 +100,11 @@ impl From<CpError> for ErrorReport {
             CpError::CheckViolation { message, detail } => (message, Some(detail), None),
             CpError::LimitExceeded(m) => (m, None, None),
             CpError::Privilege { message, hint } => (message, None, Some(hint)),
+            CpError::KeyConflict { message, detail } => (
+                message,
+                Some(detail),
+                Some("An idempotency key names one usage event: retry with the same values, or use a new key.".into()),
+            ),
             CpError::ReadOnly { message, detail } => (
                 message,
                 Some(detail),

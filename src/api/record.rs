@@ -46,28 +46,25 @@ pub fn record(
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 
+    // A call that names no model used the profile's default.
+    let model = pol.policy.model_for(model);
     if let Some(k) = idempotency_key {
         // Calls with the same key wait for each other (until the first one's transaction ends),
         // then find its row: a retry records nothing and settles nothing.
         key_lock(db, &tenant, k);
-        if let Some((owner, event_id, cost_micros)) = catalog::usage_by_key(&tenant, k)? {
-            if owner != subject {
-                return Err(CpError::invalid_with(
-                    format!("idempotency key \"{k}\" was recorded for another subject"),
-                    format!("subject \"{owner}\" in tenant \"{tenant}\" recorded it (event {event_id})"),
-                    Some("An idempotency key names one usage event of one subject in a tenant."),
-                ));
-            }
-            return Ok(Recorded {
-                event_id,
-                cost_micros,
-                settled: false,
-            });
+        if let Some(u) = catalog::usage_by_key(&tenant, k)? {
+            return retried(
+                sh,
+                db,
+                key,
+                k,
+                u,
+                (subject, input, output, model, feature),
+                reservation_id,
+            );
         }
     }
 
-    // A call that names no model used the profile's default.
-    let model = pol.policy.model_for(model);
     // Read before a reservation is taken: from the take to the queuing below nothing may fail.
     let prices = model.map(|m| super::prices::rows_of(sh, db, &tenant, m)).transpose()?;
 
@@ -283,6 +280,55 @@ pub unsafe extern "C-unwind" fn cp_record_usage_fast(fcinfo: pg_sys::FunctionCal
 }
 
 // ----------------------------------------------------------------------------- cp_release
+
+/// A call with an idempotency key its tenant has recorded: the same call again (same subject,
+/// amounts, model and feature) gets the original event and records nothing; anything else is
+/// refused (23505), since a key names one event. A reservation the retry carries stood for the
+/// call already recorded: it is given back at once (a NOTICE says so).
+fn retried(
+    sh: &shmem::Shared,
+    db: u32,
+    key: Key,
+    k: &str,
+    u: catalog::KeyedUsage,
+    (subject, input, output, model, feature): (&str, i64, i64, Option<&str>, Option<&str>),
+    reservation_id: Option<Uuid>,
+) -> CpResult<Recorded> {
+    let show = |v: Option<&str>| v.map_or("NULL".to_string(), |v| format!("\"{v}\""));
+    let differs: Vec<String> = [
+        (u.subject != subject).then(|| format!("subject \"{}\" (this call: \"{subject}\")", u.subject)),
+        (u.input != input).then(|| format!("input_tokens {} (this call: {input})", u.input)),
+        (u.output != output).then(|| format!("output_tokens {} (this call: {output})", u.output)),
+        (u.model.as_deref() != model)
+            .then(|| format!("model {} (this call: {})", show(u.model.as_deref()), show(model))),
+        (u.feature.as_deref() != feature)
+            .then(|| format!("feature {} (this call: {})", show(u.feature.as_deref()), show(feature))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !differs.is_empty() {
+        return Err(CpError::KeyConflict {
+            message: format!("idempotency key \"{k}\" was recorded with other values"),
+            detail: format!("event {} recorded {}", u.event_id, differs.join(", ")),
+        });
+    }
+    if let Some(rid) = reservation_id {
+        let now = now_unix_us();
+        if let Taken::Held(h) = sh.take_reservation(rid.as_bytes(), db, now, false, |k2, _| *k2 == key) {
+            sh.release_taken(&h, db, now);
+            pgrx::notice!(
+                "reservation {rid} released: idempotency key \"{k}\" was already recorded (event {})",
+                u.event_id
+            );
+        }
+    }
+    Ok(Recorded {
+        event_id: u.event_id,
+        cost_micros: u.cost_micros,
+        settled: false,
+    })
+}
 
 pub fn release(reservation_id: Option<Uuid>) -> CpResult<bool> {
     let sh = shmem::shared()?;

@@ -175,15 +175,34 @@ pub fn insert_usage(u: UsageRow) -> CpResult<i64> {
         .ok_or_else(|| CpError::Internal("INSERT ... RETURNING gave no id".into()))
 }
 
-/// The usage row recorded with an idempotency key in a tenant, committed or this transaction's:
-/// (its subject, id, cost).
-pub fn usage_by_key(tenant: &str, key: &str) -> CpResult<Option<(String, i64, Option<i64>)>> {
+/// The usage row an idempotency key names: what a retry must repeat.
+pub struct KeyedUsage {
+    pub subject: String,
+    pub event_id: i64,
+    pub cost_micros: Option<i64>,
+    pub input: i64,
+    pub output: i64,
+    pub model: Option<String>,
+    pub feature: Option<String>,
+}
+
+/// The usage row recorded with an idempotency key in a tenant, committed or this transaction's.
+pub fn usage_by_key(tenant: &str, key: &str) -> CpResult<Option<KeyedUsage>> {
     let rows = query_latest(
-        c"SELECT subject_id, id, cost_micros FROM control_plane.usage_events
+        c"SELECT subject_id, id, cost_micros, input_tokens, output_tokens, model, feature
+            FROM control_plane.usage_events
            WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND idempotency_key OPERATOR(pg_catalog.=) $2
              AND kind OPERATOR(pg_catalog.=) 'usage'",
         &[Arg::Text(Some(tenant)), Arg::Text(Some(key))],
-        |r| (r.text(1).unwrap_or_default(), r.i64(2), r.i64_opt(3)),
+        |r| KeyedUsage {
+            subject: r.text(1).unwrap_or_default(),
+            event_id: r.i64(2),
+            cost_micros: r.i64_opt(3),
+            input: r.i64(4),
+            output: r.i64(5),
+            model: r.text(6),
+            feature: r.text(7),
+        },
     )?;
     Ok(rows.into_iter().next())
 }

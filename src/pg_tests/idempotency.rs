@@ -33,9 +33,24 @@ mod tests {
         let (id, cost, settled) = record("pgt_idem_a", 10, "pgt-key-1");
         assert_eq!((cost, settled), (Some(30), false));
         assert_eq!(rows_with("pgt-key-1"), 1);
-        // A retry with other amounts still returns the original: the key names one event.
-        let (again, cost_again, _) = record("pgt_idem_a", 999, "pgt-key-1");
+        // The same call again returns the original.
+        let (again, cost_again, _) = record("pgt_idem_a", 10, "pgt-key-1");
         assert_eq!((again, cost_again), (id, Some(30)));
+        // The key names one event: other amounts, another model or a feature are refused.
+        for call in [
+            "'pgt_idem_a', 999, 0, 'pgt-idem'",
+            "'pgt_idem_a', 10, 1, 'pgt-idem'",
+            "'pgt_idem_a', 10, 0, 'pgt-idem-other'",
+            "'pgt_idem_a', 10, 0, 'pgt-idem', feature => 'f'",
+        ] {
+            assert_eq!(
+                sqlstate(&format!(
+                    "SELECT control_plane.cp_record_usage({call}, idempotency_key => 'pgt-key-1')"
+                )),
+                "23505",
+                "{call}"
+            );
+        }
         assert_eq!(rows_with("pgt-key-1"), 1);
         // Another key is another event.
         let (other, _, _) = record("pgt_idem_a", 10, "pgt-key-2");
@@ -56,7 +71,7 @@ mod tests {
         run("SELECT control_plane.cp_record_usage('pgt_idem_b', 1, 1, idempotency_key => 'pgt-key-3')");
         assert_eq!(
             sqlstate("SELECT control_plane.cp_record_usage('pgt_idem_c', 1, 1, idempotency_key => 'pgt-key-3')"),
-            "22023"
+            "23505"
         );
         assert_eq!(
             sqlstate(
@@ -65,5 +80,33 @@ mod tests {
             ),
             "23505"
         );
+    }
+
+    #[pg_test]
+    fn a_retry_with_a_new_reservation_gives_that_reservation_back() {
+        // Two places: the first record settles its reservation when the transaction commits (a
+        // pg_test's never does), so the first place stays taken here.
+        set_overrides("pgt_idem_d", r#"{"max_concurrent": 2}"#);
+        let first = Spi::get_one::<pgrx::Uuid>("SELECT reservation_id FROM control_plane.cp_admit('pgt_idem_d', 5)")
+            .unwrap()
+            .unwrap();
+        run(&format!(
+            "SELECT control_plane.cp_record_usage('pgt_idem_d', 5, 5, reservation_id => '{first}', idempotency_key => 'pgt-key-4')"
+        ));
+        // The caller retried with a new admission: the call it stands for is already recorded.
+        let second = Spi::get_one::<pgrx::Uuid>("SELECT reservation_id FROM control_plane.cp_admit('pgt_idem_d', 5)")
+            .unwrap()
+            .unwrap();
+        let settled = Spi::get_one::<bool>(&format!(
+            "SELECT reservation_settled FROM control_plane.cp_record_usage('pgt_idem_d', 5, 5,
+                 reservation_id => '{second}', idempotency_key => 'pgt-key-4')"
+        ))
+        .unwrap();
+        assert_eq!(settled, Some(false));
+        // Given back: the second place is free again, and the id is unknown.
+        let released = Spi::get_one::<bool>(&format!("SELECT control_plane.cp_release('{second}')")).unwrap();
+        assert_eq!(released, Some(false));
+        let again = Spi::get_one::<bool>("SELECT allowed FROM control_plane.cp_admit('pgt_idem_d', 5)").unwrap();
+        assert_eq!(again, Some(true));
     }
 }
