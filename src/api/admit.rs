@@ -178,6 +178,10 @@ pub fn admit(
                 max_output_tokens,
                 now,
             )? {
+                // Without an estimate under a budget the fallback is free, or has no price and
+                // unpriced models are allowed: the latter is no fallback (its calls would never
+                // count against the budget it is to spare).
+                Ok(None) if money::price_at(&super::prices::rows_of(sh, db, &tenant, f)?, now).is_none() => None,
                 Ok(fc) => Some((
                     f,
                     Fallback {
@@ -214,7 +218,8 @@ pub fn admit(
     for _ in 0..4 {
         // From the claim of a reservation slot to its publication nothing can raise an error:
         // the ledger rebuild runs with no slot claimed, and the guard gives the slot back on
-        // every other way out. (A degraded admission holds less than the claim was taken for.)
+        // every other way out. (A degraded admission holds what the fallback reserves, in the
+        // slot claimed for the request.)
         let claim = match hold {
             None => None,
             Some(_) => match sh.claim_reservation(now, CLAIM_WAIT_MS) {

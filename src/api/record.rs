@@ -46,6 +46,7 @@ pub fn record(
     let pol = policy_cache::get(&key, &tenant, subject, true)?
         .ok_or_else(|| CpError::Internal("enrolled subject has no policy".into()))?;
 
+    let named_model = model;
     // A call that names no model used the profile's default.
     let model = pol.policy.model_for(model);
     if let Some(k) = idempotency_key {
@@ -59,7 +60,7 @@ pub fn record(
                 key,
                 k,
                 u,
-                (subject, input, output, model, feature),
+                (subject, input, output, named_model, feature),
                 reservation_id,
             );
         }
@@ -282,8 +283,8 @@ pub unsafe extern "C-unwind" fn cp_record_usage_fast(fcinfo: pg_sys::FunctionCal
 // ----------------------------------------------------------------------------- cp_release
 
 /// A call with an idempotency key its tenant has recorded: the same call again (same subject,
-/// amounts, model and feature) gets the original event and records nothing; anything else is
-/// refused (23505), since a key names one event. A reservation the retry carries stood for the
+/// amounts, model when it names one, and feature) gets the original event and records nothing;
+/// anything else is refused (23505), since a key names one event. A reservation the retry carries stood for the
 /// call already recorded: it is given back at once (a NOTICE says so).
 fn retried(
     sh: &shmem::Shared,
@@ -294,12 +295,19 @@ fn retried(
     (subject, input, output, model, feature): (&str, i64, i64, Option<&str>, Option<&str>),
     reservation_id: Option<Uuid>,
 ) -> CpResult<Recorded> {
+    if u.subject != subject {
+        // Another subject's event: named, nothing more of it shown.
+        return Err(CpError::KeyConflict {
+            message: format!("idempotency key \"{k}\" was recorded for another subject"),
+            detail: format!("subject \"{}\" recorded it (event {})", u.subject, u.event_id),
+        });
+    }
     let show = |v: Option<&str>| v.map_or("NULL".to_string(), |v| format!("\"{v}\""));
     let differs: Vec<String> = [
-        (u.subject != subject).then(|| format!("subject \"{}\" (this call: \"{subject}\")", u.subject)),
         (u.input != input).then(|| format!("input_tokens {} (this call: {input})", u.input)),
         (u.output != output).then(|| format!("output_tokens {} (this call: {output})", u.output)),
-        (u.model.as_deref() != model)
+        // A retry that names no model matches whatever default its row was recorded with.
+        (model.is_some() && u.model.as_deref() != model)
             .then(|| format!("model {} (this call: {})", show(u.model.as_deref()), show(model))),
         (u.feature.as_deref() != feature)
             .then(|| format!("feature {} (this call: {})", show(u.feature.as_deref()), show(feature))),

@@ -109,4 +109,22 @@ mod tests {
         let again = Spi::get_one::<bool>("SELECT allowed FROM control_plane.cp_admit('pgt_idem_d', 5)").unwrap();
         assert_eq!(again, Some(true));
     }
+
+    #[pg_test]
+    fn a_retry_that_names_no_model_matches_after_the_default_changed() {
+        run("INSERT INTO control_plane.profiles (name, default_model) VALUES ('pgt_idem_plan', 'pgt-m1')");
+        crate::pg_tests::tests::enroll("pgt_idem_e", "pgt_idem_plan", "{}");
+        let call =
+            "SELECT event_id FROM control_plane.cp_record_usage('pgt_idem_e', 3, 3, idempotency_key => 'pgt-key-5')";
+        let first = Spi::get_one::<i64>(call).unwrap();
+        run("UPDATE control_plane.profiles SET default_model = 'pgt-m2' WHERE name = 'pgt_idem_plan'");
+        assert_eq!(Spi::get_one::<i64>(call).unwrap(), first);
+        // Naming a model other than the recorded one is another call.
+        assert_eq!(
+            sqlstate(
+                "SELECT control_plane.cp_record_usage('pgt_idem_e', 3, 3, 'pgt-m2', idempotency_key => 'pgt-key-5')"
+            ),
+            "23505"
+        );
+    }
 }

@@ -180,4 +180,33 @@ fn with_unpriced_models_allowed_an_unpriced_call_is_admitted_without_a_cost_and_
         (10_000, 0, 0, 10_000),
         "nothing counted against the budget"
     );
+    // An unpriced fallback model is not free: past the emergency threshold the priced model is
+    // admitted with a warning, never degraded to calls the budget would not see.
+    let (s2, priced, plan) = (format!("{s}_fb"), format!("{model}-priced"), format!("{s}_plan"));
+    shared_price(&mut admin, &priced, 1_000_000, 0);
+    admin
+        .execute(
+            "INSERT INTO control_plane.profiles (name, fallback_model) VALUES ($1, $2)",
+            &[&plan, &model],
+        )
+        .unwrap();
+    enroll(&mut admin, &s2, &plan, r#"{"daily_budget_cents": 1}"#);
+    let a = admit_priced(&mut c, &s2, 9_500, &priced);
+    assert!(a.allowed);
+    assert_eq!(a.reason.as_deref(), Some("emergency_threshold"));
+    let r = c
+        .query_one(
+            "SELECT decision, model, reservation_id::text FROM control_plane.cp_admit($1, 100, $2, max_output_tokens => 0)",
+            &[&s2, &priced],
+        )
+        .unwrap();
+    let (decision, called): (String, String) = (r.get(0), r.get(1));
+    assert_eq!(
+        (decision.as_str(), called.as_str()),
+        ("warn", priced.as_str()),
+        "not degraded to {model}"
+    );
+    // Nothing left held in the server's reservation table.
+    assert!(release(&mut c, &r.get::<_, String>(2)));
+    assert!(release(&mut c, a.reservation_id.as_deref().unwrap()));
 }
