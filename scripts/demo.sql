@@ -164,6 +164,21 @@ SELECT 'first call' AS call, event_id, cost_micros
 SELECT 'retry' AS call, event_id, cost_micros
   FROM control_plane.cp_record_usage('user_777', 100, 10, model => 'gpt-4o-mini', idempotency_key => 'order-42-call-1');
 SELECT count(*) AS ledger_rows_with_that_key FROM control_plane.usage_events WHERE idempotency_key = 'order-42-call-1';
+\echo '   the same key with other amounts is refused (23505): a retry loop cannot hide spend under an old key:'
+SET client_min_messages = notice;
+DO $$
+BEGIN
+    PERFORM control_plane.cp_record_usage('user_777', 100000, 10, model => 'gpt-4o-mini',
+                                          idempotency_key => 'order-42-call-1');
+EXCEPTION WHEN unique_violation THEN
+    RAISE NOTICE 'refused (SQLSTATE %): %', SQLSTATE, SQLERRM;
+END $$;
+SET client_min_messages = warning;
+\echo '   a family price (gpt-4o*) prices the dated names providers answer with:'
+INSERT INTO control_plane.model_prices
+    (tenant_id, model, input_micros_per_million, output_micros_per_million, effective_from)
+VALUES ('*', 'gpt-4o*', 2500000, 10000000, '-infinity');
+SELECT cost_micros FROM control_plane.cp_record_usage('user_777', 1000, 100, model => 'gpt-4o-2024-08-06');
 \echo '   spend is part of the totals, per day and month:'
 SELECT jsonb_pretty(control_plane.cp_quota_status('user_777')->'money') AS money;
 

@@ -232,8 +232,13 @@ SELECT pg_catalog.pg_extension_config_dump('control_plane.tenants', '');
 CREATE TABLE control_plane.model_prices (
     tenant_id                 text        NOT NULL DEFAULT pg_catalog.current_setting('control_plane.tenant')
                                           CHECK (tenant_id OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(tenant_id) <= 256),
+    -- A model's name, or a family: a name ending in '*' prices every model name it prefixes
+    -- (a model's own name first, else the longest family). No other '*', and not '*' alone.
     model                     text        NOT NULL
-                                          CHECK (model OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(model) <= 256),
+                                          CHECK (model OPERATOR(pg_catalog.<>) '' AND pg_catalog.octet_length(model) <= 256)
+                                          CONSTRAINT model_prices_model_family
+                                          CHECK (pg_catalog.strpos(pg_catalog.left(model, -1), '*') OPERATOR(pg_catalog.=) 0
+                                                 AND model OPERATOR(pg_catalog.<>) '*'),
     -- Micro-units of the currency per million tokens: 150000 is 0.15 per million. At most one
     -- whole unit per token (10^12 per million): anything above is a typing error.
     input_micros_per_million  bigint      NOT NULL

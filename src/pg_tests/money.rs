@@ -24,6 +24,49 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_family_prices_the_dated_names_it_prefixes_and_a_models_own_name_comes_first() {
+        set_overrides("pgt_price_f", r#"{"daily_budget_cents": 100}"#);
+        // 1 and 10 micro-units per token for the family; 2 for its longer family; 3 for one name.
+        price("*", "pgt-fam*", 1_000_000, 10_000_000, "'-infinity'");
+        price("*", "pgt-fam-mini*", 2_000_000, 0, "'-infinity'");
+        price("*", "pgt-fam-2024", 3_000_000, 0, "'-infinity'");
+        assert_eq!(
+            record_cost("pgt_price_f", 100, 10, "'pgt-fam-2025-08-06'"),
+            (Some(200), Some(200))
+        );
+        assert_eq!(
+            record_cost("pgt_price_f", 100, 0, "'pgt-fam-mini-0718'"),
+            (Some(200), Some(200))
+        );
+        assert_eq!(
+            record_cost("pgt_price_f", 100, 0, "'pgt-fam-2024'"),
+            (Some(300), Some(300))
+        );
+        assert_eq!(
+            record_cost("pgt_price_f", 100, 0, "'pgt-fa'"),
+            (None, None),
+            "no family prefixes it"
+        );
+        // Admitted under a budget: the dated name is priced, not refused as unpriced.
+        let allowed = Spi::get_one::<bool>(
+            "SELECT allowed FROM control_plane.cp_admit('pgt_price_f', 100, 'pgt-fam-2099', max_output_tokens => 0)",
+        )
+        .unwrap();
+        assert_eq!(allowed, Some(true));
+        // '*' elsewhere than at the end, or alone, is refused.
+        for bad in ["pgt*fam", "*", "**"] {
+            assert_eq!(
+                sqlstate(&format!(
+                    "INSERT INTO control_plane.model_prices (tenant_id, model, input_micros_per_million,
+                         output_micros_per_million) VALUES ('*', '{bad}', 1, 1)"
+                )),
+                "23514",
+                "{bad}"
+            );
+        }
+    }
+
+    #[pg_test]
     fn a_recorded_cost_uses_the_price_in_force_and_the_tenants_own_row_first() {
         set_overrides("pgt_price_a", "{}");
         // Shared price since always; 0.15 and 0.60 per million.

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod money;
 pub mod org;
 pub mod policy;
+pub mod price_names;
 pub mod quota;
 pub mod rate;
 pub mod seal;
