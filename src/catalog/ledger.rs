@@ -358,9 +358,9 @@ fn require_ledger_select() -> CpResult<()> {
 // ---------------------------------------------------------------------------------- compaction
 
 /// Compacts the oldest rows from `start` to before `cutoff` (µs) that are not rollups, `max_rows`
-/// of them at most: each (tenant, subject, org, day of the tenant's time zone) they fall in becomes one
-/// `rollup` row with the sums of all its rows (earlier rollups included), at the latest one's
-/// time, so in the same day and month. Only days that end by `cutoff` are compacted. Returns
+/// of them at most: each (tenant, subject, org, day of the tenant's time zone) they fall in becomes
+/// one `rollup` row per model and feature with the sums of its rows (earlier rollups included), at
+/// the latest one's time, so in the same day and month: a per-model report stays right. Only days that end by `cutoff` are compacted. Returns
 /// (rows considered, rows removed, rollups written); fewer rows considered than `max_rows` means
 /// none is left. Runs as the extension's owner: whoever may run `cp_cleanup` needs no grant on
 /// the ledger.
@@ -389,19 +389,20 @@ pub fn compact_batch(start: i64, cutoff: i64, max_rows: i64) -> CpResult<(i64, i
                  AND e.subject_id OPERATOR(pg_catalog.=) g.subject_id
                  AND (e.org_id OPERATOR(pg_catalog.=) g.org_id OR (e.org_id IS NULL AND g.org_id IS NULL))
                  AND e.created_at OPERATOR(pg_catalog.>=) g.day AND e.created_at OPERATOR(pg_catalog.<) g.day_end
-              RETURNING e.tenant_id, e.subject_id, e.org_id, g.day, e.kind, e.requests, e.input_tokens,
-                        e.output_tokens, e.cost_micros, e.metadata, e.created_at
+              RETURNING e.tenant_id, e.subject_id, e.org_id, e.model, e.feature, g.day, e.kind, e.requests,
+                        e.input_tokens, e.output_tokens, e.cost_micros, e.metadata, e.created_at
           ), rolled AS (
               INSERT INTO control_plane.usage_events
-                  (tenant_id, subject_id, org_id, kind, requests, input_tokens, output_tokens, cost_micros,
-                   metadata, created_at)
-              SELECT tenant_id, subject_id, org_id, 'rollup', pg_catalog.sum(requests), pg_catalog.sum(input_tokens),
+                  (tenant_id, subject_id, org_id, model, feature, kind, requests, input_tokens, output_tokens,
+                   cost_micros, metadata, created_at)
+              SELECT tenant_id, subject_id, org_id, model, feature, 'rollup', pg_catalog.sum(requests),
+                     pg_catalog.sum(input_tokens),
                      pg_catalog.sum(output_tokens), pg_catalog.sum(cost_micros),
                      pg_catalog.jsonb_build_object('rows', pg_catalog.sum(CASE WHEN kind OPERATOR(pg_catalog.=) 'rollup'
                          THEN coalesce((metadata OPERATOR(pg_catalog.->>) 'rows')::bigint, 1) ELSE 1 END)),
                      pg_catalog.max(created_at)
                 FROM doomed
-               GROUP BY tenant_id, subject_id, org_id, day
+               GROUP BY tenant_id, subject_id, org_id, model, feature, day
               RETURNING 1
           )
           SELECT (SELECT pg_catalog.count(*) FROM todo), (SELECT pg_catalog.count(*) FROM doomed),

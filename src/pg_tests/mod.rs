@@ -539,6 +539,29 @@ mod tests {
     }
 
     #[pg_test]
+    fn rollups_keep_one_row_per_model_and_feature_of_a_day() {
+        run("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('pgt_cmp_m', 'pro')");
+        run("INSERT INTO control_plane.usage_events
+                 (tenant_id, subject_id, model, feature, input_tokens, output_tokens, cost_micros, created_at)
+             SELECT 'default', 'pgt_cmp_m', m, f, 10, 1, 3,
+                    date_trunc('day', now() - interval '20 days', 'UTC') + g * interval '1 hour'
+               FROM (VALUES (1, 'a', NULL), (2, 'a', NULL), (3, 'b', 'f'), (4, NULL, NULL)) v(g, m, f)");
+        let by_model = "SELECT jsonb_agg(x ORDER BY x.model, x.feature) FROM (
+                            SELECT model, feature, sum(requests) AS r, sum(input_tokens) AS i, sum(cost_micros) AS c
+                              FROM control_plane.usage_events WHERE subject_id = 'pgt_cmp_m' GROUP BY 1, 2) x";
+        let before = json(by_model);
+        run("SET LOCAL control_plane.ledger_retention = '9d'");
+        let done = json("SELECT control_plane.cp_cleanup()->'ledger'");
+        assert_eq!(done["rollups_written"], 3, "{done}");
+        assert_eq!(json(by_model), before, "each model's and feature's sums stay");
+        let rows = Spi::get_one::<i64>(
+            "SELECT count(*) FROM control_plane.usage_events WHERE subject_id = 'pgt_cmp_m' AND kind = 'rollup'",
+        )
+        .unwrap();
+        assert_eq!(rows, Some(3));
+    }
+
+    #[pg_test]
     fn cleanup_rolls_old_ledger_rows_up_without_changing_any_sum() {
         run("INSERT INTO control_plane.subjects (subject_id, profile) VALUES ('pgt_cmp_1', 'pro'), ('pgt_cmp_2', 'pro')");
         // Per subject: 3 rows on each of the days 20 and 12 days ago, 1 row 3 days ago; subject 1
