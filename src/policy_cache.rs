@@ -14,7 +14,7 @@ use crate::key::Key;
 use crate::org::Organization;
 use crate::policy::Policy;
 use crate::shmem::{self, Shared};
-use control_plane_core::bounded::{json_bytes, BoundedMap};
+use control_plane_core::bounded::{json_bytes, BoundedMap, RC_BYTES as RC};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::mem::size_of;
@@ -26,8 +26,6 @@ const SUBJECT_BYTES: usize = 16 << 20;
 /// Bytes of profile rows, and of organisation rows, a backend keeps.
 const PROFILE_BYTES: usize = 4 << 20;
 const ORG_BYTES: usize = 4 << 20;
-/// What an `Rc` adds to what it holds (its two counts).
-const RC: usize = 2 * size_of::<usize>();
 
 /// A subject's effective policy and where it comes from.
 pub struct Cached {

@@ -7,7 +7,7 @@ use crate::catalog;
 use crate::error::CpResult;
 use crate::money::PriceRow;
 use crate::shmem::Shared;
-use control_plane_core::bounded::BoundedMap;
+use control_plane_core::bounded::{BoundedMap, RC_BYTES as RC};
 use control_plane_core::price_names::PricedNames;
 use std::cell::RefCell;
 use std::mem::size_of;
@@ -35,9 +35,6 @@ thread_local! {
         rows: BoundedMap::new(ROW_BYTES),
     });
 }
-
-/// What a `Rc` adds to what it holds (its two counts).
-const RC: usize = 2 * size_of::<usize>();
 
 /// The price rows that price `model` for `tenant` (of its own name, else of its longest family;
 /// the tenant's own and the shared ones); `money::price_at` picks the one in force at an instant.

@@ -10,6 +10,9 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
+/// What an `Rc` adds to what it holds (its two counts), for the callers' estimates.
+pub const RC_BYTES: usize = 2 * std::mem::size_of::<usize>();
+
 /// Bytes a map spends per entry beyond key, value and charge (control byte, spare capacity).
 fn slot_bytes<K, V>() -> usize {
     2 * std::mem::size_of::<(K, (V, usize))>() + 1
